@@ -1,0 +1,156 @@
+"""Entry point: global options, command lookup, and the one place errors become FATAL lines.
+
+Commands are named by module path and imported only when run (pip's pattern), so that
+`satchel exec` loads nothing but the standard library modules it needs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from satchel import log
+from satchel.cli import options as o
+from satchel.errors import SatchelError, UsageError
+
+# command name -> module implementing it (module has SPECS: dict[str, Spec] and run(name, parsed))
+COMMANDS: dict[str, str] = {
+    "build": "satchel.cli.commands.build",
+    "cache": "satchel.cli.commands.cache",
+    "exec": "satchel.cli.commands.action",
+    "inspect": "satchel.cli.commands.inspect",
+    "instance": "satchel.cli.commands.instance",
+    "pull": "satchel.cli.commands.pull",
+    "run": "satchel.cli.commands.action",
+    "run-help": "satchel.cli.commands.run_help",
+    "shell": "satchel.cli.commands.action",
+    "sif": "satchel.cli.commands.sif",
+    "test": "satchel.cli.commands.action",
+    "version": "satchel.cli.commands.version",
+}
+
+GLOBAL = o.Spec(
+    "",
+    "[global options...] <command>",
+    "satchel: run HPC containers from single-file SIF images, unprivileged.",
+    options=(
+        o.Opt("-d --debug", "debug", help="print debugging information (highest verbosity)"),
+        o.Opt("-v --verbose", "verbose", help="print additional information"),
+        o.Opt("-q --quiet", "quiet", help="suppress normal output"),
+        o.Opt("-s --silent", "silent", help="only print errors"),
+        o.Opt("--version", "version", help="print the version and exit"),
+        o.Opt("-h --help", "help", help="help for satchel"),
+        o.Opt("-c --config", "config", o.VALUE, help="specify a configuration file", hidden=True),
+        o.Opt("--nocolor", "nocolor", help="print without color output", hidden=True),
+    ),
+    interspersed=False,
+)
+
+
+def program_name(argv0: str) -> str:
+    """The name we were called by: satchel, or a drop-in name such as apptainer/singularity."""
+    base = os.path.basename(argv0 or "satchel")
+    if base in ("apptainer", "singularity", "run-singularity"):
+        return "singularity" if base == "run-singularity" else base
+    return "satchel"
+
+
+def version_line(prog: str) -> str:
+    from satchel import __version__
+    from satchel.compat import upstream_version
+    return f"{prog} version {upstream_version(prog, __version__)}"
+
+
+def load_command(name: str):
+    module_path = COMMANDS.get(name)
+    if module_path is None:
+        raise UsageError(f"unknown command {name!r} for satchel",
+                         hint="run 'satchel help' for the list of commands")
+    import importlib
+    return importlib.import_module(module_path)
+
+
+def general_help(prog: str) -> str:
+    lines = [o.format_help(GLOBAL, prog).rstrip(), "", "Available Commands:"]
+    for name in sorted(COMMANDS):
+        try:
+            spec = load_command(name).SPECS[name]
+            summary = spec.summary
+        except Exception:  # a broken command must not break `help`
+            summary = ""
+        lines.append(f"  {name.ljust(12)}{summary}")
+    lines += ["", f"Run '{prog} help <command>' for more about a command.", ""]
+    return "\n".join(lines)
+
+
+def command_help(prog: str, name: str) -> str:
+    module = load_command(name)
+    return o.format_help(module.SPECS[name], prog)
+
+
+def dispatch(prog: str, argv: list[str]) -> int:
+    glob = o.parse(GLOBAL, argv, environ_defaults=False)
+    if glob.debug:
+        log.set_level(log.DEBUG)
+    elif glob.verbose:
+        log.set_level(log.VERBOSE)
+    elif glob.silent:
+        log.set_level(log.SILENT)
+    elif glob.quiet:
+        log.set_level(log.QUIET)
+    if glob.version:
+        print(version_line(prog))
+        return 0
+    if not glob.args:
+        sys.stdout.write(general_help(prog))
+        return 0 if glob.help else 1
+    name, rest = glob.args[0], glob.args[1:]
+    if glob.help:
+        sys.stdout.write(command_help(prog, name))
+        return 0
+    if name == "help":
+        sys.stdout.write(command_help(prog, rest[0]) if rest else general_help(prog))
+        return 0
+    module = load_command(name)
+    spec = module.SPECS[name]
+    if rest and rest[0] in ("-h", "--help"):
+        sys.stdout.write(o.format_help(spec, prog))
+        return 0
+    parsed = o.parse(spec, rest)
+    parsed.prog = prog
+    return module.run(name, parsed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv
+    prog = program_name(argv[0] if argv else "satchel")
+    try:
+        return dispatch(prog, list(argv[1:]))
+    except SatchelError as err:
+        if log.debug_enabled():
+            import traceback
+            traceback.print_exc()
+        log.fatal_line(err.message)
+        if err.hint and log.level() >= log.QUIET:
+            sys.stderr.write(f"         hint: {err.hint}\n")
+        return 255
+    except KeyboardInterrupt:
+        log.fatal_line("interrupted")
+        return 130
+    except BrokenPipeError:
+        try:
+            sys.stdout = None  # silence the flush at exit
+        except Exception:
+            pass
+        return 141
+    except Exception as err:  # a bug: one line, traceback only under --debug
+        if log.debug_enabled():
+            import traceback
+            traceback.print_exc()
+        log.fatal_line(f"unexpected error (this is a bug in satchel): {type(err).__name__}: {err}")
+        return 255
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

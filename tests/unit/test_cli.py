@@ -1,0 +1,86 @@
+"""The CLI conventions: version, help, FATAL lines and exit status 255, no tracebacks."""
+
+import subprocess
+
+from support.fixtures_users import SATCHEL, run_satchel
+
+from satchel.cli import options as o
+from satchel.errors import UsageError
+
+import pytest
+
+
+def test_version_flag():
+    r = run_satchel(["--version"])
+    assert r.returncode == 0
+    assert r.stdout.startswith("satchel version ")
+    assert r.stdout.count("\n") == 1
+
+
+def test_version_command_prints_number():
+    r = run_satchel(["version"])
+    assert r.returncode == 0
+    assert r.stdout.strip()[0].isdigit()
+
+
+def test_help_lists_commands():
+    r = run_satchel(["help"])
+    assert r.returncode == 0
+    for cmd in ("build", "exec", "inspect", "sif"):
+        assert f"  {cmd}" in r.stdout
+
+
+def test_unknown_command_is_one_fatal_line():
+    r = run_satchel(["no-such-command"])
+    assert r.returncode == 255
+    assert r.stderr.startswith("FATAL:   unknown command 'no-such-command'")
+    assert "Traceback" not in r.stderr
+
+
+def test_unknown_global_flag():
+    r = run_satchel(["--bogus", "version"])
+    assert r.returncode == 255
+    assert r.stderr.startswith("FATAL:   unknown flag: --bogus")
+
+
+def test_entry_script_runs_interpreter_directly():
+    first = open(SATCHEL, "rb").readline()
+    assert first.startswith(b"#!/") and b"python3" in first and b"sh" not in first.split(b"/")[-1][:2]
+    assert first.rstrip().endswith(b" -IS")
+
+
+SPEC = o.Spec("x", "x", "test", options=(
+    o.Opt("-B --bind", "bind", o.LIST),
+    o.Opt("-c --contain", "contain"),
+    o.Opt("-e --cleanenv", "cleanenv"),
+    o.Opt("--pwd", "pwd", o.VALUE),
+), interspersed=False, min_args=1)
+
+
+def test_parser_bundled_shorts_and_values():
+    p = o.parse(SPEC, ["-ce", "-B/a:/b", "--bind", "/c", "--pwd=/x", "img", "ls", "-l"])
+    assert p.contain and p.cleanenv
+    assert p.bind == ["/a:/b", "/c"]
+    assert p.pwd == "/x"
+    assert p.args == ["img", "ls", "-l"]
+
+
+def test_parser_stops_at_first_positional():
+    p = o.parse(SPEC, ["img", "--bind", "x"])
+    assert p.bind == [] and p.args == ["img", "--bind", "x"]
+
+
+def test_parser_errors():
+    with pytest.raises(UsageError, match="unknown flag: --nope"):
+        o.parse(SPEC, ["--nope", "img"])
+    with pytest.raises(UsageError, match="needs an argument"):
+        o.parse(SPEC, ["--pwd"])
+    with pytest.raises(UsageError, match="requires at least 1"):
+        o.parse(SPEC, [])
+
+
+def test_parser_env_default(monkeypatch):
+    spec = o.Spec("x", "x", "t", options=(o.Opt("-c --contain", "contain", env=("APPTAINER_CONTAIN",)),))
+    monkeypatch.setenv("APPTAINER_CONTAIN", "true")
+    assert o.parse(spec, []).contain is True
+    assert o.parse(spec, ["--contain=false"]).contain is False
