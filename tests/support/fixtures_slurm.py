@@ -1,0 +1,260 @@
+"""A real Slurm on loopback for the session: munged, slurmctld and slurmd, no systemd.
+
+Debian's slurm-wlm and munge, started as root from a generated configuration in a private
+directory (its own munge key and socket, its own ports, state and spool), torn down after the
+session. Clients find it through SLURM_CONF; `SlurmCluster.run()` runs them as a given user.
+
+Choices, each forced by this kind of machine (issue 5, "Facts"):
+- munged gets `AuthInfo=socket=...` in slurm.conf so nothing touches /run/munge; `--force`
+  because its directory is under the world-writable /tmp.
+- SlurmUser=root and no accounting database: `sstat` works without slurmdbd and shows a
+  step's MaxRSS and CPU time through jobacct_gather/linux.
+- ProctrackType=proctrack/cgroup with cgroup/v1 where the v1 freezer hierarchy is mounted
+  (it tracks every process of a step, including a container's squashfuse, so nothing
+  outlives the job); proctrack/linuxproc otherwise.
+- DefMemPerCPU is set, or one job takes the whole node's memory and the next one waits.
+- One node with CPUs=4 on a 2-core machine (SlurmdParameters=config_overrides) so 4 MPI ranks
+  fit in one allocation.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+NODE = "satnode1"
+REQUIRED = ("munged", "slurmctld", "slurmd", "srun", "sbatch", "scancel", "sstat", "sinfo")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _cgroup_v1_freezer() -> bool:
+    return os.path.isdir("/sys/fs/cgroup/freezer") and os.path.ismount("/sys/fs/cgroup/freezer")
+
+
+SLURM_CONF = """\
+ClusterName=satchel
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=socket={dir}/munge.socket
+CredType=cred/munge
+StateSaveLocation={dir}/state
+SlurmdSpoolDir={dir}/spool/%n
+SlurmctldPidFile={dir}/slurmctld.pid
+SlurmdPidFile={dir}/slurmd-%n.pid
+SlurmctldLogFile={dir}/log/slurmctld.log
+SlurmdLogFile={dir}/log/slurmd-%n.log
+MailProg=/bin/true
+ProctrackType={proctrack}
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=1
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=1000
+MpiDefault=none
+ReturnToService=2
+SlurmdParameters=config_overrides
+KillWait=5
+InactiveLimit=0
+NodeName={node} NodeAddr=127.0.0.1 NodeHostname={host} CPUs=4 RealMemory=8000 State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+"""
+
+CGROUP_CONF = """\
+CgroupPlugin=cgroup/v1
+CgroupAutomount=no
+ConstrainCores=no
+ConstrainRAMSpace=no
+"""
+
+
+class SlurmCluster:
+    """The running daemons and how to reach them."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.conf = os.path.join(root, "slurm.conf")
+        self.node = NODE
+        self.procs: list[subprocess.Popen] = []
+
+    @property
+    def env(self) -> dict:
+        return {"SLURM_CONF": self.conf}
+
+    def run(self, argv: list[str], user=None, timeout: float = 60, cwd: str | None = None,
+            env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
+        """Run a Slurm client (or anything) with SLURM_CONF set, as `user` if given."""
+        if user is not None:
+            full_env = user.env(dict(self.env, **(env or {})))
+            argv = user.argv(argv)
+            cwd = cwd or user.home
+        else:
+            full_env = dict(os.environ, **self.env, **(env or {}))
+        proc = subprocess.run(argv, env=full_env, cwd=cwd, capture_output=True, text=True,
+                              timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{argv} failed ({proc.returncode}):\n{proc.stdout}\n"
+                                 f"{proc.stderr}\n{self.logs()}")
+        return proc
+
+    def job(self, job_id: str) -> dict:
+        """`scontrol show job -o` as a dict (empty once the controller forgot the job)."""
+        out = self.run(["scontrol", "show", "job", "-o", str(job_id)]).stdout
+        info = {}
+        for item in out.split():
+            key, _, value = item.partition("=")
+            info.setdefault(key, value)
+        return info
+
+    def wait_job(self, job_id: str, timeout: float = 60) -> dict:
+        """Poll until the job has finished (any final state); returns its last record."""
+        deadline = time.monotonic() + timeout
+        info = {}
+        while time.monotonic() < deadline:
+            info = self.job(job_id)
+            if info.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT",
+                                        "OUT_OF_MEMORY", "NODE_FAIL"):
+                return info
+            time.sleep(0.2)
+        raise AssertionError(f"job {job_id} still {info.get('JobState')} after {timeout}s\n"
+                             f"{self.logs()}")
+
+    def wait_running(self, job_id: str, timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        info = {}
+        while time.monotonic() < deadline:
+            info = self.job(job_id)
+            if info.get("JobState") == "RUNNING":
+                return info
+            time.sleep(0.1)
+        raise AssertionError(f"job {job_id} not running after {timeout}s: {info}")
+
+    def wait_idle(self, timeout: float = 30) -> None:
+        """Wait until the node has no allocation left (the previous test's job is gone)."""
+        deadline = time.monotonic() + timeout
+        state = ""
+        while time.monotonic() < deadline:
+            state = self.run(["sinfo", "-h", "-n", self.node, "-o", "%T"]).stdout.strip()
+            if state == "idle":
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"node {self.node} is {state!r}, not idle, after {timeout}s")
+
+    def logs(self) -> str:
+        out = []
+        logdir = os.path.join(self.root, "log")
+        for name in sorted(os.listdir(logdir)) if os.path.isdir(logdir) else ():
+            with open(os.path.join(logdir, name), errors="replace") as fh:
+                out.append(f"--- {name} (last lines)\n" + "".join(fh.readlines()[-25:]))
+        return "\n".join(out)
+
+
+def _start(cluster: SlurmCluster, argv: list[str], logname: str) -> subprocess.Popen:
+    log = open(os.path.join(cluster.root, "log", logname), "w")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=dict(os.environ, **cluster.env), start_new_session=True)
+    log.close()
+    cluster.procs.append(proc)
+    return proc
+
+
+def _stop(cluster: SlurmCluster) -> None:
+    # jobs first, so slurmd can still clean up their steps; then the daemons, newest first
+    try:
+        cluster.run(["scancel", "--full", "--partition=debug"], timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and cluster.run(["squeue", "-h"], timeout=10).stdout:
+            time.sleep(0.2)
+    except (subprocess.TimeoutExpired, OSError):
+        pass
+    for proc in reversed(cluster.procs):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in reversed(cluster.procs):
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def start_cluster(root: str) -> SlurmCluster:
+    """Generate the configuration under root and start munged, slurmctld and slurmd."""
+    cluster = SlurmCluster(root)
+    for sub in ("state", "log", f"spool/{NODE}"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    os.chmod(root, 0o755)
+    key = os.path.join(root, "munge.key")
+    with open(key, "wb") as fh:
+        fh.write(os.urandom(1024))
+    os.chmod(key, 0o400)
+    v1 = _cgroup_v1_freezer()
+    with open(cluster.conf, "w") as fh:
+        fh.write(SLURM_CONF.format(host=socket.gethostname(), ctld_port=_free_port(),
+                                   slurmd_port=_free_port(), dir=root, node=NODE,
+                                   proctrack="proctrack/cgroup" if v1 else "proctrack/linuxproc"))
+    with open(os.path.join(root, "cgroup.conf"), "w") as fh:
+        fh.write(CGROUP_CONF if v1 else CGROUP_CONF.replace("cgroup/v1", "autodetect"))
+    os.chmod(cluster.conf, 0o644)
+    sock = os.path.join(root, "munge.socket")
+    _start(cluster, ["munged", "--foreground", "--force", f"--socket={sock}",
+                     f"--key-file={key}", f"--pid-file={root}/munged.pid",
+                     f"--seed-file={root}/munged.seed"], "munged.out")
+    _wait_for(lambda: os.path.exists(sock), 10, "munged socket", cluster)
+    _start(cluster, ["slurmctld", "-D", "-i", "-f", cluster.conf], "slurmctld.out")
+    _start(cluster, ["slurmd", "-D", "-N", NODE, "-f", cluster.conf], "slurmd.out")
+    _wait_for(lambda: cluster.run(["sinfo", "-h", "-o", "%T"], timeout=10).stdout.strip()
+              == "idle", 30, "node idle", cluster)
+    return cluster
+
+
+def _wait_for(ready, timeout: float, what: str, cluster: SlurmCluster) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in cluster.procs):
+            break
+        try:
+            if ready():
+                return
+        except subprocess.TimeoutExpired:
+            pass
+        time.sleep(0.1)
+    _stop(cluster)
+    raise RuntimeError(f"Slurm did not come up ({what}):\n{cluster.logs()}")
+
+
+@pytest.fixture(scope="session")
+def slurm(test_user):
+    """A running single-node Slurm; the non-root test user submits to it."""
+    missing = [tool for tool in REQUIRED if not shutil.which(tool)]
+    if missing:
+        pytest.fail(f"Slurm tools missing ({' '.join(missing)}): run ./scripts/install-deps")
+    root = tempfile.mkdtemp(prefix="satchel-slurm-", dir="/tmp")
+    try:
+        cluster = start_cluster(root)
+    except RuntimeError as err:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.fail(str(err))
+    try:
+        yield cluster
+    finally:
+        _stop(cluster)
+        shutil.rmtree(root, ignore_errors=True)
