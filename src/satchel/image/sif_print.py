@@ -153,8 +153,8 @@ class _Cell:
         self.width = width
 
 
-def _tabwrite(data: bytes, padding: int) -> bytes:
-    """Format data as Go's tabwriter.NewWriter(w, 0, 0, padding, ' ', 0) followed by Flush.
+def _tabwrite(data: bytes, padding: int, minwidth: int = 0, padchar: bytes = b" ") -> bytes:
+    """Format data as Go's tabwriter.NewWriter(w, minwidth, 0, padding, padchar, 0) + Flush.
 
     Text is cut into cells at tab/vtab; a line's last cell (text before the newline) is never
     aligned. Consecutive lines that have a cell in column k form a block that shares the
@@ -188,7 +188,7 @@ def _tabwrite(data: bytes, padding: int) -> bytes:
                 if c.text:
                     out.extend(c.text)
                 if j < len(widths):
-                    out.extend(b" " * (widths[j] - c.width))
+                    out.extend(padchar * (widths[j] - c.width))
             if i + 1 != len(lines):
                 out.extend(b"\n")
 
@@ -201,7 +201,7 @@ def _tabwrite(data: bytes, padding: int) -> bytes:
                 continue
             write_lines(line0, this)
             line0 = this
-            width = 0
+            width = minwidth
             while this < line1 and column < len(lines[this]) - 1:
                 width = max(width, lines[this][column].width + padding)
                 this += 1
