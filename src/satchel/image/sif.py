@@ -362,7 +362,9 @@ class SIFFile:
 
     @classmethod
     def open(cls, path: str, writable: bool = False) -> "SIFFile":
-        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below);
+        # it changes nothing for regular files
+        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC | os.O_NONBLOCK
         try:
             fd = os.open(path, flags)
         except OSError as err:
