@@ -1,0 +1,1 @@
+"""Definition files and building images (fetch -> assemble -> write); see docs/DESIGN.md."""

@@ -1,0 +1,65 @@
+"""`Bootstrap: localimage` (From: a SIF, a SquashFS image or a sandbox directory).
+
+Also what `satchel build new.sif old.sif` and `satchel build new.sif sandbox/` use. The image's
+own /.singularity.d (labels, environment, runscript...) is kept; the new definition's sections
+are added on top (its old definition moves to /.singularity.d/bootstrap_history).
+"""
+
+from __future__ import annotations
+
+import os
+
+from satchel import log
+from satchel.build import process
+from satchel.build.agents import AgentContext, FetchResult, warn_unused_headers
+from satchel.errors import BuildError, SatchelError
+
+# the base image's files are kept (layout.prepare(overwrite=False))
+KEEP_EXISTING_LAYOUT = True
+
+
+def source_path(ctx: AgentContext) -> str:
+    source = ctx.header.get("from", "").strip()
+    if not source:
+        raise BuildError("Bootstrap: localimage needs a 'From:' image path")
+    if not os.path.isabs(source) and ctx.definition.path:
+        candidate = os.path.join(os.path.dirname(ctx.definition.path), source)
+        if os.path.exists(candidate) and not os.path.exists(source):
+            source = candidate
+    return os.path.abspath(source)
+
+
+def fetch(ctx: AgentContext) -> FetchResult:
+    if "fingerprints" in ctx.header:
+        log.warning("header key 'fingerprints' is ignored: satchel does not verify signatures yet")
+    warn_unused_headers(ctx, used=("from", "fingerprints"))
+    source = source_path(ctx)
+    from satchel.image.metadata import detect_kind
+    try:
+        kind = detect_kind(source)
+    except SatchelError as err:
+        raise BuildError(f"localimage source: {err.message}") from None
+    if kind == "sandbox":
+        if os.path.abspath(source) == os.path.abspath(ctx.rootfs):
+            raise BuildError("localimage source is the build's own root filesystem")
+        # cp -a keeps owners, modes, links, devices, hard links and xattrs
+        process.run(["cp", "-a", "--", source.rstrip("/") + "/.", ctx.rootfs],
+                    f"while copying sandbox {source}", quiet=True)
+        return FetchResult()
+    offset = 0
+    if kind == "sif":
+        from satchel.image import sif
+        try:
+            with sif.SIFFile.open(source) as image:
+                part = image.primary_partition()
+                if part is None:
+                    raise BuildError(f"{source} has no primary system partition")
+                if part.fs_type != sif.FS_SQUASH:
+                    raise BuildError(f"{source}: the primary partition is not SquashFS "
+                                     f"(type {part.fs_type}); satchel cannot unpack it")
+                offset = part.offset
+        except SatchelError as err:
+            raise BuildError(f"localimage source {source}: {err.message}") from None
+    from satchel.image import squashfs
+    squashfs.extract(source, ctx.rootfs, offset)
+    return FetchResult()

@@ -1,0 +1,10 @@
+"""`Bootstrap: scratch`: start from an empty root filesystem (then %setup/%files fill it)."""
+
+from __future__ import annotations
+
+from satchel.build.agents import AgentContext, FetchResult, warn_unused_headers
+
+
+def fetch(ctx: AgentContext) -> FetchResult:
+    warn_unused_headers(ctx, used=())
+    return FetchResult()
