@@ -1,0 +1,96 @@
+"""Read-only access to the files of an image stored locally: a directory (OCI layout) or a tar
+archive (oci-archive, docker-archive) read in place, without unpacking it first.
+
+Names come from JSON inside the image, so they are looked up, never joined onto host paths
+unchecked: a tar archive is an index of member names, and a directory store accepts only
+relative names without '..'.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tarfile
+
+from satchel.errors import OCIError
+
+JSON_LIMIT = 16 << 20
+
+
+def _normal(name: str) -> str:
+    return posixpath.normpath(name.lstrip("/")).lstrip("./") if name not in (".", "./") else ""
+
+
+class DirStore:
+    def __init__(self, root: str, what: str):
+        if not os.path.isdir(root):
+            raise OCIError(f"{what}: {root} is not a directory")
+        self.root = root
+        self.what = what
+
+    def _path(self, name: str) -> str:
+        clean = posixpath.normpath(name)
+        if clean.startswith("/") or clean == ".." or clean.startswith("../"):
+            raise OCIError(f"{self.what}: refusing path {name!r} outside the image")
+        return os.path.join(self.root, clean)
+
+    def open(self, name: str):
+        try:
+            return open(self._path(name), "rb")
+        except FileNotFoundError:
+            raise OCIError(f"{self.what}: {name} is missing") from None
+        except OSError as err:
+            raise OCIError(f"{self.what}: reading {name}: {err.strerror}") from None
+
+    def size(self, name: str) -> int | None:
+        try:
+            return os.path.getsize(self._path(name))
+        except OSError:
+            return None
+
+    def close(self) -> None:
+        pass
+
+
+class TarStore:
+    def __init__(self, path: str, what: str):
+        self.what = what
+        try:
+            self.tar = tarfile.open(path, "r:*")
+        except FileNotFoundError:
+            raise OCIError(f"{what}: {path} does not exist") from None
+        except IsADirectoryError:
+            raise OCIError(f"{what}: {path} is a directory, not an archive") from None
+        except (tarfile.TarError, OSError, EOFError) as err:
+            raise OCIError(f"{what}: {path} is not a tar archive ({err})") from None
+        self.members: dict[str, tarfile.TarInfo] = {}
+        try:
+            for member in self.tar.getmembers():
+                if member.isreg() or member.islnk():
+                    self.members[posixpath.normpath(member.name.lstrip("/"))] = member
+        except (tarfile.TarError, OSError, EOFError) as err:
+            raise OCIError(f"{what}: {path} is a damaged tar archive ({err})") from None
+
+    def open(self, name: str):
+        member = self.members.get(posixpath.normpath(name.lstrip("/")))
+        if member is None:
+            raise OCIError(f"{self.what}: {name} is missing from the archive")
+        try:
+            return self.tar.extractfile(member)
+        except (tarfile.TarError, KeyError) as err:
+            raise OCIError(f"{self.what}: cannot read {name} ({err})") from None
+
+    def size(self, name: str) -> int | None:
+        member = self.members.get(posixpath.normpath(name.lstrip("/")))
+        return member.size if member is not None and member.isreg() else None
+
+    def close(self) -> None:
+        self.tar.close()
+
+
+def read(store, name: str, limit: int = JSON_LIMIT) -> bytes:
+    with store.open(name) as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise OCIError(f"{store.what}: {name} is larger than {limit} bytes")
+    return data
