@@ -361,3 +361,35 @@ def test_write_errors_are_sif_errors(tmp_path):
     with pytest.raises(SIFError):
         sif.create(str(target), [])
     assert sorted(os.listdir(tmp_path)) == ["dir.sif"]
+
+
+def test_add_the_image_to_itself_terminates(tmp_path):
+    """The source grows while it is copied: only its size at the start is copied."""
+    path = copy_of(tmp_path, "one-group.sif")
+    before = open(path, "rb").read()
+    ident = sif.add_object(path, sif.NewObject(datatype=sif.DATA_GENERIC, path=path))
+    with sif.SIFFile.open(path) as f:
+        assert f.read_data(ident) == before
+
+
+def test_object_streamed_from_a_pipe(tmp_path):
+    import threading
+    read_end, write_end = os.pipe()
+    payload = os.urandom(300_000)
+
+    def feed():
+        with os.fdopen(write_end, "wb") as fh:
+            fh.write(payload)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    out = str(tmp_path / "piped.sif")
+    try:
+        sif.create(out, [sif.NewObject(datatype=sif.DATA_OCIBLOB, path=f"/dev/fd/{read_end}")])
+    finally:
+        feeder.join()
+        os.close(read_end)
+    import hashlib
+    with sif.SIFFile.open(out) as f:
+        assert f.read_data(1) == payload
+        assert f.get(1).oci_digest == "sha256:" + hashlib.sha256(payload).hexdigest()

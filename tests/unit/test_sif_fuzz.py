@@ -125,6 +125,8 @@ CORRUPTIONS = [
     ([(HEADER_FIELDS["dsize"], q(100))], "descriptor table size 100 too small"),
     ([(HEADER_FIELDS["data_size"], q(-5))], "invalid data section"),
     ([(HEADER_FIELDS["data_off"], q(0))], "data section (offset 0, size 270928) overlaps"),
+    ([(HEADER_FIELDS["data_off"], q(0)), (HEADER_FIELDS["data_size"], q(10))],
+     "data section (offset 0, size 10) overlaps"),
     ([(descr(0, D_OFFSET), q(10 ** 9))],
      "object 1 (offset 1000000000, size 4) extends past end of file (303104 bytes)"),
     ([(descr(2, D_SIZE), q(2 ** 63 - 1))], "object 3 (offset 40960, size 9223372036854775807) "

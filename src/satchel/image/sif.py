@@ -324,10 +324,14 @@ def _check_header(h: Header, file_size: int) -> None:
         raise SIFError(f"truncated descriptor table (ends at {needed}, file has {file_size} bytes)")
     if h.data_offset < 0 or h.data_size < 0:
         raise SIFError(f"invalid data section (offset {h.data_offset}, size {h.data_size})")
-    if h.data_size > 0 and h.data_offset < needed and h.data_offset + h.data_size > HEADER_SIZE:
-        if h.data_offset < HEADER_SIZE or h.data_offset + h.data_size > doff:
-            raise SIFError(f"data section (offset {h.data_offset}, size {h.data_size}) overlaps "
-                           f"the header or descriptor table")
+    if h.data_size > 0 and _overlaps_metadata(h.data_offset, h.data_size, doff, needed):
+        raise SIFError(f"data section (offset {h.data_offset}, size {h.data_size}) overlaps "
+                       f"the header or descriptor table")
+
+
+def _overlaps_metadata(start: int, size: int, table_start: int, table_end: int) -> bool:
+    """Whether [start, start+size) meets the global header or the descriptor table."""
+    return start < HEADER_SIZE or (start < table_end and start + size > table_start)
 
 
 def _check_objects(used: list[Descriptor], h: Header, file_size: int) -> None:
@@ -344,9 +348,8 @@ def _check_objects(used: list[Descriptor], h: Header, file_size: int) -> None:
             raise SIFError(f"{where} has a negative offset or size")
         if d.offset + d.size > file_size:
             raise SIFError(f"{where} extends past end of file ({file_size} bytes)")
-        if d.size > 0 and d.offset < table_end and d.offset + d.size > 0:
-            if d.offset < HEADER_SIZE or d.offset + d.size > h.descriptors_offset:
-                raise SIFError(f"{where} overlaps the header or descriptor table")
+        if d.size > 0 and _overlaps_metadata(d.offset, d.size, h.descriptors_offset, table_end):
+            raise SIFError(f"{where} overlaps the header or descriptor table")
     nonempty = sorted((d for d in used if d.size > 0), key=lambda d: (d.offset, d.id))
     for before, after in zip(nonempty, nonempty[1:]):
         if before.offset + before.size > after.offset:
@@ -626,35 +629,48 @@ def _write_object(fd: int, obj: NewObject, offset: int) -> tuple[int, str | None
             raise SIFError(f"could not open {obj.path}: {(err.strerror or str(err)).lower()}") \
                 from None
         try:
-            written = _copy_file(src, fd, offset, hasher)
+            st = os.fstat(src)
+            # a regular file is copied as it is now: a file that grows while we copy (the SIF
+            # itself given as the object!) must not make us copy forever
+            limit = st.st_size if (st.st_mode & 0o170000) == 0o100000 else None
+            written = _copy_file(src, fd, offset, hasher, limit)
         finally:
             os.close(src)
     return written, (f"sha256:{hasher.hexdigest()}" if hasher is not None else None)
 
 
-def _copy_file(src: int, dst: int, offset: int, hasher) -> int:
-    """Copy all of src to dst at offset; in the kernel (copy_file_range) unless hashing."""
+def _copy_file(src: int, dst: int, offset: int, hasher, limit: int | None) -> int:
+    """Copy src (its first `limit` bytes, or up to EOF) to dst at offset; in the kernel
+    (copy_file_range) unless hashing."""
     written = 0
+
+    def want() -> int:
+        return 1 << 30 if limit is None else min(1 << 30, limit - written)
+
     if hasher is None:
         try:
-            while True:
-                n = os.copy_file_range(src, dst, 1 << 30, None, offset + written)
+            while want() > 0:
+                n = os.copy_file_range(src, dst, want(), None if limit is None else written,
+                                       offset + written)
                 if n == 0:
                     return written
                 written += n
+            return written
         except OSError as err:
             import errno
             if err.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP,
-                                 errno.EBADF) or written:
+                                 errno.EBADF, errno.ESPIPE) or written:
                 raise
-    while True:
-        chunk = os.pread(src, 1 << 20, written)
+    while want() > 0:
+        chunk = os.read(src, 1 << 20) if limit is None else \
+            os.pread(src, min(1 << 20, want()), written)
         if not chunk:
             return written
         if hasher is not None:
             hasher.update(chunk)
         _write_all(dst, chunk, offset + written)
         written += len(chunk)
+    return written
 
 
 def _new_descriptor(obj: NewObject, ident: int, slot: int, unaligned: int, offset: int,
@@ -736,7 +752,7 @@ def create(path: str, objects: list[NewObject], *,
     h.data_offset = DESCRIPTORS_OFFSET + h.descriptors_size
 
     directory, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{base}.tmp-{os.getpid()}")
+    tmp = os.path.join(directory, f".{base}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
     try:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o755)
     except OSError as err:
@@ -817,8 +833,17 @@ def add_object(path: str, obj: NewObject) -> int:
                 os.ftruncate(f.fd, offset + size)
             _write_descriptor(f, d)
             _write_all(f.fd, h.pack(), 0)
-        except OSError as err:
-            raise _os_fail(f"adding an object to {path}", err) from None
+        except BaseException as err:
+            # the descriptor is written last: until then the image is unchanged but for data
+            # past its end, which goes
+            try:
+                if os.fstat(f.fd).st_size > f.file_size:
+                    os.ftruncate(f.fd, f.file_size)
+            except OSError:
+                pass
+            if isinstance(err, OSError):
+                raise _os_fail(f"adding an object to {path}", err) from None
+            raise
         return ident
 
 

@@ -241,9 +241,8 @@ def _add(args) -> int:
     elif datatype == sif.DATA_CRYPTOMESSAGE:
         fields.update(format_type=0, message_type=0)  # siftool has no flags for these
     import os
-    if not os.path.isfile(object_path):
-        raise SIFError(f"could not open {object_path}: "
-                       f"{'not a regular file' if os.path.exists(object_path) else 'no such file or directory'}")
+    if os.path.isdir(object_path):  # anything else that reads, as siftool: files, pipes
+        raise SIFError(f"could not read {object_path}: is a directory")
     sif.add_object(sif_path, sif.NewObject(datatype=datatype, path=object_path, **fields))
     return 0
 
