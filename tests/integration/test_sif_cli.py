@@ -300,3 +300,13 @@ def test_help():
     assert rc == 0 and b"--datatype" in out and b"--partarch" in out
     result = run_satchel(["help", "sif"])
     assert result.returncode == 0 and "Usage:" in result.stdout
+
+
+def test_dump_into_a_closed_pipe_is_quiet():
+    """`satchel sif dump ... | head -c 10`: the reader leaving is not an error to report."""
+    image = os.path.join(IMAGES, "two-groups.sif")
+    proc = subprocess.run(f"'{SATCHEL}' sif dump 3 '{image}' | head -c 10 >/dev/null; "
+                          "echo ${PIPESTATUS[0]}", shell=True, executable="/bin/bash",
+                          capture_output=True, timeout=60)
+    assert proc.stderr == b""
+    assert proc.stdout.strip() in (b"141", b"0")

@@ -486,6 +486,8 @@ class SIFFile:
                 out.write(chunk)
                 offset += len(chunk)
                 left -= len(chunk)
+        except BrokenPipeError:
+            raise  # the reader went away (`| head`): not an error of ours to report
         except OSError as err:
             raise SIFError(f"copying object {id} of {self.path}: "
                            f"{(err.strerror or str(err)).lower()}") from None
