@@ -1,0 +1,175 @@
+"""exec, run, shell, test: parse the options, open the image, plan the container, apply the plan.
+
+Wiring only: the decisions live in satchel.runtime.plan, the system calls in
+satchel.runtime.executor. On the exec path, so only lean modules are imported at load time.
+
+The option table is data (ACTION_OPTIONS): each Opt names its Apptainer flags and the
+APPTAINER_/SINGULARITY_ variables that give its default; to_run_options() maps parsed values
+onto plan.RunOptions. Other layers extend the table by appending Opts and mapping their dest.
+"""
+
+from __future__ import annotations
+
+from satchel.cli import options as o
+from satchel.errors import UsageError
+
+
+def _env(*names: str) -> tuple[str, ...]:
+    return tuple(f"{prefix}_{n}" for n in names for prefix in ("APPTAINER", "SINGULARITY"))
+
+
+ACTION_OPTIONS = [
+    o.Opt("-B --bind", "bind", o.LIST, metavar="spec",
+          help="a user-bind path specification: src[:dest[:ro|rw]] (comma-separated list)"),
+    o.Opt("--mount", "mount", o.LIST, metavar="spec",
+          help="a mount specification: type=bind,source=/opt,destination=/hostopt[,ro]",
+          env=_env("MOUNT")),
+    o.Opt("-c --contain", "contain", env=_env("CONTAIN"),
+          help="use minimal /dev and empty other directories (e.g. /tmp and $HOME) instead of "
+               "sharing filesystems from your host"),
+    o.Opt("-C --containall", "containall", env=_env("CONTAINALL"),
+          help="contain not only file systems, but also PID, IPC, and environment"),
+    o.Opt("-e --cleanenv", "cleanenv", env=_env("CLEANENV"),
+          help="clean environment before running container"),
+    o.Opt("--env", "env", o.LIST, metavar="stringToString",
+          help="pass environment variable to contained process (KEY=VALUE,...)"),
+    o.Opt("--env-file", "env_file", o.VALUE, env=_env("ENV_FILE"),
+          help="pass environment variables from file"),
+    o.Opt("-H --home", "home", o.VALUE, env=_env("HOME"),
+          help="a home directory specification: src[:dest]"),
+    o.Opt("--no-home", "no_home", env=_env("NO_HOME"),
+          help="do NOT mount users home directory if /home is not the current working "
+               "directory"),
+    o.Opt("--no-mount", "no_mount", o.LIST, env=_env("NO_MOUNT"),
+          help="disable one or more 'mount xxx' options set in satchel.conf and/or specify "
+               "absolute destination path to disable a bind path entry, or 'bind-paths' to "
+               "disable all bind path entries"),
+    o.Opt("--pwd", "pwd", o.VALUE, env=_env("PWD", "TARGET_PWD"),
+          help="initial working directory for payload process inside the container"),
+    o.Opt("-W --workdir", "workdir", o.VALUE, env=_env("WORKDIR"),
+          help="working directory to be used for /tmp, /var/tmp and $HOME (if -c/--contain "
+               "was also used)"),
+    o.Opt("--writable-tmpfs", "writable_tmpfs", env=_env("WRITABLE_TMPFS"),
+          help="makes the file system accessible as read-write with non persistent data"),
+    o.Opt("-o --overlay", "overlay", o.LIST, env=_env("OVERLAY"),
+          help="use an overlayFS directory for persistent data"),
+    o.Opt("-p --pid", "pid", env=_env("PID", "UNSHARE_PID"), help="run container in a new PID "
+          "namespace"),
+    o.Opt("-i --ipc", "ipc", env=_env("IPC", "UNSHARE_IPC"),
+          help="run container in a new IPC namespace"),
+    o.Opt("--uts", "uts", env=_env("UTS", "UNSHARE_UTS"), help="run container in a new UTS "
+          "namespace"),
+    o.Opt("--hostname", "hostname", o.VALUE, env=_env("HOSTNAME"),
+          help="set container hostname (implies --uts)"),
+    o.Opt("-u --userns", "userns", env=_env("USERNS", "UNSHARE_USERNS"),
+          help="run container in a new user namespace (the default for non-root users)"),
+    o.Opt("--nv", "nv", env=_env("NV"), help="enable Nvidia support"),
+    o.Opt("--rocm", "rocm", env=_env("ROCM"), help="enable experimental Rocm support"),
+    # accepted because they are harmless here
+    o.Opt("--no-init --noinit", "no_init", env=_env("NOINIT"), hidden=True,
+          help="do not start a shim process with --pid (init here is already minimal)"),
+    o.Opt("--no-privs", "no_privs", hidden=True,
+          help="drop all privileges from root user in container (always done)"),
+    o.Opt("--no-umask", "no_umask", hidden=True, help="do not propagate umask (it is kept)"),
+    o.Opt("--disable-cache", "disable_cache", hidden=True, help="do not use the cache"),
+    o.Opt("--no-nv", "no_nv", hidden=True, help="do not enable Nvidia support"),
+    # refused with a clear message rather than silently ignored
+    o.Opt("-f --fakeroot", "fakeroot", hidden=True, help="not supported yet"),
+    o.Opt("-w --writable", "writable", hidden=True, help="not supported yet"),
+    o.Opt("--keep-privs", "keep_privs", hidden=True, help="not supported"),
+    o.Opt("--add-caps", "add_caps", o.VALUE, hidden=True, help="not supported"),
+    o.Opt("--app", "app", o.VALUE, hidden=True, help="not supported yet"),
+]
+SHELL_OPTIONS = [o.Opt("-s --shell", "shell", o.VALUE, env=_env("SHELL"),
+                       help="path to program to use for interactive shell")]
+# dest -> why it is refused (each becomes one FATAL line)
+REFUSED = {
+    "fakeroot": "--fakeroot is not supported yet by satchel exec/run/shell/test",
+    "writable": "--writable is not supported yet: use --writable-tmpfs or --overlay",
+    "keep_privs": "--keep-privs is not supported: satchel never keeps privileges",
+    "add_caps": "--add-caps is not supported: satchel never grants capabilities",
+    "app": "--app (SCIF apps) is not supported yet",
+}
+
+_USAGE = {
+    "exec": ("exec [exec options...] <container> <command>",
+             "Run a command within a container", 2),
+    "run": ("run [run options...] <container> [args...]",
+            "Run the user-defined default command within a container", 1),
+    "shell": ("shell [shell options...] <container>",
+              "Run a shell within a container", 1),
+    "test": ("test [exec options...] <image path>",
+             "Run the user-defined tests within a container", 1),
+}
+
+
+def _spec(name: str) -> o.Spec:
+    usage, summary, min_args = _USAGE[name]
+    opts = ACTION_OPTIONS + (SHELL_OPTIONS if name == "shell" else [])
+    return o.Spec(name, usage, summary, options=opts, min_args=min_args, interspersed=False)
+
+
+SPECS = {name: _spec(name) for name in _USAGE}
+
+
+def to_run_options(name: str, parsed):
+    """Map parsed CLI values onto plan.RunOptions (reads --env-file, finds --nv/--rocm files)."""
+    from satchel.runtime.plan import RunOptions
+
+    for dest, why in REFUSED.items():
+        value = getattr(parsed, dest, None)
+        if value and not (dest == "app" and value == ""):
+            raise UsageError(why)
+    opts = RunOptions(
+        name, parsed.args[1:], binds=parsed.bind, mounts=parsed.mount, contain=parsed.contain,
+        containall=parsed.containall, cleanenv=parsed.cleanenv, env=parsed.env,
+        home=parsed.home, no_home=parsed.no_home, no_mount=parsed.no_mount, pwd=parsed.pwd,
+        workdir=parsed.workdir, writable_tmpfs=parsed.writable_tmpfs, overlay=parsed.overlay,
+        pid=parsed.pid, ipc=parsed.ipc, uts=parsed.uts, hostname=parsed.hostname,
+        userns=parsed.userns, shell=getattr(parsed, "shell", None),
+        prog=getattr(parsed, "prog", "satchel"))
+    if parsed.env_file:
+        from satchel.runtime.environment import parse_env_file
+        try:
+            with open(parsed.env_file, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as err:
+            raise UsageError(f"--env-file {parsed.env_file}: {err.strerror}") from None
+        opts.env_file_pairs = parse_env_file(text, parsed.env_file)
+    return opts
+
+
+def gpu_binds(parsed, config) -> list:
+    kinds = [k for k in ("nv", "rocm") if getattr(parsed, k, False)]
+    if getattr(parsed, "no_nv", False) and "nv" in kinds:
+        kinds.remove("nv")
+    if not kinds:
+        return []
+    try:
+        from satchel.hpc import gpu
+    except ImportError:
+        from satchel.errors import ContainerError
+        raise ContainerError(f"--{kinds[0]} support is not installed") from None
+    return [gpu.gpu_binds(kind, config) for kind in kinds]
+
+
+def run(name: str, parsed) -> int:
+    from satchel import log
+    from satchel.image.formats import open_image
+    from satchel.runtime import executor
+    from satchel.runtime.config import load_config
+    from satchel.runtime.host import HostInfo
+    from satchel.runtime.plan import build_plan
+
+    image = open_image(parsed.args[0])
+    config = load_config()
+    opts = to_run_options(name, parsed)
+    opts.gpu = gpu_binds(parsed, config)
+    plan = build_plan(opts, config, image, HostInfo.gather())
+    for warning in plan.warnings:
+        log.warning(warning)
+    if log.debug_enabled():
+        import json
+        log.debug("container plan: " + json.dumps(plan.to_dict(), indent=1))
+    executor.apply(plan)
+    return 255  # not reached: apply() execs the payload or raises

@@ -1,0 +1,135 @@
+"""What kind of image a path names, and where its SquashFS file system lies in the file.
+
+open_image(path) -> ImageRef answers for the runtime (which only needs the kind and the byte
+range to hand to squashfuse or a loop device):
+  sif       a SIF file; its primary system partition must be SquashFS
+  sandbox   a directory tree
+  squashfs  a bare SquashFS file (.sqsh, .squashfs, .sqfs...)
+  simg      Singularity 2.x: a "#!/usr/bin/env run-singularity" line, then SquashFS
+Anything else is an ImageError with a one-line reason. Only the first bytes and the SquashFS
+superblock are read, so this is cheap on every launch. On the exec path: os/struct only.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from satchel.errors import ImageError, SatchelError
+
+SQUASHFS_MAGIC = b"hsqs"
+SIF_MAGIC = b"SIF_MAGIC\0"
+SIF_MAGIC_OFFSET = 32
+SIMG_LAUNCH = b"#!/usr/bin/env run-singularity"
+# superblock: magic, inodes, mkfs_time, block_size, fragments (5 x u32), compression, block_log,
+# flags, no_ids, major, minor (6 x u16), root_inode, bytes_used (2 x u64)
+_SUPER = struct.Struct("<4sIIIIHHHHHHQQ")
+_COMPRESSORS = {1: "gzip", 2: "lzma", 3: "lzo", 4: "xz", 5: "lz4", 6: "zstd"}
+_FS_NAMES = {2: "ext3", 3: "archive", 4: "raw", 5: "encrypted squashfs"}
+
+
+class ImageRef:
+    """An opened image: absolute path, kind, and the SquashFS byte range (0, 0 for sandboxes)."""
+
+    __slots__ = ("path", "kind", "fs_offset", "fs_size", "fs_type")
+
+    def __init__(self, path: str, kind: str, fs_offset: int = 0, fs_size: int = 0,
+                 fs_type: str = ""):
+        self.path = path
+        self.kind = kind
+        self.fs_offset = fs_offset
+        self.fs_size = fs_size
+        self.fs_type = fs_type
+
+    def __repr__(self) -> str:
+        return (f"ImageRef({self.path!r}, {self.kind!r}, offset={self.fs_offset}, "
+                f"size={self.fs_size}, fs={self.fs_type!r})")
+
+    @property
+    def is_squashfs(self) -> bool:
+        return self.kind != "sandbox"
+
+
+def open_image(path: str) -> ImageRef:
+    """Identify the image at `path` (see the module docstring); ImageError if it is not one."""
+    if not path:
+        raise ImageError("no image given")
+    full = os.path.abspath(path)
+    try:
+        st = os.stat(full)
+    except FileNotFoundError:
+        raise ImageError(f"image {path} not found: no such file or directory") from None
+    except OSError as err:
+        raise ImageError(f"image {path}: {err.strerror}") from None
+    if os.path.isdir(full):
+        if not os.access(full, os.R_OK | os.X_OK):
+            raise ImageError(f"sandbox image {path}: permission denied")
+        return ImageRef(full, "sandbox", fs_type="dir")
+    try:
+        with open(full, "rb") as fh:
+            head = fh.read(64)
+    except OSError as err:
+        raise ImageError(f"image {path}: {err.strerror}") from None
+    if head[SIF_MAGIC_OFFSET:SIF_MAGIC_OFFSET + len(SIF_MAGIC)] == SIF_MAGIC:
+        return _open_sif(full, path, st.st_size)
+    if head.startswith(SQUASHFS_MAGIC):
+        offset, size = 0, _squashfs_size(full, path, 0, st.st_size)
+        return ImageRef(full, "squashfs", offset, size, "squashfs")
+    if head.startswith(SIMG_LAUNCH):
+        newline = head.find(b"\n")
+        if newline > 0 and head[newline + 1:newline + 5] == SQUASHFS_MAGIC:
+            offset = newline + 1
+            size = _squashfs_size(full, path, offset, st.st_size - offset)
+            return ImageRef(full, "simg", offset, size, "squashfs")
+        raise ImageError(f"image {path}: legacy Singularity image without SquashFS "
+                         "(ext3 .img images are not supported)")
+    raise ImageError(f"image {path} is not a valid image: not a SIF, SquashFS or sandbox "
+                     "directory")
+
+
+def _open_sif(full: str, shown: str, file_size: int) -> ImageRef:
+    from satchel.image import sif
+
+    try:
+        image = sif.SIFFile.open(full)
+    except SatchelError as err:
+        raise ImageError(f"corrupt SIF image {shown}: {err.message}") from None
+    except OSError as err:
+        raise ImageError(f"SIF image {shown}: {err.strerror or err}") from None
+    try:
+        part = image.primary_partition()
+    finally:
+        image.close()
+    if part is None:
+        raise ImageError(f"SIF image {shown} has no primary system partition to run",
+                         hint="it may hold only data or signatures; build it with satchel build")
+    if part.fs_type != sif.FS_SQUASH:
+        kind = _FS_NAMES.get(part.fs_type, f"file system type {part.fs_type}")
+        raise ImageError(f"SIF image {shown}: primary partition is {kind}, only SquashFS is "
+                         "supported")
+    if part.offset + part.size > file_size:
+        raise ImageError(f"corrupt SIF image {shown}: partition extends past the end of the file")
+    size = _squashfs_size(full, shown, part.offset, part.size)
+    return ImageRef(full, "sif", part.offset, size, "squashfs")
+
+
+def _squashfs_size(full: str, shown: str, offset: int, available: int) -> int:
+    """Check the SquashFS superblock at `offset`; return the bytes the file system uses."""
+    try:
+        with open(full, "rb") as fh:
+            fh.seek(offset)
+            raw = fh.read(_SUPER.size)
+    except OSError as err:
+        raise ImageError(f"image {shown}: {err.strerror}") from None
+    if len(raw) < _SUPER.size or raw[:4] != SQUASHFS_MAGIC:
+        raise ImageError(f"corrupt image {shown}: no SquashFS superblock at offset {offset}")
+    fields = _SUPER.unpack(raw)
+    compression, major, bytes_used = fields[5], fields[9], fields[12]
+    if major != 4:
+        raise ImageError(f"image {shown}: SquashFS version {major} is not supported (need 4)")
+    if compression not in _COMPRESSORS:
+        raise ImageError(f"corrupt image {shown}: unknown SquashFS compressor {compression}")
+    if bytes_used > available:
+        raise ImageError(f"corrupt image {shown}: SquashFS needs {bytes_used} bytes, the "
+                         f"file holds {available} (truncated?)")
+    return available

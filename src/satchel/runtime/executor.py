@@ -1,0 +1,263 @@
+"""apply(plan): perform a ContainerPlan's operations in order. Decides nothing.
+
+One method per operation kind, each a few checked calls; every failure is a ContainerError
+naming the operation, the path and the errno text. The plan has already chosen everything
+(which namespaces, which mounts, in which order, the environment, argv); this file only knows
+*how* to do each step. On success the last operation execve()s the payload, so apply() does not
+return; on failure the launcher exits and the kernel tears the half-built namespace down (its
+mounts, the FUSE connection, an autoclear loop device) with it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from satchel import log
+from satchel.errors import ContainerError
+from satchel.runtime import linux, underlay
+from satchel.runtime.linux import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC
+
+_FLAG_BITS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
+
+
+def _mount_flags(op) -> int:
+    flags = 0
+    for name in op.flags:
+        flags |= _FLAG_BITS.get(name, 0)
+    return flags
+
+
+class Executor:
+    __slots__ = ("plan", "root", "underlays", "fuse", "in_init")
+
+    def __init__(self, plan):
+        self.plan = plan
+        self.root = plan.root
+        self.underlays = underlay.Underlays(plan.session, self._bind_for_underlay)
+        self.fuse = {}
+        self.in_init = False
+
+    # -- helpers -----------------------------------------------------------------------------
+    def target(self, op) -> str:
+        """Host path of an op's destination (container paths resolve inside the staged root)."""
+        if "root" in op.flags:
+            return underlay.resolve_existing(self.root, op.destination)
+        return op.destination
+
+    def _bind_for_underlay(self, source: str, target: str, recursive: bool, what: str) -> None:
+        linux.mount(source, target, None, MS_BIND | (MS_REC if recursive else 0), None, what)
+
+    def run(self) -> None:
+        debug = log.debug_enabled()
+        for op in self.plan.ops:
+            if debug:
+                log.debug(f"{op.kind}: {op.source or ''} -> {op.destination or ''} "
+                          f"{','.join(op.flags)} {op.data if op.kind != 'exec' else ''}")
+            getattr(self, "op_" + op.kind)(op)
+
+    # -- namespaces --------------------------------------------------------------------------
+    def op_unshare(self, op) -> None:
+        linux.unshare(op.data)
+
+    def op_id_map(self, op) -> None:
+        uid_map, gid_map = op.data
+        for path, text in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", uid_map),
+                           ("/proc/self/gid_map", gid_map)):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.write(fd, text.encode())
+                finally:
+                    os.close(fd)
+            except OSError as err:
+                raise ContainerError(f"writing {path} ({text!r}): {err.strerror}") from None
+
+    def op_sethostname(self, op) -> None:
+        linux.sethostname(op.data)
+
+    # -- FUSE ------------------------------------------------------------------------------------
+    def op_fuse_prepare(self, op) -> None:
+        from satchel.runtime import fuse
+
+        argv = list(op.data)
+        argv[0] = fuse.find_program(argv[0], self.plan.environ)
+        self.fuse[op.source] = fuse.prepare(op.source, argv)
+
+    def op_mount_squashfs_fuse(self, op) -> None:
+        from satchel.runtime import fuse
+
+        server = self.fuse[op.source]
+        uid, gid = op.data
+        options = fuse.mount_options(server.fd, uid, gid)
+        linux.mount(self.plan.image.path, self.target(op), "fuse.squashfuse",
+                    _mount_flags(op), options, "mounting the image with FUSE")
+        server.start()
+        server.close()
+
+    def op_fuse_wait(self, op) -> None:
+        self.fuse[op.source].wait_ready()
+
+    # -- mounts ------------------------------------------------------------------------------------
+    def op_make_private(self, op) -> None:
+        linux.mount(None, op.destination, None, MS_REC | MS_PRIVATE, None,
+                    "making mounts private")
+
+    def op_tmpfs(self, op) -> None:
+        target = self.target(op)
+        linux.mount("tmpfs", target, "tmpfs", _mount_flags(op), op.data, "mounting a tmpfs")
+        self.underlays.own_devices.add(os.stat(target).st_dev)
+
+    def op_mkdir(self, op) -> None:
+        try:
+            os.makedirs(op.destination, 0o755, exist_ok=True)
+        except OSError as err:
+            raise ContainerError(f"creating directory {op.destination}: {err.strerror}") from None
+
+    def op_mount_squashfs_loop(self, op) -> None:
+        from satchel.runtime import loopdev
+
+        offset, size = op.data
+        loop_fd, device = loopdev.attach(op.source, offset, size)
+        try:
+            linux.mount(device, self.target(op), "squashfs", _mount_flags(op), None,
+                        f"mounting {op.source} ({device})")
+        finally:
+            os.close(loop_fd)  # autoclear frees the device when the mount goes away
+
+    def op_bind_image_dir(self, op) -> None:
+        target = self.target(op)
+        linux.mount(op.source, target, None, MS_BIND | MS_REC, None, "binding the sandbox image")
+        if "ro" in op.flags:
+            linux.mount_setattr(target, linux.MOUNT_ATTR_RDONLY, 0, True,
+                                "making the sandbox image read-only")
+
+    def op_mount_overlay(self, op) -> None:
+        lower, upper, work = op.data
+        linux.mount("overlay", self.target(op), "overlay", _mount_flags(op),
+                    f"lowerdir={lower},upperdir={upper},workdir={work}", "mounting the overlay")
+
+    def op_ensure_mountpoint(self, op) -> None:
+        self.underlays.ensure(self.root, op.destination, op.data)
+
+    def op_bind(self, op) -> None:
+        flags = MS_BIND | (MS_REC if "rec" in op.flags else 0)
+        linux.mount(op.source, self.target(op), None, flags, None,
+                    f"binding {op.source} to {op.destination}")
+
+    def op_bind_dev_node(self, op) -> None:
+        linux.mount(op.source, self.target(op), None, MS_BIND, None,
+                    f"binding device {op.source}")
+
+    def op_symlink(self, op) -> None:
+        parent, _, name = op.destination.rpartition("/")
+        host = underlay.resolve_existing(self.root, parent or "/") + "/" + name
+        try:
+            os.symlink(op.source, host)
+        except FileExistsError:
+            pass
+        except OSError as err:
+            raise ContainerError(f"creating symlink {op.destination}: {err.strerror}") from None
+
+    def op_mount_proc(self, op) -> None:
+        linux.mount("proc", self.target(op), "proc", _mount_flags(op), None,
+                    "mounting /proc for the new PID namespace")
+
+    def op_remount_ro(self, op) -> None:
+        linux.mount_setattr(self.target(op), linux.MOUNT_ATTR_RDONLY, 0, "rec" in op.flags,
+                            f"making {op.destination} read-only")
+
+    def op_nosuid_tree(self, op) -> None:
+        linux.mount_setattr(op.destination, linux.MOUNT_ATTR_NOSUID, 0, True,
+                            "setting nosuid on the container's mounts")
+
+    def op_freeze_underlays(self, op) -> None:
+        for fd, path in zip(self.underlays.copy_fds, self.underlays.copies):
+            linux.mount_setattr("", linux.MOUNT_ATTR_RDONLY, 0, False,
+                                f"making the underlay of {path} read-only", dirfd=fd)
+            os.close(fd)
+
+    # -- generated files ---------------------------------------------------------------------
+    def op_gen_passwd(self, op) -> None:
+        from satchel.runtime import etcfiles
+
+        line, uid, name = op.data
+        text = etcfiles.merge_passwd(self._image_text(op.source), line, uid, name)
+        self._write(op.destination, text)
+
+    def op_gen_group(self, op) -> None:
+        from satchel.runtime import etcfiles
+
+        groups, user = op.data
+        text = etcfiles.merge_group(self._image_text(op.source), groups, user)
+        self._write(op.destination, text)
+
+    def _image_text(self, path: str) -> str:
+        host, missing = underlay.resolve(self.root, path)
+        if missing:
+            return ""
+        try:
+            with open(host, encoding="utf-8", errors="replace") as fh:
+                return fh.read()
+        except OSError:
+            return ""
+
+    @staticmethod
+    def _write(path: str, text: str) -> None:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+        except OSError as err:
+            raise ContainerError(f"writing {path}: {err.strerror}") from None
+
+    # -- switching to the container ------------------------------------------------------------
+    def op_fork_init(self, op) -> None:
+        from satchel.runtime import supervisor
+
+        supervisor.fork_init()  # returns only in the child, pid 1 of the new namespace
+        self.in_init = True
+
+    def op_pivot_root(self, op) -> None:
+        linux.pivot_root(op.destination)
+
+    def op_chdir(self, op) -> None:
+        candidates = list(op.data)
+        for i, path in enumerate(candidates):
+            try:
+                os.chdir(path)
+            except OSError as err:
+                if "strict" in op.flags:
+                    raise ContainerError(f"could not set working directory {path}: "
+                                         f"{err.strerror}") from None
+                continue
+            if i > 0 and i == 1 and self.plan.cwd and candidates[0] != path:
+                log.verbose(f"working directory {candidates[0]} not available in the "
+                            f"container: using {path}")
+            return
+        raise ContainerError("no usable working directory in the container")
+
+    def op_drop_caps(self, op) -> None:
+        linux.drop_all_capabilities()
+
+    def op_check_shell(self, op) -> None:
+        if not os.access(op.destination, os.X_OK) or os.path.isdir(op.destination):
+            raise ContainerError(f"No valid {op.destination} in container")
+
+    def op_exec(self, op) -> None:
+        try:
+            os.execve(op.source, self.plan.argv, self.plan.environ)
+        except OSError as err:
+            raise ContainerError(f"executing {op.source} in the container: "
+                                 f"{err.strerror}") from None
+
+    def op_exec_child(self, op) -> None:
+        from satchel.runtime import supervisor
+
+        supervisor.run_init(self.plan.argv, self.plan.environ)
+
+
+def apply(plan) -> None:
+    """Build the container and exec its first process (does not return on success)."""
+    Executor(plan).run()

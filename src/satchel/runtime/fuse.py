@@ -1,0 +1,129 @@
+"""FUSE mounts for the unprivileged runtime: /dev/fuse, and the server kept out of the container.
+
+Where the server lives decides whether anything outlives the container. A FUSE server inside
+the container's mount namespace pins that namespace, and with it its own mount, forever (seen:
+a squashfuse still running 35 minutes after its container). So the server must run in the host
+mount namespace, and the kernel adds two constraints:
+
+- fuse_fill_super() refuses (EINVAL) an fd whose opener lived in another user namespace than
+  the mounter, so /dev/fuse is opened *after* unshare(CLONE_NEWUSER);
+- reading /dev/fuse before the mount exists fails (EPERM) and libfuse then exits, so the
+  server may start only *after* the mount.
+
+Hence: after unshare(CLONE_NEWUSER) and before unshare(CLONE_NEWNS), open /dev/fuse and fork a
+helper that waits on a pipe (it stays in the host mount namespace); the launcher mounts with
+fd=N, then writes one byte; the helper execs `squashfuse_ll ... /dev/fd/N` (libfuse takes an
+open fd as the "mountpoint" /dev/fd/N), which daemonizes: its daemon is reparented away from
+the payload and the helper exits as soon as the daemon serves. The launcher reaps the helper
+before it touches the mount, so a server that failed (corrupt image) is an error, not a hang.
+
+When the container's last process exits its mount namespace dies, the kernel aborts the FUSE
+connection and the server's read() returns ENODEV: it exits. If the launcher dies before the
+byte is written, the helper reads EOF (and gets SIGKILL from PR_SET_PDEATHSIG) and never runs
+the server.
+"""
+
+from __future__ import annotations
+
+import os
+
+from satchel.errors import ContainerError
+
+FUSE_DEVICE = "/dev/fuse"
+_SIGKILL = 9
+
+
+class FuseServer:
+    """A /dev/fuse descriptor and the waiting helper that will serve it."""
+
+    __slots__ = ("name", "fd", "pid", "go_fd", "argv")
+
+    def __init__(self, name: str, fd: int, pid: int, go_fd: int, argv):
+        self.name = name
+        self.fd = fd
+        self.pid = pid
+        self.go_fd = go_fd
+        self.argv = argv
+
+    def start(self) -> None:
+        """Let the helper exec the server (call right after the mount succeeded)."""
+        try:
+            os.write(self.go_fd, b"x")
+        finally:
+            os.close(self.go_fd)
+            self.go_fd = -1
+
+    def wait_ready(self) -> None:
+        """Reap the helper; it exits 0 once the daemonized server answers requests."""
+        _, status = os.waitpid(self.pid, 0)
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            return
+        if os.WIFSIGNALED(status):
+            why = f"killed by signal {os.WTERMSIG(status)}"
+        else:
+            why = f"exit status {os.WEXITSTATUS(status)}"
+        raise ContainerError(f"FUSE server for {self.name} failed ({why}): "
+                             f"{' '.join(self.argv)}")
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def find_program(name: str, environ) -> str:
+    """Absolute path of a server program: as given if it has a '/', else searched on PATH."""
+    if "/" in name:
+        return name
+    search = environ.get("PATH") or "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
+    for directory in search.split(":") + ["/usr/bin", "/usr/sbin", "/bin"]:
+        candidate = os.path.join(directory or ".", name)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    raise ContainerError(f"{name} not found on PATH: it is needed to mount images without "
+                         "privilege", hint="install squashfuse (Debian: apt install squashfuse)")
+
+
+def open_device() -> int:
+    try:
+        return os.open(FUSE_DEVICE, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as err:
+        hint = None
+        if err.errno == 13:
+            hint = "make /dev/fuse usable by users: chmod 666 /dev/fuse"
+        raise ContainerError(f"opening {FUSE_DEVICE}: {err.strerror}", hint=hint) from None
+
+
+def prepare(name: str, argv: list[str]) -> FuseServer:
+    """Open /dev/fuse and fork the helper; argv may contain '{fd}' (replaced by the fd number).
+
+    Must run after unshare(CLONE_NEWUSER) and before unshare(CLONE_NEWNS).
+    """
+    from satchel.runtime import linux
+
+    fd = open_device()
+    argv = [a.replace("{fd}", str(fd)) for a in argv]
+    program = argv[0]
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the helper: wait for the mount, then become the server
+        try:
+            os.close(write_fd)
+            linux.set_parent_death_signal(_SIGKILL)
+            if os.read(read_fd, 1) != b"x":
+                os._exit(3)  # the launcher died or gave up: no server
+            os.close(read_fd)
+            os.set_inheritable(fd, True)
+            os.execv(program, argv)
+        except BaseException:
+            pass
+        os._exit(127)
+    os.close(read_fd)
+    os.set_inheritable(write_fd, False)
+    return FuseServer(name, fd, pid, write_fd, argv)
+
+
+def mount_options(fd: int, uid: int, gid: int, extra: str = "") -> str:
+    """Kernel FUSE options; default_permissions makes the kernel enforce the image's modes."""
+    opts = f"fd={fd},rootmode=40000,user_id={uid},group_id={gid},default_permissions"
+    return opts + ("," + extra if extra else "")

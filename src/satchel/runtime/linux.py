@@ -1,0 +1,216 @@
+"""The Linux system calls the runtime needs and Python's os module lacks, through ctypes.
+
+Every wrapper checks its result and raises ContainerError naming the operation, the path and
+the errno text ("mount tmpfs on /x: Operation not permitted"), so the executor can stay a flat
+list of calls. `import ctypes` costs ~3 ms, so this module is imported only when a container is
+actually being set up (never by `-h`, option parsing or the plan).
+
+Nothing here may start a thread: unshare(CLONE_NEWUSER) fails with EINVAL in a multi-threaded
+process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+from satchel.errors import ContainerError
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+# <linux/sched.h>
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+NAMESPACE_FLAGS = {
+    "user": CLONE_NEWUSER, "mount": CLONE_NEWNS, "pid": CLONE_NEWPID,
+    "ipc": CLONE_NEWIPC, "uts": CLONE_NEWUTS, "net": CLONE_NEWNET,
+}
+
+# <linux/mount.h>
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_NOATIME = 0x400
+MS_BIND = 0x1000
+MS_MOVE = 0x2000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+MS_SLAVE = 0x80000
+MS_RELATIME = 0x200000
+MNT_DETACH = 2
+UMOUNT_NOFOLLOW = 8
+
+# mount_setattr(2): changes flags of a whole mount tree in one call and, unlike a remount,
+# does not need the caller to restate flags the kernel locked in a user namespace.
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+AT_EMPTY_PATH = 0x1000
+SYS_mount_setattr = 442  # same number on every architecture (new syscall table)
+# glibc has no pivot_root() wrapper; its number differs between architectures
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217,
+                   "i686": 217, "armv7l": 218}
+
+# <linux/prctl.h>
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+_libc.unshare.argtypes = (ctypes.c_int,)
+_libc.unshare.restype = ctypes.c_int
+_libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                        ctypes.c_char_p)
+_libc.mount.restype = ctypes.c_int
+_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+_libc.umount2.restype = ctypes.c_int
+_libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                        ctypes.c_ulong)
+_libc.prctl.restype = ctypes.c_int
+_libc.sethostname.argtypes = (ctypes.c_char_p, ctypes.c_size_t)
+_libc.sethostname.restype = ctypes.c_int
+_libc.syscall.restype = ctypes.c_long
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = (("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64))
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = (("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32))
+
+
+_libc.capset.argtypes = (ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData))
+_libc.capset.restype = ctypes.c_int
+
+
+def _fail(what: str) -> ContainerError:
+    err = ctypes.get_errno()
+    return ContainerError(f"{what}: {os.strerror(err)}")
+
+
+def _b(path: str | None) -> bytes | None:
+    return None if path is None else os.fsencode(path)
+
+
+def unshare(names) -> None:
+    flags = 0
+    for name in names:
+        flags |= NAMESPACE_FLAGS[name]
+    if _libc.unshare(flags) != 0:
+        err = ctypes.get_errno()
+        hint = None
+        if "user" in names and err in (1, 28):  # EPERM, ENOSPC
+            hint = ("unprivileged user namespaces may be disabled: check "
+                    "/proc/sys/user/max_user_namespaces and kernel.unprivileged_userns_clone")
+        raise ContainerError(f"creating {'+'.join(names)} namespaces: {os.strerror(err)}",
+                             hint=hint)
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int,
+          data: str | None, what: str) -> None:
+    if _libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)) != 0:
+        raise _fail(f"{what} ({target})")
+
+
+def umount_detach(target: str, what: str) -> None:
+    if _libc.umount2(_b(target), MNT_DETACH) != 0:
+        raise _fail(f"{what} ({target})")
+
+
+def mount_setattr(target: str, attr_set: int, attr_clr: int, recursive: bool, what: str,
+                  dirfd: int | None = None) -> None:
+    """Set/clear MOUNT_ATTR_* on the mount at target (and every mount below it if recursive).
+
+    With dirfd (an O_PATH fd of a mount's root) and target "", the mount the fd names.
+    """
+    attr = _MountAttr(attr_set, attr_clr, 0, 0)
+    flags = AT_RECURSIVE if recursive else 0
+    if dirfd is not None:
+        flags |= AT_EMPTY_PATH
+    res = _libc.syscall(ctypes.c_long(SYS_mount_setattr),
+                        ctypes.c_int(AT_FDCWD if dirfd is None else dirfd),
+                        ctypes.c_char_p(_b(target)), ctypes.c_uint(flags), ctypes.byref(attr),
+                        ctypes.c_size_t(ctypes.sizeof(attr)))
+    if res != 0:
+        raise _fail(f"{what} ({target})" if target else what)
+
+
+def pivot_root(new_root: str) -> None:
+    """Make new_root the root: pivot_root(".", ".") then detach the old root stacked on it.
+
+    Stacking the old root on the new one (runc's trick) needs no put_old directory inside the
+    image, which is read-only.
+    """
+    os.chdir(new_root)
+    number = _SYS_PIVOT_ROOT.get(os.uname().machine)
+    if number is None:
+        raise ContainerError(f"pivot_root: unknown system call number on {os.uname().machine}")
+    if _libc.syscall(ctypes.c_long(number), ctypes.c_char_p(b"."), ctypes.c_char_p(b".")) != 0:
+        raise _fail(f"pivot_root into {new_root}")
+    if _libc.umount2(b".", MNT_DETACH) != 0:
+        raise _fail("detaching the host root after pivot_root")
+    os.chdir("/")
+
+
+def prctl(option: int, arg: int, what: str) -> None:
+    if _libc.prctl(option, arg, 0, 0, 0) != 0:
+        raise _fail(what)
+
+
+def set_parent_death_signal(signum: int) -> None:
+    prctl(PR_SET_PDEATHSIG, signum, "setting the parent death signal")
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    if _libc.sethostname(raw, len(raw)) != 0:
+        raise _fail(f"setting the hostname to {name!r}")
+
+
+def last_capability() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap", "rb") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return 63
+
+
+def drop_all_capabilities() -> None:
+    """no_new_privs, empty bounding and ambient sets, zero effective/permitted/inheritable.
+
+    After this nothing the payload executes can gain a privilege: setuid bits and file
+    capabilities are ignored under no_new_privs, and root's execve() computes its permitted
+    set from the (now empty) bounding set.
+    """
+    prctl(PR_SET_NO_NEW_PRIVS, 1, "setting no_new_privs")
+    for cap in range(last_capability() + 1):
+        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            err = ctypes.get_errno()
+            if err != 22:  # EINVAL: a capability this kernel does not know
+                raise ContainerError(f"dropping capability {cap} from the bounding set: "
+                                     f"{os.strerror(err)}")
+    if _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        if err != 22:  # kernels before 4.3 have no ambient set
+            raise ContainerError(f"clearing the ambient capabilities: {os.strerror(err)}")
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if _libc.capset(ctypes.byref(header), data) != 0:
+        raise _fail("clearing capabilities (capset)")

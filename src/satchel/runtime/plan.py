@@ -1,0 +1,508 @@
+"""build_plan(): every decision about a container, as plain data, before anything happens.
+
+The plan is PURE: the options, the admin Config, the ImageRef and a HostInfo go in; a
+ContainerPlan comes out (namespaces, id maps, an ordered tuple of small Op records, the
+environment, argv, working directory, hostname). Nothing is read from the world except through
+HostInfo, so unit tests feed a fake host and assert on the operations; `-d` prints the plan as
+JSON. executor.apply() then performs the operations in order and decides nothing.
+
+Op destinations are host paths, except for ops flagged "root", whose destination is a path
+inside the container, resolved below ContainerPlan.root at apply time the way the container
+will see it (image symlinks are relative to the container root, never the host).
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from satchel.errors import ConfigError, ContainerError, UsageError
+from satchel.runtime import binds as bindmod
+from satchel.runtime import environment
+
+# --- operation kinds (executor.py has one method per kind) ---------------------------------
+UNSHARE = "unshare"                # data: namespace names
+ID_MAP = "id_map"                  # data: (uid_map, gid_map) lines; setgroups deny
+FUSE_PREPARE = "fuse_prepare"      # source: server name; data: server argv ('{fd}' = fd)
+MAKE_PRIVATE = "make_private"      # destination: mount tree whose propagation becomes private
+TMPFS = "tmpfs"                    # data: tmpfs options
+MKDIR = "mkdir"                    # host directory in a tmpfs the runtime owns (or a workdir)
+MOUNT_SQUASHFS_FUSE = "mount_squashfs_fuse"  # source: server name; data: uid, gid
+FUSE_WAIT = "fuse_wait"            # source: server name
+MOUNT_SQUASHFS_LOOP = "mount_squashfs_loop"  # source: image; data: (offset, size)
+BIND_IMAGE_DIR = "bind_image_dir"  # source: sandbox directory
+MOUNT_OVERLAY = "mount_overlay"    # data: (lower, upper, work); kernel overlayfs (root)
+ENSURE_MOUNTPOINT = "ensure_mountpoint"  # data: "dir" | "file"; underlay if missing
+BIND = "bind"                      # flags: rec, ro
+BIND_DEV_NODE = "bind_dev_node"    # a host device node onto a file in the /dev tmpfs
+SYMLINK = "symlink"                # source: link target
+WRITE_FILE = "write_file"          # data: text
+GEN_PASSWD = "gen_passwd"          # destination: host file; data: (entry line, uid, name)
+GEN_GROUP = "gen_group"            # destination: host file; data: ((gid, name), ...), user
+MOUNT_PROC = "mount_proc"          # a fresh procfs (in a new pid namespace)
+REMOUNT_RO = "remount_ro"          # flags: rec
+NOSUID_TREE = "nosuid_tree"        # nosuid on every mount below destination
+FREEZE_UNDERLAYS = "freeze_underlays"  # underlay copies become read-only
+SETHOSTNAME = "sethostname"        # data: name
+FORK_INIT = "fork_init"            # --pid: parent forwards signals, child (pid 1) goes on
+PIVOT_ROOT = "pivot_root"
+CHDIR = "chdir"                    # data: candidate directories, first that works
+DROP_CAPS = "drop_caps"            # no_new_privs + every capability set emptied
+CHECK_SHELL = "check_shell"        # /bin/sh must exist in the container
+EXEC = "exec"                      # execve(argv, environ): the launcher becomes the payload
+EXEC_CHILD = "exec_child"          # --pid: init forks the payload, reaps, returns its status
+
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+SYSTEM_CWDS = frozenset(("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64",
+                         "/libx32", "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/srv",
+                         "/sys", "/usr", "/var"))
+NO_MOUNT_KEYS = frozenset(("home", "tmp", "cwd", "hostfs", "bind-paths", "dev", "devpts",
+                           "proc", "sys", "hosts", "resolv", "passwd", "group", "localtime"))
+ACTIONS = ("exec", "run", "shell", "test")
+
+
+class Op:
+    """One setup operation: what to do, from where, to where, how."""
+
+    __slots__ = ("kind", "source", "destination", "flags", "data")
+
+    def __init__(self, kind: str, source=None, destination=None, flags=(), data=None):
+        self.kind = kind
+        self.source = source
+        self.destination = destination
+        self.flags = tuple(flags)
+        self.data = data
+
+    def to_dict(self) -> dict:
+        out = {"op": self.kind}
+        if self.source is not None:
+            out["source"] = self.source
+        if self.destination is not None:
+            out["destination"] = self.destination
+        if self.flags:
+            out["flags"] = list(self.flags)
+        if self.data is not None:
+            out["data"] = self.data if not isinstance(self.data, tuple) else list(self.data)
+        return out
+
+    def __repr__(self) -> str:
+        return f"Op({self.kind}, {self.source!r} -> {self.destination!r}, {self.flags})"
+
+
+class RunOptions:
+    """The options of exec/run/shell/test, as the plan needs them (action.py fills it)."""
+
+    __slots__ = ("command", "args", "binds", "mounts", "contain", "containall", "cleanenv",
+                 "env", "env_file_pairs", "home", "no_home", "no_mount", "pwd", "workdir",
+                 "writable_tmpfs", "overlay", "pid", "ipc", "uts", "hostname", "userns", "net",
+                 "shell", "gpu", "prog")
+
+    def __init__(self, command: str = "exec", args=(), **values):
+        self.command = command
+        self.args = list(args)
+        self.binds = []
+        self.mounts = []
+        self.contain = self.containall = self.cleanenv = False
+        self.env = []
+        self.env_file_pairs = []
+        self.home = None
+        self.no_home = False
+        self.no_mount = []
+        self.pwd = None
+        self.workdir = None
+        self.writable_tmpfs = False
+        self.overlay = []
+        self.pid = self.ipc = self.uts = self.userns = self.net = False
+        self.hostname = None
+        self.shell = None
+        self.gpu = []       # satchel.hpc.gpu.GpuBinds objects, found by action.py
+        self.prog = "satchel"
+        for key, value in values.items():
+            setattr(self, key, value)
+
+
+class ContainerPlan:
+    """Everything the executor needs; printable as JSON (to_dict)."""
+
+    __slots__ = ("rootless", "namespaces", "uid", "gid", "session", "root", "ops", "environ",
+                 "argv", "cwd", "hostname", "image", "warnings", "binds")
+
+    def __init__(self, **values):
+        for key in self.__slots__:
+            setattr(self, key, values.get(key))
+
+    def to_dict(self) -> dict:
+        return {
+            "image": {"path": self.image.path, "kind": self.image.kind,
+                      "offset": self.image.fs_offset, "size": self.image.fs_size},
+            "rootless": self.rootless,
+            "namespaces": list(self.namespaces),
+            "uid": self.uid, "gid": self.gid,
+            "session": self.session, "root": self.root,
+            "operations": [op.to_dict() for op in self.ops],
+            "argv": [a if len(a) < 200 else a[:60] + "...<script>" for a in self.argv],
+            "cwd": list(self.cwd), "hostname": self.hostname,
+            "environ": dict(self.environ),
+            "warnings": list(self.warnings),
+        }
+
+    def ops_of(self, kind: str) -> list[Op]:
+        return [op for op in self.ops if op.kind == kind]
+
+
+def default_session_dir() -> str:
+    from satchel.runtime import session
+    return posixpath.dirname(session.__file__)
+
+
+def _clean(path: str) -> str:
+    return posixpath.normpath(path) if path else path
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+class _Plan:
+    """Accumulates operations; the methods keep build_plan() readable."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.ops: list[Op] = []
+        self.binds_done: list[tuple[str, str]] = []  # (source, destination) of host binds
+
+    def add(self, kind, source=None, destination=None, flags=(), data=None) -> None:
+        self.ops.append(Op(kind, source, destination, flags, data))
+
+    def ensure(self, destination: str, kind: str) -> None:
+        self.add(ENSURE_MOUNTPOINT, None, destination, ("root",), kind)
+
+    def bind(self, source: str, destination: str, kind: str, readonly=False, rec=True) -> None:
+        self.ensure(destination, kind)
+        flags = ["root"] + (["rec"] if rec else [])
+        self.add(BIND, source, destination, flags)
+        if readonly:
+            self.add(REMOUNT_RO, None, destination, ("root", "rec"))
+        self.binds_done.append((source, destination))
+
+    def tmpfs(self, destination: str, options: str) -> None:
+        self.ensure(destination, "dir")
+        self.add(TMPFS, "tmpfs", destination, ("root", "nosuid", "nodev"), options)
+
+
+def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = None):
+    """Decide the whole container (see the module docstring). Raises UsageError/ContainerError."""
+    if opts.command not in ACTIONS:
+        raise UsageError(f"unknown action {opts.command!r}")
+    warnings: list[str] = []
+    if opts.containall:
+        opts.contain = opts.cleanenv = opts.pid = opts.ipc = True
+    no_mount = set()
+    for value in opts.no_mount or ():
+        for item in value.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            if item not in NO_MOUNT_KEYS and not item.startswith("/"):
+                raise UsageError(f"--no-mount {item}: unknown mount; use one of "
+                                 f"{', '.join(sorted(NO_MOUNT_KEYS))} or an absolute bind path")
+            no_mount.add(item)
+
+    # -u/--userns is accepted for compatibility: it is already the mode of every non-root
+    # caller, and root keeps the kernel SquashFS runtime (a loop device needs no FUSE server).
+    rootless = host.uid != 0
+    session = session_dir or default_session_dir()
+    root = session + "/root"
+    p = _Plan(root)
+
+    namespaces = ["mount"]
+    if opts.pid:
+        namespaces.append("pid")
+    if opts.ipc:
+        namespaces.append("ipc")
+    if opts.uts or opts.hostname:
+        namespaces.append("uts")
+    if opts.net:
+        namespaces.append("net")
+
+    # -- 1. namespaces and the image mount --------------------------------------------------
+    overlay_dirs = _overlay_request(opts, config, host, rootless, session)
+    image_target = root if overlay_dirs is None else session + "/lower"
+    if rootless:
+        p.add(UNSHARE, data=("user",))
+        p.add(ID_MAP, data=(f"{host.uid} {host.uid} 1", f"{host.gid} {host.gid} 1"))
+        if image.kind != "sandbox":
+            server = config.get("squashfuse path", "squashfuse_ll") or "squashfuse_ll"
+            p.add(FUSE_PREPARE, "image", data=(
+                server, "-o", f"offset={image.fs_offset}", image.path, "/dev/fd/{fd}"))
+    p.add(UNSHARE, data=tuple(namespaces))
+    p.add(MAKE_PRIVATE, destination="/", flags=("rec",))
+    size = config.get_int("sessiondir max size", 64)
+    p.add(TMPFS, "tmpfs", session, ("nosuid", "nodev", "session"), f"mode=0755,size={size}m")
+    p.add(MKDIR, destination=root)
+    if image_target != root:
+        p.add(MKDIR, destination=image_target)
+    p.add(MKDIR, destination=session + "/files")
+    if image.kind == "sandbox":
+        p.add(BIND_IMAGE_DIR, image.path, image_target, ("rec", "ro"))
+    elif rootless:
+        p.add(MOUNT_SQUASHFS_FUSE, "image", image_target, ("ro", "nosuid", "nodev"),
+              (host.uid, host.gid))
+        p.add(FUSE_WAIT, "image")
+    else:
+        p.add(MOUNT_SQUASHFS_LOOP, image.path, image_target, ("ro", "nosuid", "nodev"),
+              (image.fs_offset, image.fs_size))
+    if overlay_dirs is not None:
+        upper, work, tmpfs_upper = overlay_dirs
+        if tmpfs_upper:
+            p.add(MKDIR, destination=upper)
+            p.add(MKDIR, destination=work)
+        else:
+            p.add(MKDIR, destination=upper, flags=("host",))
+            p.add(MKDIR, destination=work, flags=("host",))
+        p.add(MOUNT_OVERLAY, "overlay", root, ("nosuid", "nodev"), (image_target, upper, work))
+
+    # -- 2. what the container sees of the host ---------------------------------------------
+    home_src, home_dst, home_explicit = _home(opts, host)
+    contain = opts.contain
+    workdir = _workdir(opts, host)
+
+    if "proc" not in no_mount and config.get_bool("mount proc", True):
+        p.ensure("/proc", "dir")
+        if not opts.pid:
+            p.add(BIND, "/proc", "/proc", ("root", "rec"))
+    if "sys" not in no_mount and config.get_bool("mount sys", True):
+        p.bind("/sys", "/sys", "dir")
+        p.add(REMOUNT_RO, None, "/sys", ("root", "rec"))
+    dev_mode = (config.get("mount dev", "minimal") or "minimal").lower()
+    if "dev" not in no_mount and dev_mode != "no":
+        if dev_mode in ("yes", "true") and not contain:
+            p.bind("/dev", "/dev", "dir")
+        else:
+            _minimal_dev(p, devpts="devpts" not in no_mount
+                         and config.get_bool("mount devpts", True))
+
+    if config.get_bool("mount hostfs", False) and "hostfs" not in no_mount:
+        warnings.append("mount hostfs is not supported: ignored")
+
+    mount_home = (not opts.no_home and "home" not in no_mount
+                  and config.get_bool("mount home", True))
+    if mount_home:
+        if contain and not home_explicit:
+            if workdir:
+                p.add(MKDIR, destination=workdir + "/home", flags=("host",))
+                p.bind(workdir + "/home", home_dst, "dir")
+            else:
+                p.tmpfs(home_dst, "mode=0700")
+        elif host.path_kind(home_src) == "dir":
+            p.bind(home_src, home_dst, "dir")
+        elif home_explicit:
+            raise ContainerError(f"home directory {home_src} does not exist (-H)")
+        else:
+            warnings.append(f"home directory {home_src} does not exist: not mounted")
+
+    if "tmp" not in no_mount and config.get_bool("mount tmp", True):
+        for path, name in (("/tmp", "tmp"), ("/var/tmp", "var_tmp")):
+            if contain:
+                if workdir:
+                    p.add(MKDIR, destination=f"{workdir}/{name}", flags=("host",))
+                    p.bind(f"{workdir}/{name}", path, "dir")
+                else:
+                    p.tmpfs(path, "mode=1777")
+            elif host.path_kind(path) == "dir":
+                p.bind(path, path, "dir")
+
+    if "bind-paths" not in no_mount:
+        for entry in config.get_list("bind path"):
+            src, _, dst = entry.partition(":")
+            src, dst = _clean(src), _clean(dst or src)
+            key = posixpath.basename(dst)
+            if dst in no_mount or src in no_mount or key in no_mount:
+                continue
+            kind = host.path_kind(src)
+            if kind is None:
+                continue
+            p.bind(host.realpath(src), dst, kind, readonly=True, rec=False)
+    if (config.get_bool("config resolv_conf", True) and "resolv" not in no_mount
+            and "/etc/resolv.conf" not in no_mount
+            and host.path_kind("/etc/resolv.conf") == "file"):
+        p.bind(host.realpath("/etc/resolv.conf"), "/etc/resolv.conf", "file", readonly=True,
+               rec=False)
+
+    if host.uid != 0:
+        files = session + "/files"
+        if config.get_bool("config passwd", True) and "passwd" not in no_mount:
+            shell = host.shell or "/bin/sh"
+            line = f"{host.user}:x:{host.uid}:{host.gid}:{host.gecos}:{home_dst}:{shell}"
+            p.add(GEN_PASSWD, "/etc/passwd", files + "/passwd", ("root",),
+                  (line, host.uid, host.user))
+            p.bind(files + "/passwd", "/etc/passwd", "file", readonly=True, rec=False)
+        if config.get_bool("config group", True) and "group" not in no_mount:
+            groups = tuple((gid, host.group_names.get(gid, str(gid))) for gid in host.groups)
+            p.add(GEN_GROUP, "/etc/group", files + "/group", ("root",), (groups, host.user))
+            p.bind(files + "/group", "/etc/group", "file", readonly=True, rec=False)
+
+    # -- 3. user binds ------------------------------------------------------------------------
+    specs = bindmod.collect(opts.binds, opts.mounts, host.environ)
+    if specs and not config.get_bool("user bind control", True):
+        raise ConfigError("user bind control is disabled by the administrator: -B/--mount "
+                          "not allowed")
+    bind_list = []
+    for spec in specs:
+        src, dst, kind = _check_bind(spec, host)
+        p.bind(src, dst, kind, readonly=spec.readonly)
+        bind_list.append(f"{spec.source}:{dst}" + (":ro" if spec.readonly else ""))
+
+    gpu_env: dict[str, str] = {}
+    for gpu in opts.gpu or ():
+        for lib in gpu.libraries:
+            p.bind(lib, "/.singularity.d/libs/" + posixpath.basename(lib), "file",
+                   readonly=True, rec=False)
+        for src, dst in gpu.binaries:
+            p.bind(src, dst, "file", readonly=True, rec=False)
+        for dev in gpu.devices:
+            kind = host.path_kind(dev) or "file"
+            p.bind(dev, "/dev/" + posixpath.basename(dev), kind, rec=kind == "dir")
+        gpu_env.update(gpu.env)
+        warnings.extend(gpu.warnings)
+
+    # -- 4. working directory -------------------------------------------------------------------
+    cwd_candidates = []
+    if opts.pwd:
+        cwd_candidates.append(opts.pwd)
+    else:
+        cwd = host.cwd
+        if (cwd and not contain and "cwd" not in no_mount and config.get_bool("mount cwd", True)
+                and cwd not in SYSTEM_CWDS
+                and not any(_under(cwd, top) for top in ("/proc", "/sys", "/dev"))):
+            covered = any(src == dst and _under(cwd, dst) for src, dst in p.binds_done)
+            if not covered and host.path_kind(cwd) == "dir":
+                p.bind(cwd, cwd, "dir")
+        if cwd and not contain:
+            cwd_candidates.append(cwd)
+        cwd_candidates.append(home_dst)
+        cwd_candidates.append("/")
+
+    # -- 5. finish the root and switch to it ------------------------------------------------
+    p.add(FREEZE_UNDERLAYS)
+    p.add(NOSUID_TREE, None, root)
+    hostname = opts.hostname
+    if hostname:
+        p.add(SETHOSTNAME, data=hostname)
+    if opts.pid:
+        p.add(FORK_INIT)
+        if "proc" not in no_mount and config.get_bool("mount proc", True):
+            p.add(MOUNT_PROC, "proc", "/proc", ("root", "nosuid", "nodev", "noexec"))
+    p.add(PIVOT_ROOT, None, root)
+    p.add(CHDIR, data=tuple(cwd_candidates), flags=("strict",) if opts.pwd else ())
+    p.add(DROP_CAPS)
+    p.add(CHECK_SHELL, None, "/bin/sh")
+
+    # -- 6. the process ---------------------------------------------------------------------------
+    env = environment.build_environment(
+        host.environ, cleanenv=opts.cleanenv, home=home_dst, image_path=image.path,
+        command=opts.command, env_pairs=environment.parse_env_option(opts.env),
+        env_file_pairs=opts.env_file_pairs, extra=gpu_env, bind_list=",".join(bind_list),
+        shell=opts.shell)
+    warnings.extend(env.warnings)
+    prompt = {"apptainer": "Apptainer> ", "singularity": "Singularity> "}.get(
+        opts.prog, "Satchel> ")
+    script = environment.action_script(opts.command, prompt, libs_first=bool(opts.gpu))
+    argv = ["/bin/sh", "-c", script, "/.singularity.d/actions/" + opts.command]
+    argv += opts.args
+    p.add(EXEC_CHILD if opts.pid else EXEC, "/bin/sh", None, (), None)
+
+    all_ns = (("user",) if rootless else ()) + tuple(namespaces)
+    return ContainerPlan(
+        rootless=rootless, namespaces=all_ns, uid=host.uid, gid=host.gid, session=session,
+        root=root, ops=tuple(p.ops), environ=env.environ, argv=argv,
+        cwd=tuple(cwd_candidates), hostname=hostname, image=image, warnings=warnings,
+        binds=bind_list)
+
+
+def _minimal_dev(p: _Plan, devpts: bool) -> None:
+    p.tmpfs("/dev", "mode=0755,size=512k")
+    for name in DEV_NODES:
+        p.ensure("/dev/" + name, "file")
+        p.add(BIND_DEV_NODE, "/dev/" + name, "/dev/" + name, ("root",))
+    if devpts:
+        p.bind("/dev/pts", "/dev/pts", "dir", rec=False)
+        p.add(SYMLINK, "pts/ptmx", "/dev/ptmx", ("root",))
+    p.tmpfs("/dev/shm", "mode=1777")
+    p.add(SYMLINK, "/proc/self/fd", "/dev/fd", ("root",))
+    for number, name in enumerate(("stdin", "stdout", "stderr")):
+        p.add(SYMLINK, f"/proc/self/fd/{number}", "/dev/" + name, ("root",))
+
+
+def _home(opts: RunOptions, host) -> tuple[str, str, bool]:
+    if opts.home:
+        src, _, dst = opts.home.partition(":")
+        if not src:
+            raise UsageError(f"invalid --home value {opts.home!r}: expected SRC[:DST]")
+        if not src.startswith("/"):
+            src = posixpath.join(host.cwd or "/", src)
+        dst = dst or src
+        if not dst.startswith("/"):
+            raise UsageError(f"--home destination {dst} must be an absolute path")
+        return _clean(src), _clean(dst), True
+    return host.home, host.home, False
+
+
+def _workdir(opts: RunOptions, host) -> str | None:
+    if not opts.workdir:
+        return None
+    path = opts.workdir
+    if not path.startswith("/"):
+        path = posixpath.join(host.cwd or "/", path)
+    path = _clean(path)
+    if host.path_kind(path) != "dir":
+        raise ContainerError(f"--workdir {opts.workdir}: not an existing directory")
+    return path
+
+
+def _check_bind(spec, host) -> tuple[str, str, str]:
+    src, dst = spec.source, spec.destination
+    if not src.startswith("/"):
+        src = posixpath.join(host.cwd or "/", src)
+    if not dst.startswith("/"):
+        raise UsageError(f"bind destination {spec.destination} must be an absolute path "
+                         f"(in {spec.origin!r})")
+    dst = _clean(dst)
+    if dst == "/":
+        raise UsageError(f"invalid bind {spec.origin!r}: cannot bind onto the container's root /")
+    kind = host.path_kind(src)
+    if kind is None:
+        raise ContainerError(f"bind source {spec.source} does not exist (in {spec.origin!r})")
+    return host.realpath(src), dst, kind
+
+
+def _overlay_request(opts: RunOptions, config, host, rootless: bool, session: str):
+    """(upper, work, upper_is_tmpfs) for --overlay/--writable-tmpfs, or None."""
+    if not opts.overlay and not opts.writable_tmpfs:
+        return None
+    if not config.get_bool("enable overlay", True):
+        raise ConfigError("overlay is disabled by the administrator (enable overlay = no)")
+    if opts.overlay and len(opts.overlay) > 1:
+        raise UsageError("only one --overlay directory is supported")
+    if opts.overlay:
+        value = opts.overlay[0]
+        path, _, mode = value.partition(":")
+        if mode not in ("", "rw"):
+            raise UsageError(f"--overlay {value}: read-only overlays are not supported yet")
+        if not path.startswith("/"):
+            path = posixpath.join(host.cwd or "/", path)
+        path = _clean(path)
+        kind = host.path_kind(path)
+        if kind is None:
+            raise ContainerError(f"overlay {value} does not exist")
+        if kind != "dir":
+            raise ContainerError(f"overlay {value}: overlay image files are not supported, "
+                                 "give a writable directory")
+        if not host.is_writable_dir(path):
+            raise ContainerError(f"overlay directory {value} is not writable by you")
+        if rootless:
+            raise ContainerError("--overlay is not supported yet without root privileges",
+                                 hint="run as root, or bind a writable directory with -B")
+        return path + "/upper", path + "/work", False
+    if rootless:
+        raise ContainerError("--writable-tmpfs is not supported yet without root privileges")
+    return session + "/overlay/upper", session + "/overlay/work", True

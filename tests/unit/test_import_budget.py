@@ -1,0 +1,59 @@
+"""The exec path stays lean: no heavy standard-library module is imported by its modules.
+
+Measured with `python3 -X importtime` in a fresh interpreter that imports exactly what
+`satchel exec` loads before it execs the payload (DESIGN.md: "Rules that keep the exec path
+fast"). A forbidden module anywhere in that import tree fails the test with its importer chain.
+"""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EXEC_PATH_MODULES = [
+    "satchel.cli.main", "satchel.cli.commands.action", "satchel.image.formats",
+    "satchel.image.sif", "satchel.runtime.config", "satchel.runtime.host",
+    "satchel.runtime.plan", "satchel.runtime.binds", "satchel.runtime.environment",
+    "satchel.runtime.executor", "satchel.runtime.linux", "satchel.runtime.underlay",
+    "satchel.runtime.fuse", "satchel.runtime.loopdev", "satchel.runtime.etcfiles",
+    "satchel.runtime.session",
+]
+FORBIDDEN = {"json", "logging", "argparse", "subprocess", "pathlib", "dataclasses", "enum",
+             "typing", "re", "shlex", "tempfile", "shutil", "uuid", "hashlib", "signal",
+             "threading", "socket", "csv", "datetime", "inspect", "traceback", "importlib.metadata"}
+
+
+def _imported(modules: list[str]) -> list[tuple[str, int]]:
+    code = "import sys; sys.path.insert(0, %r)\n" % os.path.join(ROOT, "src")
+    code += "".join(f"import {m}\n" for m in modules)
+    proc = subprocess.run([sys.executable, "-I", "-S", "-X", "importtime", "-c", code],
+                          capture_output=True, text=True, check=True)
+    found = []
+    for line in proc.stderr.splitlines():
+        parts = line.split("|")
+        if not line.startswith("import time:") or len(parts) != 3 or "imported package" in line:
+            continue
+        cumulative = parts[1].strip()
+        if cumulative.isdigit():
+            found.append((parts[2].strip(), int(cumulative)))
+    return found
+
+
+def test_exec_path_imports_no_heavy_module():
+    imported = _imported(EXEC_PATH_MODULES)
+    names = {name for name, _ in imported}
+    assert "satchel.runtime.executor" in names  # the measurement saw the exec path
+    bad = sorted(names & FORBIDDEN)
+    assert not bad, f"the exec path imports {bad}: import them lazily inside functions"
+
+
+def test_measurement_would_see_a_forbidden_module():
+    names = {name for name, _ in _imported(["satchel.runtime.plan", "json"])}
+    assert "json" in names and "satchel.runtime.plan" in names
+
+
+def test_supervisor_is_only_loaded_for_pid():
+    # signal is allowed only for --pid, through satchel.runtime.supervisor (imported lazily)
+    names = {name for name, _ in _imported(EXEC_PATH_MODULES)}
+    assert "satchel.runtime.supervisor" not in names
+    assert "signal" not in names
