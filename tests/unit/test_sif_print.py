@@ -125,7 +125,7 @@ def test_tabwriter_escapes():
     # the output but take no width
     assert _tabwrite(b"\xffa\tb\xff:\tX\nc:\tY\n", 1) == b"\xffa\tb\xff: X\nc:   Y\n"
     # an escape left open runs to the end
-    assert _tabwrite(b"k:\t\xffv\tw\nk2:\tz\n", 1) == b"k:\t\xffv\tw\nk2:\tz\n".replace(b"\t", b" ", 1)
+    assert _tabwrite(b"k:\t\xffv\tw\nk2:\tz\n", 1) == b"k: \xffv\tw\nk2:\tz\n"
 
 
 # --- printers on made-up files -------------------------------------------------------------------

@@ -245,11 +245,15 @@ class Descriptor:
     # little-endian); None when the object is of another type.
     @property
     def fs_type(self) -> int | None:
-        return _PARTITION_EXTRA.unpack_from(self.extra)[0] if self.datatype == DATA_PARTITION else None
+        if self.datatype != DATA_PARTITION:
+            return None
+        return _PARTITION_EXTRA.unpack_from(self.extra)[0]
 
     @property
     def part_type(self) -> int | None:
-        return _PARTITION_EXTRA.unpack_from(self.extra)[1] if self.datatype == DATA_PARTITION else None
+        if self.datatype != DATA_PARTITION:
+            return None
+        return _PARTITION_EXTRA.unpack_from(self.extra)[1]
 
     @property
     def arch(self) -> str | None:

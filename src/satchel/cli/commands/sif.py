@@ -80,7 +80,8 @@ _SUBS = {
 
 _ADD_EXAMPLES = """  satchel sif add image.sif recipe.def --datatype 1
   satchel sif add image.sif rootfs.squashfs --datatype 4 --parttype 1 --partfs 1 --partarch 2
-  satchel sif add image.sif signature.bin --datatype 5 --signentity 433FE984155206BD962725E20E8713472A879943 --signhash 1"""
+  satchel sif add image.sif signature.bin --datatype 5 --signhash 1 \\
+      --signentity 433FE984155206BD962725E20E8713472A879943"""
 
 _ARCHES = ("386", "amd64", "arm", "arm64", "ppc64", "ppc64le", "mips", "mipsle", "mips64",
            "mips64le", "s390x", "riscv64", "loong64")
@@ -91,9 +92,10 @@ _SBOM_FORMATS = {"cyclonedx-json": 1, "cyclonedx-xml": 2, "github": 3, "github-j
 
 def _sub_spec(sub: str) -> o.Spec:
     usage, summary, positionals, options = _SUBS[sub]
+    example = "  satchel " + usage.replace("<id>", "1").replace("<sif_path>", "image.sif")
     return o.Spec("sif", usage, summary, options=options, min_args=len(positionals),
                   max_args=len(positionals),
-                  examples=_ADD_EXAMPLES if sub == "add" else f"  satchel {usage.replace('<id>', '1').replace('<sif_path>', 'image.sif')}")
+                  examples=_ADD_EXAMPLES if sub == "add" else example)
 
 
 def _uint(text: str, what: str, bits: int = 32) -> int:
