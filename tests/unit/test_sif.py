@@ -363,6 +363,16 @@ def test_write_errors_are_sif_errors(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["dir.sif"]
 
 
+def test_empty_object_past_the_end_is_accepted(tmp_path):
+    """The reference aligns an empty last partition past the bytes it wrote: still a valid SIF."""
+    path = str(tmp_path / "empty-part.sif")
+    deterministic(path, [sif.NewObject(datatype=sif.DATA_DEFFILE, data=b"d"),
+                         sif.NewObject(datatype=sif.DATA_PARTITION, data=b"", arch="amd64")])
+    os.truncate(path, 32177)  # as the reference leaves it: nothing written at 32768
+    with sif.SIFFile.open(path) as f:
+        assert f.get(2).offset == 32768 and f.read_data(2) == b""
+
+
 def test_add_the_image_to_itself_terminates(tmp_path):
     """The source grows while it is copied: only its size at the start is copied."""
     path = copy_of(tmp_path, "one-group.sif")

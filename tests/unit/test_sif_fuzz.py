@@ -37,7 +37,8 @@ def check_opened(path: str, f: sif.SIFFile) -> None:
     for d in f.descriptors:
         assert d.id > 0 and d.id not in ids
         ids.add(d.id)
-        assert 0 <= d.offset and 0 <= d.size and d.offset + d.size <= size
+        assert 0 <= d.offset and 0 <= d.size
+        assert d.size == 0 or d.offset + d.size <= size
         assert len(f.read_data(d.id)) == d.size
         if d.size:
             spans.append((d.offset, d.offset + d.size))

@@ -350,7 +350,9 @@ def _check_objects(used: list[Descriptor], h: Header, file_size: int) -> None:
         where = f"object {d.id} (offset {d.offset}, size {d.size})"
         if d.offset < 0 or d.size < 0:
             raise SIFError(f"{where} has a negative offset or size")
-        if d.offset + d.size > file_size:
+        # an empty object may sit past the end: the reference aligns an empty partition there
+        # without writing anything
+        if d.size > 0 and d.offset + d.size > file_size:
             raise SIFError(f"{where} extends past end of file ({file_size} bytes)")
         if d.size > 0 and _overlaps_metadata(d.offset, d.size, h.descriptors_offset, table_end):
             raise SIFError(f"{where} overlaps the header or descriptor table")
