@@ -3,8 +3,9 @@
 Where credentials come from, first match wins (as Apptainer does):
 1. --docker-username / --docker-password on the command line;
 2. APPTAINER_DOCKER_USERNAME / APPTAINER_DOCKER_PASSWORD (or the SINGULARITY_ twins);
-3. an entry for the registry in $DOCKER_CONFIG/config.json or ~/.docker/config.json
-   ("auth": base64 "user:password", or "username"/"password", or "identitytoken").
+3. an entry for the registry in the --authfile file, $DOCKER_CONFIG/config.json or
+   ~/.docker/config.json ("auth": base64 "user:password", "username"/"password", or an
+   "identitytoken" used as an OAuth2 refresh token).
 Credential helpers (credsStore/credHelpers) are not run.
 """
 
@@ -88,9 +89,27 @@ def from_docker_config(path: str, keys: tuple[str, ...]) -> Credentials | None:
     return None
 
 
+def prompt_login(username: str | None = None) -> tuple[str, str]:
+    """--docker-login: ask on the terminal (the password without echo)."""
+    import getpass
+    import sys
+    try:
+        if not username:
+            sys.stderr.write("Enter Docker Username: ")
+            sys.stderr.flush()
+            username = sys.stdin.readline().strip()
+        password = getpass.getpass("Enter Docker Password: ")
+    except (EOFError, OSError) as err:
+        raise OCIError(f"--docker-login: cannot read credentials ({err})") from None
+    if not username or not password:
+        raise OCIError("--docker-login: a username and a password are needed")
+    return username, password
+
+
 def find_credentials(auth_keys: tuple[str, ...], username: str | None = None,
                      password: str | None = None, environ=None,
-                     home: str | None = None) -> Credentials | None:
+                     home: str | None = None, authfile: str | None = None
+                     ) -> Credentials | None:
     environ = os.environ if environ is None else environ
     if username or password:
         origin = "command line"
@@ -104,7 +123,12 @@ def find_credentials(auth_keys: tuple[str, ...], username: str | None = None,
                            hint="set --docker-username and --docker-password (or "
                                 "APPTAINER_DOCKER_USERNAME and APPTAINER_DOCKER_PASSWORD)")
         return Credentials(username, password, "", origin)
-    for path in docker_config_paths(environ, home):
+    paths = docker_config_paths(environ, home)
+    if authfile:
+        if not os.path.isfile(authfile):
+            raise OCIError(f"--authfile {authfile}: no such file")
+        paths.insert(0, authfile)
+    for path in paths:
         creds = from_docker_config(path, auth_keys)
         if creds is not None:
             log.verbose(f"using registry credentials from {path}")

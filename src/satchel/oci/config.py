@@ -38,13 +38,17 @@ def from_image_config(doc: dict) -> RuntimeConfig:
     """Validate and extract the runtime fields of an image config document."""
     if not isinstance(doc, dict):
         raise OCIError("image config is not a JSON object")
-    conf = doc.get("config") or doc.get("container_config") or {}
+    conf = doc.get("config")
+    if conf is None:
+        conf = doc.get("container_config") or {}
     if not isinstance(conf, dict):
         raise OCIError("image config: 'config' is not an object")
-    env = conf.get("Env") or []
+    env = conf.get("Env")
+    env = [] if env is None else env
     if not isinstance(env, list) or not all(isinstance(e, str) for e in env):
         raise OCIError("image config: Env must be a list of strings")
-    labels = conf.get("Labels") or {}
+    labels = conf.get("Labels")
+    labels = {} if labels is None else labels
     if not isinstance(labels, dict):
         raise OCIError("image config: Labels must be an object")
     workdir = conf.get("WorkingDir") or None

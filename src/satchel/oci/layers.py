@@ -307,17 +307,17 @@ class Extractor:
     def _whiteout(self, parts: list[str]) -> None:
         self.stats.whiteouts += 1
         base = parts[-1]
+        victim = base[len(WHITEOUT):]
+        if base != OPAQUE and base.startswith(WHITEOUT + WHITEOUT):
+            return  # other AUFS metadata (.wh..wh.plnk...): not content
+        if victim in ("", ".", ".."):
+            raise OCIError(f"layer {self._layer}: invalid whiteout {'/'.join(parts)!r}")
         parent = self._resolve_dir(parts[:-1], create=False)
         if parent is None:
             return  # nothing below to hide
         if base == OPAQUE:
             self._make_opaque(parent)
             return
-        if base.startswith(WHITEOUT + WHITEOUT):
-            return  # other AUFS metadata (.wh..wh.plnk...): not content
-        victim = base[len(WHITEOUT):]
-        if victim in ("", ".", ".."):
-            raise OCIError(f"layer {self._layer}: invalid whiteout {'/'.join(parts)!r}")
         path = os.path.join(parent, victim)
         if path in self._layer_paths:
             return  # whiteouts hide lower layers only

@@ -31,16 +31,17 @@ class FetchOptions:
     """What a pull or a docker/oci bootstrap needs to know, from options and environment."""
 
     __slots__ = ("arch", "variant", "plain_http", "username", "password", "disable_cache",
-                 "cache_root")
+                 "cache_root", "authfile")
 
     def __init__(self, arch=None, plain_http=False, username=None, password=None,
-                 disable_cache=False, cache_root=None):
+                 disable_cache=False, cache_root=None, authfile=None):
         self.arch, self.variant = mt.parse_arch(arch)
         self.plain_http = plain_http
         self.username = username
         self.password = password
         self.disable_cache = disable_cache
         self.cache_root = cache_root
+        self.authfile = authfile  # a Docker config.json to read credentials from first
 
     @classmethod
     def from_options(cls, opts, environ=None) -> "FetchOptions":
@@ -51,10 +52,13 @@ class FetchOptions:
         disable = bool(getattr(opts, "disable_cache", False)) or any(
             environ.get(name, "").lower() in _TRUE
             for name in ("APPTAINER_DISABLE_CACHE", "SINGULARITY_DISABLE_CACHE"))
+        username = getattr(opts, "docker_username", None) or None
+        password = getattr(opts, "docker_password", None) or None
+        if getattr(opts, "docker_login", False) and not (username and password):
+            username, password = auth.prompt_login(username)
         return cls(arch=getattr(opts, "arch", None) or None, plain_http=nohttps,
-                   username=getattr(opts, "docker_username", None) or None,
-                   password=getattr(opts, "docker_password", None) or None,
-                   disable_cache=disable)
+                   username=username, password=password, disable_cache=disable,
+                   authfile=getattr(opts, "authfile", None) or None)
 
     def cache(self) -> Cache | None:
         if self.disable_cache:
@@ -248,7 +252,8 @@ def _fetch_manifest(registry: Registry, cache: Cache, reference: str, what: str)
 def resolve_registry(ref: DockerRef, opts: FetchOptions, cache: Cache) -> RegistryImage:
     """Resolve `ref` to the platform manifest (index -> linux/ARCH) without fetching blobs."""
     cache.ensure()
-    creds = auth.find_credentials(ref.auth_keys, opts.username, opts.password)
+    creds = auth.find_credentials(ref.auth_keys, opts.username, opts.password,
+                                  authfile=opts.authfile)
     registry = Registry(ref, creds, plain_http=opts.plain_http)
     doc = _fetch_manifest(registry, cache, ref.reference, str(ref))
     if isinstance(doc, mt.Index):

@@ -11,6 +11,7 @@ more when members are read in order), and file data is read straight from the de
 from __future__ import annotations
 
 import io
+import sys
 import zlib
 
 from satchel.errors import OCIError
@@ -102,9 +103,28 @@ class GzipReader:
         return b""
 
 
+def import_zstandard():
+    """The zstandard module. satchel's launcher runs Python with -S (no site import: it costs
+    milliseconds on the exec path), so the environment's site-packages is added on demand."""
+    try:
+        import zstandard
+    except ModuleNotFoundError:
+        import site
+        if not sys.flags.no_site:
+            raise OCIError("zstd-compressed layers need the Python package 'zstandard'",
+                           hint="pip install zstandard (a satchel dependency)") from None
+        site.main()  # what -S skipped: the virtual environment's site-packages
+        try:
+            import zstandard
+        except ModuleNotFoundError:
+            raise OCIError("zstd-compressed layers need the Python package 'zstandard'",
+                           hint="pip install zstandard (a satchel dependency)") from None
+    return zstandard
+
+
 class ZstdReader:
     def __init__(self, raw):
-        import zstandard
+        zstandard = import_zstandard()
         self._error = zstandard.ZstdError
         self.reader = zstandard.ZstdDecompressor().stream_reader(
             raw, read_size=CHUNK, read_across_frames=True)

@@ -114,8 +114,8 @@ def compress_layer(tar: bytes, compression: str = "gzip", docker: bool = False,
         kind = ("application/vnd.docker.image.rootfs.diff.tar.gzip" if docker
                 else "application/vnd.oci.image.layer.v1.tar+gzip")
     elif compression == "zstd":
-        import zstandard
-        data = zstandard.ZstdCompressor(level=min(level, 19)).compress(tar)
+        from satchel.oci.stream import import_zstandard
+        data = import_zstandard().ZstdCompressor(level=min(level, 19)).compress(tar)
         kind = ("application/vnd.docker.image.rootfs.diff.tar.zstd" if docker
                 else "application/vnd.oci.image.layer.v1.tar+zstd")
     elif compression == "":

@@ -1,0 +1,65 @@
+"""satchel pull: download an OCI/Docker image and convert it to a SIF file (through the cache)."""
+
+from __future__ import annotations
+
+from satchel.cli import options as o
+
+SPECS = {
+    "pull": o.Spec(
+        "pull", "pull [pull options...] [output file] <URI>",
+        "Pull an image from a URI",
+        description=(
+            "Pull an image from a registry (docker://REGISTRY/REPO[:TAG|@DIGEST]), a Docker\n"
+            "archive (docker-archive:FILE.tar), an OCI archive (oci-archive:FILE.tar) or an OCI\n"
+            "image layout (oci:DIR[:TAG]) and convert it to a SIF file, by default NAME_TAG.sif\n"
+            "in the current directory. Registry images are cached by digest under\n"
+            "$APPTAINER_CACHEDIR (default ~/.satchel/cache): pulling the same image again\n"
+            "downloads and converts nothing."),
+        options=(
+            o.Opt("-F --force", "force", help="overwrite an image file if it exists"),
+            o.Opt("--dir", "dir", o.VALUE, help="download images to the specific directory"),
+            o.Opt("--arch", "arch", o.VALUE,
+                  help="architecture to pull from a multi-architecture image (default: the host's)"),
+            o.Opt("--disable-cache", "disable_cache",
+                  env=("APPTAINER_DISABLE_CACHE", "SINGULARITY_DISABLE_CACHE"),
+                  help="do not use or create cached images/blobs"),
+            o.Opt("--no-https --nohttps", "nohttps",
+                  env=("APPTAINER_NOHTTPS", "SINGULARITY_NOHTTPS", "APPTAINER_NO_HTTPS",
+                       "SINGULARITY_NO_HTTPS"),
+                  help="use http instead of https for docker:// registries"),
+            o.Opt("--docker-username", "docker_username", o.VALUE,
+                  help="username for the registry (or APPTAINER_DOCKER_USERNAME)"),
+            o.Opt("--docker-password", "docker_password", o.VALUE,
+                  help="password for the registry (or APPTAINER_DOCKER_PASSWORD)"),
+            o.Opt("--docker-login", "docker_login", help="login to a Docker Repository interactively"),
+            o.Opt("--authfile", "authfile", o.VALUE, help="docker-style auth file to use for registries"),
+            o.Opt("--tmpdir", "tmpdir", o.VALUE, env=("APPTAINER_TMPDIR", "SINGULARITY_TMPDIR"),
+                  help="directory for temporary files of the conversion"),
+            o.Opt("--mksquashfs-args", "mksquashfs_args", o.VALUE,
+                  env=("APPTAINER_MKSQUASHFS_ARGS", "SINGULARITY_MKSQUASHFS_ARGS"),
+                  help="additional arguments for mksquashfs", hidden=True),
+        ),
+        min_args=1, max_args=2,
+        examples=("  satchel pull docker://alpine:3.19\n"
+                  "  satchel pull --arch arm64 mine.sif docker://registry.example.org/team/tool:1.2\n"
+                  "  satchel pull --nohttps docker://127.0.0.1:5000/busybox\n"
+                  "  satchel pull oci-archive:image.tar"),
+    ),
+}
+
+
+def run(name: str, parsed) -> int:
+    from satchel import log
+    from satchel.build.builder import BuildOptions
+    from satchel.oci import pull, source
+    if len(parsed.args) == 2:
+        output, uri = parsed.args
+    else:
+        output, uri = None, parsed.args[0]
+    fetch = source.FetchOptions.from_options(parsed)
+    dest = pull.destination(uri, output, parsed.dir)
+    build_options = BuildOptions(force=True, tmpdir=parsed.tmpdir,
+                                 mksquashfs_args=parsed.mksquashfs_args or "")
+    pull.pull(uri, dest, parsed.force, fetch, build_options)
+    log.info(f"Image saved to {dest}")
+    return 0

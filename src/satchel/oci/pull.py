@@ -1,0 +1,165 @@
+"""`satchel pull`: an OCI image -> a SIF file, through the cache.
+
+A registry image is first resolved to its platform manifest (index -> linux/ARCH), which
+names the converted SIF in the cache: oci-tmp/<manifest hex>.sif. If that is there, the pull
+copies it and transfers nothing but the manifest (nothing at all for a digest reference whose
+manifest is cached). Otherwise, under the lock of that digest (20 concurrent pulls of one image
+convert it once), the builder converts the image — the docker agent fetches the rootfs, the
+layout, mksquashfs and the SIF writer do the rest, with no definition sections — from a
+reference pinned to that manifest digest, so a tag moved meanwhile cannot put another image
+under this name. The finished SIF is renamed into the cache, then copied to the destination.
+
+Archives and layouts (and --disable-cache) are converted straight to the destination.
+Every output is written to a temporary name next to it and renamed: an interrupted pull
+leaves no partial image.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from satchel import log
+from satchel.errors import OCIError, SatchelError
+from satchel.oci import reference as refs
+from satchel.oci.cache import Cache
+from satchel.oci.source import FetchOptions, resolve_registry
+
+
+def destination(uri: str, output: str | None, directory: str | None) -> str:
+    """Where the pull writes: OUTPUT, else Apptainer's NAME_TAG.sif; inside --dir if given."""
+    name = output or refs.default_pull_name(uri)
+    if not name:
+        raise OCIError(f"cannot derive a file name from {uri!r}; give one")
+    if directory:
+        name = os.path.join(directory, name)
+    return os.path.abspath(name)
+
+
+def check_destination(dest: str, force: bool) -> None:
+    parent = os.path.dirname(dest)
+    if not os.path.isdir(parent):
+        raise OCIError(f"cannot write {dest}: directory {parent} does not exist")
+    if os.path.lexists(dest):
+        if not force:
+            raise OCIError(f"image file already exists: {dest} - will not overwrite",
+                           hint="use --force to replace it")
+        if os.path.isdir(dest) and not os.path.islink(dest):
+            raise OCIError(f"cannot replace {dest}: it is a directory")
+
+
+def build_uri(uri: str) -> str:
+    """The builder takes sources as SCHEME://REST; docker-archive:F becomes docker-archive://F
+    (the agent turns it back)."""
+    transport, rest = refs.split_transport(uri)
+    if rest.startswith("//"):
+        return uri
+    return f"{transport}://{rest}"
+
+
+def pinned_uri(ref: refs.DockerRef, digest: str) -> str:
+    scheme = "http://" if ref.scheme == "http" else ""
+    return f"docker://{scheme}{ref.registry}/{ref.repository}@{digest}"
+
+
+def pull(uri: str, dest: str, force: bool, fetch: FetchOptions, build_options) -> str:
+    """Pull `uri` into the SIF file `dest`; returns `dest`."""
+    ref = refs.parse(uri)
+    check_destination(dest, force)
+    cache = fetch.cache()
+    if isinstance(ref, refs.DockerRef) and cache is not None:
+        cache.ensure()
+        try:
+            resolved = resolve_registry(ref, fetch, cache)
+        except OCIError as err:
+            raise err.context(f"while pulling {uri}") from None
+        cached = cache.sif_path(resolved.digest)
+        if os.path.isfile(cached):
+            log.info(f"Using cached SIF image for {resolved.digest}")
+        else:
+            with cache.lock(f"sif-{resolved.digest.hex}"):
+                if os.path.isfile(cached):
+                    log.info(f"Using SIF image converted meanwhile for {resolved.digest}")
+                else:
+                    log.info(f"Converting OCI blobs to SIF format ({resolved.digest})")
+                    convert(pinned_uri(ref, str(resolved.digest)), cached, cache, fetch,
+                            build_options)
+        install(cached, dest, force)
+    else:
+        temp = _temp_name(dest)
+        try:
+            _build(build_uri(uri), temp, fetch, build_options, tmpdir=None)
+            _rename(temp, dest, force)
+        finally:
+            _unlink(temp)
+    return dest
+
+
+def convert(uri: str, cached: str, cache: Cache, fetch: FetchOptions, build_options) -> None:
+    """Build the SIF for `uri` in the cache's tmp/ and rename it to `cached`."""
+    temp = cache.temp_path(os.path.basename(cached)) + ".sif"
+    try:
+        _build(uri, temp, fetch, build_options, tmpdir=cache.tmp_dir)
+        os.rename(temp, cached)
+    except OSError as err:
+        raise OCIError(f"storing the converted image in the cache: {err.strerror}") from None
+    finally:
+        _unlink(temp)
+
+
+def _build(uri: str, target: str, fetch: FetchOptions, build_options, tmpdir: str | None) -> None:
+    from satchel.build import builder
+    options = build_options or builder.BuildOptions()
+    options.force = True
+    if tmpdir and not options.tmpdir:
+        options.tmpdir = tmpdir
+    # the docker agent reads these (FetchOptions.from_options) in the build, which may run in
+    # a forked user-namespace child: plain attributes travel with the fork
+    options.arch = f"{fetch.arch}/{fetch.variant}" if fetch.variant else fetch.arch
+    options.nohttps = fetch.plain_http
+    options.docker_username = fetch.username
+    options.docker_password = fetch.password
+    options.disable_cache = fetch.disable_cache
+    options.authfile = fetch.authfile
+    try:
+        builder.build(target, uri, options)
+    except SatchelError as err:
+        if uri in err.message:
+            raise
+        raise err.context(f"while pulling {uri}") from None
+
+
+def install(cached: str, dest: str, force: bool) -> None:
+    """Copy a cached SIF to `dest` (never a link: the user may modify their copy)."""
+    temp = _temp_name(dest)
+    try:
+        shutil.copyfile(cached, temp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o755 & ~umask)
+        _rename(temp, dest, force)
+    except OSError as err:
+        raise OCIError(f"writing {dest}: {err.strerror}") from None
+    finally:
+        _unlink(temp)
+
+
+def _temp_name(dest: str) -> str:
+    return os.path.join(os.path.dirname(dest),
+                        f".{os.path.basename(dest)}.pull-{os.getpid()}")
+
+
+def _rename(temp: str, dest: str, force: bool) -> None:
+    if not force and os.path.lexists(dest):  # appeared while we worked
+        raise OCIError(f"image file already exists: {dest} - will not overwrite",
+                       hint="use --force to replace it")
+    os.rename(temp, dest)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        log.warning(f"could not remove {path}: {err.strerror}")
