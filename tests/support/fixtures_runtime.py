@@ -106,8 +106,8 @@ def who(request):
 
 # -- leftovers ---------------------------------------------------------------------------------
 
-def live_processes(name: str) -> list[int]:
-    """Pids of running (not zombie) processes whose command name is `name`."""
+def live_processes(name: str, argument: str | None = None) -> list[int]:
+    """Pids of running (not zombie) processes called `name` (with `argument` in argv if given)."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -115,17 +115,24 @@ def live_processes(name: str) -> list[int]:
         try:
             with open(f"/proc/{entry}/stat") as fh:
                 stat = fh.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
         except OSError:
             continue
         comm = stat[stat.index("(") + 1:stat.rindex(")")]
         state = stat[stat.rindex(")") + 2]
-        if comm == name[:15] and state not in "ZX":
-            pids.append(int(entry))
+        if comm != name[:15] or state in "ZX":
+            continue
+        if argument is not None and os.fsencode(argument) not in argv:
+            continue
+        pids.append(int(entry))
     return pids
 
 
-def satchel_mounts() -> list[str]:
-    """Mount lines anywhere on the host that mention satchel's session dir or a test image."""
+def image_mounts(image: str) -> list[str]:
+    """Mount lines, in any process's mount namespace, whose source is `image` (FUSE mounts name
+    the image as their source) or which stage a container of it (loop-mounted SquashFS)."""
+    loops = set(satchel_loop_devices(image))
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -133,7 +140,8 @@ def satchel_mounts() -> list[str]:
         try:
             with open(f"/proc/{entry}/mountinfo") as fh:
                 for line in fh:
-                    if "runtime/session" in line or "fuse.squashfuse" in line:
+                    source = line.split(" - ", 1)[-1].split()[1] if " - " in line else ""
+                    if source == image or source.removeprefix("/dev/") in loops:
                         found.append(f"pid {entry}: {line.strip()}")
         except OSError:
             continue
@@ -166,19 +174,22 @@ def wait_until(predicate, timeout: float = 1.0, interval: float = 0.02) -> bool:
         time.sleep(interval)
 
 
-def assert_nothing_left(image: str, baseline_servers: set[int] | None = None,
-                        timeout: float = 1.0) -> None:
-    """No squashfuse server, mount or loop device of `image` may outlive the container by 1 s."""
-    baseline = baseline_servers or set()
+def leftovers(image: str) -> tuple[list[int], list[str], list[str]]:
+    """(squashfuse servers, mounts, loop devices) still alive for `image`."""
+    return (live_processes("squashfuse_ll", image), image_mounts(image),
+            satchel_loop_devices(image))
 
-    def clean():
-        return (not (set(live_processes("squashfuse_ll")) - baseline)
-                and not satchel_mounts() and not satchel_loop_devices(image))
-    if not wait_until(clean, timeout):
-        raise AssertionError(
-            f"left behind after {timeout}s: servers "
-            f"{sorted(set(live_processes('squashfuse_ll')) - baseline)}, mounts "
-            f"{satchel_mounts()[:5]}, loop devices {satchel_loop_devices(image)}")
+
+def assert_nothing_left(image: str, timeout: float = 1.0) -> None:
+    """No squashfuse server, mount or loop device of `image` may outlive the container by 1 s.
+
+    Only things naming this very image count, so containers other tests run at the same time
+    (of other images) do not disturb the check.
+    """
+    if not wait_until(lambda: not any(leftovers(image)), timeout):
+        servers, mounts, loops = leftovers(image)
+        raise AssertionError(f"left behind after {timeout}s: servers {servers}, "
+                             f"mounts {mounts[:5]}, loop devices {loops}")
 
 
 # -- images ------------------------------------------------------------------------------------

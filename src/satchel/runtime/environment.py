@@ -164,6 +164,8 @@ def build_environment(host_env: dict, *, cleanenv: bool, home: str, image_path: 
     for key, value in (extra or {}).items():
         env[key] = value
         forced[key] = value
+        if key in host_names:  # listed twice, the prologue's save loop would lose the value
+            host_names.remove(key)
     forced_names = [n for n in forced if valid_name(n)]
     env[SAVE_HOST] = " ".join(host_names)
     env[SAVE_FORCE] = " ".join(forced_names)
@@ -180,6 +182,7 @@ unset __SATCHEL_HOST __SATCHEL_FORCE
 for __satchel_k in $__satchel_h $__satchel_f; do
   eval "__satchel_v_$__satchel_k=\${$__satchel_k-}; unset $__satchel_k"
 done
+unset PS1
 if [ -d /.singularity.d/env ]; then
   for __satchel_s in /.singularity.d/env/*.sh; do
     if [ -f "$__satchel_s" ]; then . "$__satchel_s"; fi
