@@ -416,6 +416,106 @@ def token_registry(registry_workdir):
     tokens.stop()
 
 
+# ------------------------------------------------------------------------- inspecting results
+def sif_partition_offset(path: str) -> int:
+    from satchel.image import sif
+    with sif.SIFFile.open(path) as image:
+        return image.primary_partition().offset
+
+
+def sif_extract(path: str, dest: str) -> str:
+    """Unpack the SIF's root file system into `dest` (root keeps owners) with unsquashfs."""
+    subprocess.run(["unsquashfs", "-no-progress", "-quiet", "-f", "-d", dest, "-o",
+                    str(sif_partition_offset(path)), path], check=True, capture_output=True)
+    return dest
+
+
+def sif_listing(path: str) -> dict[str, str]:
+    """path -> 'MODE OWNER/GROUP' from `unsquashfs -lln` (numeric owners)."""
+    out = subprocess.run(["unsquashfs", "-lln", "-o", str(sif_partition_offset(path)), path],
+                         check=True, capture_output=True, text=True).stdout
+    listing = {}
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) < 6 or not fields[-1].startswith("squashfs-root"):
+            continue
+        name = line[line.index("squashfs-root") + len("squashfs-root"):] or "/"
+        name = name.split(" -> ")[0]
+        listing[name] = f"{fields[0]} {fields[1]}"
+    return listing
+
+
+class Proxy:
+    """A TCP proxy in front of a registry: records what clients send (to see Range headers),
+    can throttle what they receive (to kill a pull mid-download), can be closed (offline)."""
+
+    def __init__(self, upstream_port: int, rate: int | None = None):
+        self.upstream = upstream_port
+        self.rate = rate  # bytes per second towards the client, None = unlimited
+        self.sent_by_clients = bytearray()
+        self.bytes_to_clients = 0
+        self._lock = threading.Lock()
+        self._server = socket.socket()
+        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(64)
+        self.port = self._server.getsockname()[1]
+        self.host = f"127.0.0.1:{self.port}"
+        self._open = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream))
+            self._open += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, src, dst, to_client):
+        chunk = 16384 if (to_client and self.rate) else 65536
+        try:
+            while True:
+                data = src.recv(chunk)
+                if not data:
+                    break
+                dst.sendall(data)
+                with self._lock:
+                    if to_client:
+                        self.bytes_to_clients += len(data)
+                    else:
+                        self.sent_by_clients += data
+                if to_client and self.rate:
+                    time.sleep(len(data) / self.rate)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def requests_text(self) -> str:
+        with self._lock:
+            return self.sent_by_clients.decode(errors="replace")
+
+    def close(self):
+        try:  # wakes the accept() of the listening thread (close() alone does not)
+            self._server.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._server.close()
+        for sock in self._open:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
 def sha256_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
