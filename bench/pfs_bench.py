@@ -185,6 +185,9 @@ def squashfuse_case(slow: SlowFS, parallel: int, user: str | None, workdir: str,
     for i in range(parallel):
         mnt = os.path.join(workdir, f"sifmnt{i}")
         os.makedirs(mnt, exist_ok=True)
+        if user:  # fusermount3 mounts only on a directory its caller may write
+            entry = pwd.getpwnam(user)
+            os.chown(mnt, entry.pw_uid, entry.pw_gid)
         script = (f"squashfuse -o offset={offset} {image} {mnt} && "
                   f"{PYTHON} -I -c \"{import_code(mnt + IN_IMAGE)}\"; rc=$?; "
                   f"fusermount3 -u {mnt}; exit $rc")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 
@@ -59,7 +60,7 @@ int main(int argc, char **argv) {
         if (f) printf("%s=%d\n", argv[i], f()); else printf("%s=missing\n", argv[i]);
     }
     for (i++; i < argc; i++) {
-        int fd = open(argv[i], O_RDWR);
+        int fd = open(argv[i], O_RDONLY);
         if (fd >= 0) { printf("%s=open\n", argv[i]); close(fd); }
         else printf("%s=%s\n", argv[i], errno == ENXIO ? "ENXIO" : errno == ENOENT ? "ENOENT"
                                       : strerror(errno));
@@ -144,9 +145,13 @@ def build_fake_driver(root: str, devices: bool = True) -> FakeDriver:
         fh.write(PROBE_SOURCE)
     subprocess.run(["gcc", "-O1", "-o", fake.probe, src, "-ldl"], check=True,
                    capture_output=True)
-    # readable by the unprivileged test user
-    for dirpath, dirnames, _files in os.walk(root):
+    # readable by the unprivileged test user (mknod's mode went through the umask)
+    for dirpath, _dirnames, files in os.walk(root):
         os.chmod(dirpath, 0o755)
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if stat.S_ISCHR(os.lstat(path).st_mode):
+                os.chmod(path, 0o444 if name.startswith("nvidia-cap") else 0o666)
     return fake
 
 
