@@ -170,7 +170,10 @@ def _build(target: str, stages: list, options: BuildOptions, fakeroot: bool) -> 
         workdir = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.build-", dir=parent)
     except OSError as err:
         raise BuildError(f"cannot create a work directory in {parent}: {err.strerror}") from None
-    old_handlers = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # also SIGINT: a shell starts background jobs with SIGINT ignored, and a build must still
+    # clean up when it is interrupted
+    old_handlers = {s: signal.signal(s, _raise_interrupt)
+                    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     old_umask = os.umask(0o022)
     options.user_umask = old_umask
     try:
@@ -208,7 +211,6 @@ def _build(target: str, stages: list, options: BuildOptions, fakeroot: bool) -> 
             fsutil.remove_tree(workdir)
         except OSError as err:
             log.warning(f"could not remove the work directory {workdir}: {err.strerror}")
-        signal.signal(signal.SIGINT, signal.default_int_handler)
         for s, handler in old_handlers.items():
             signal.signal(s, handler)
 

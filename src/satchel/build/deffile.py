@@ -180,11 +180,11 @@ def _is_section_line(line: str) -> bool:
 def parse_stage(text: str) -> Definition:
     """Parse one stage (header + sections)."""
     definition = Definition(raw=text)
-    lines = text.split("\n")
+    lines = text.splitlines(keepends=True)
     i = 0
     header_lines: list[str] = []
     while i < len(lines) and not _is_section_line(lines[i]):
-        header_lines.append(lines[i])
+        header_lines.append(lines[i].rstrip("\n"))
         i += 1
     definition.header = parse_header(header_lines)
     invalid: list[str] = []
@@ -195,7 +195,7 @@ def parse_stage(text: str) -> Definition:
         while i < len(lines) and not _is_section_line(lines[i]):
             body_lines.append(lines[i])
             i += 1
-        body = "\n".join(body_lines)
+        body = "".join(body_lines)
         words = head[1:].split(None, 1)
         if not words:
             raise DefinitionError(f"section line {head!r} has no name")

@@ -1,0 +1,142 @@
+"""fsutil: secure_join never escapes its root; atomic and no-follow writes; tree removal."""
+
+import errno
+import os
+
+import pytest
+
+from satchel import fsutil
+
+
+@pytest.fixture
+def root(tmp_path):
+    r = tmp_path / "root"
+    (r / "etc").mkdir(parents=True)
+    (r / "usr" / "lib").mkdir(parents=True)
+    (tmp_path / "host").mkdir()
+    return str(r)
+
+
+def test_plain_paths(root):
+    assert fsutil.secure_join(root, "/etc/passwd") == root + "/etc/passwd"
+    assert fsutil.secure_join(root, "etc//./passwd") == root + "/etc/passwd"
+    assert fsutil.secure_join(root, "/") == root
+    assert fsutil.secure_join(root, "") == root
+
+
+def test_dotdot_is_clamped_at_root(root):
+    assert fsutil.secure_join(root, "/../../../etc/shadow") == root + "/etc/shadow"
+    assert fsutil.secure_join(root, "usr/../../../x") == root + "/x"
+
+
+def test_absolute_symlink_restarts_at_root(root):
+    os.symlink("/../../host", os.path.join(root, "opt"))
+    assert fsutil.secure_join(root, "/opt/file") == root + "/host/file"
+
+
+def test_relative_symlink_cannot_climb_out(root):
+    os.symlink("../../../host", os.path.join(root, "usr", "lib", "up"))
+    assert fsutil.secure_join(root, "/usr/lib/up/x") == root + "/host/x"
+
+
+def test_symlink_chain_and_final_component(root):
+    os.symlink("lib", os.path.join(root, "usr", "lib64"))
+    os.symlink("/usr/lib64", os.path.join(root, "lib"))
+    open(os.path.join(root, "usr", "lib", "libc.so"), "w").close()
+    assert fsutil.secure_join(root, "/lib/libc.so") == root + "/usr/lib/libc.so"
+    os.symlink("/etc/../../outside", os.path.join(root, "etc", "resolv.conf"))
+    assert fsutil.secure_join(root, "/etc/resolv.conf") == root + "/outside"
+
+
+def test_dotdot_after_symlink_uses_the_link_target(root):
+    # /a -> /usr/lib ; /a/.. is /usr, as the kernel resolves it inside the container
+    os.symlink("/usr/lib", os.path.join(root, "a"))
+    assert fsutil.secure_join(root, "/a/../x") == root + "/usr/x"
+
+
+def test_symlink_loop_raises_eloop(root):
+    os.symlink("/loop2", os.path.join(root, "loop1"))
+    os.symlink("/loop1", os.path.join(root, "loop2"))
+    with pytest.raises(OSError) as info:
+        fsutil.secure_join(root, "/loop1/x")
+    assert info.value.errno == errno.ELOOP
+
+
+def test_file_in_the_middle_is_lexical(root):
+    open(os.path.join(root, "etc", "hosts"), "w").close()
+    assert fsutil.secure_join(root, "/etc/hosts/x/../y") == root + "/etc/hosts/y"
+
+
+def test_make_dirs_in_root_follows_links_inside(root, tmp_path):
+    os.symlink("/../../host", os.path.join(root, "opt"))
+    made = fsutil.make_dirs_in_root(root, "/opt/a/b")
+    assert made == root + "/host/a/b"
+    assert os.path.isdir(made)
+    assert os.listdir(tmp_path / "host") == []  # nothing outside the root
+
+
+def test_make_dirs_in_root_refuses_file(root):
+    open(os.path.join(root, "etc", "f"), "w").close()
+    with pytest.raises(NotADirectoryError):
+        fsutil.make_dirs_in_root(root, "/etc/f/sub")
+
+
+def test_write_new_file_replaces_symlink_instead_of_following(root, tmp_path):
+    victim = tmp_path / "host" / "victim"
+    victim.write_text("original")
+    link = os.path.join(root, "etc", "passwd")
+    os.symlink(str(victim), link)
+    fsutil.write_new_file(link, "new content", 0o600)
+    assert victim.read_text() == "original"
+    assert not os.path.islink(link)
+    assert open(link).read() == "new content"
+    assert os.stat(link).st_mode & 0o777 == 0o600
+
+
+def test_atomic_write_leaves_no_temporary(tmp_path):
+    path = tmp_path / "f"
+    fsutil.atomic_write(str(path), b"one")
+    fsutil.atomic_write(str(path), "two", mode=0o640)
+    assert path.read_text() == "two"
+    assert os.stat(path).st_mode & 0o777 == 0o640
+    assert os.listdir(tmp_path) == ["f"]
+
+
+def test_atomic_write_failure_cleans_up(tmp_path):
+    target = tmp_path / "dir"
+    target.mkdir()
+    with pytest.raises(OSError):
+        fsutil.atomic_write(str(target), b"x")  # rename onto a directory fails
+    assert os.listdir(tmp_path) == ["dir"]
+
+
+def test_inside():
+    assert fsutil.inside("/a/b", "/a/b")
+    assert fsutil.inside("/a/b", "/a/b/c")
+    assert not fsutil.inside("/a/b", "/a/bc")
+    assert not fsutil.inside("/a/b", "/a")
+
+
+def test_remove_tree_read_only_dirs(tmp_path):
+    top = tmp_path / "t"
+    (top / "ro" / "deep").mkdir(parents=True)
+    (top / "ro" / "deep" / "f").write_text("x")
+    os.symlink("/etc", top / "link")
+    os.chmod(top / "ro" / "deep", 0o500)
+    os.chmod(top / "ro", 0o500)
+    fsutil.remove_tree(str(top))
+    assert not top.exists()
+    assert os.path.isdir("/etc")
+    fsutil.remove_tree(str(top))  # absent: no error
+
+
+def test_fsutil_imports_only_lean_modules():
+    import subprocess
+    import sys
+    code = ("import sys; before=set(sys.modules); import satchel.fsutil; "
+            "print(' '.join(sorted(set(sys.modules)-before)))")
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True,
+                         env={"PYTHONPATH": ""}, cwd=os.path.join(os.path.dirname(__file__), "..", "..", "src"))
+    loaded = set(out.stdout.split())
+    for heavy in ("shutil", "subprocess", "json", "re", "pathlib", "tempfile"):
+        assert heavy not in loaded, out.stdout
