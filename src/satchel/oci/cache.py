@@ -240,15 +240,19 @@ class Cache:
                     pass
                 finally:
                     os.close(fd)
-            elif name.endswith(".tmp"):
-                pid = name.split(".")[1] if name.count(".") >= 2 else ""
-                if pid.isdigit() and _alive(int(pid)):
+            else:
+                # temp_path() names carry the writer's pid (".PID.NS.tmp"), also inside the
+                # names of build directories made for them: keep those of live processes
+                import re
+                found = re.search(r"\.(\d+)\.\d+\.tmp", name)
+                if found and _alive(int(found.group(1))):
                     continue
-                with contextlib.suppress(OSError):
-                    if os.path.isdir(path) and not os.path.islink(path):
-                        import shutil
-                        shutil.rmtree(path, ignore_errors=True)
-                    else:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    from satchel import fsutil
+                    with contextlib.suppress(OSError):
+                        fsutil.remove_tree(path)
+                else:
+                    with contextlib.suppress(OSError):
                         os.unlink(path)
 
 
