@@ -16,7 +16,8 @@
 # Exit status: 0 all checks passed; 1 a check failed; 77 no NVIDIA GPU here (then the image is
 # still built and run with --nv, which must degrade to one warning; nothing GPU-side is checked).
 #
-# Usage: bench/gpu_check.sh [--keep]      Environment: NVCC, NVCC_FLAGS, PYTHON, SATCHEL
+# Usage: bench/gpu_check.sh [--keep]
+# Environment: NVCC, NVCC_FLAGS, PYTHON, SATCHEL, MKSQUASHFS (paths of the tools to use)
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d /tmp/satchel-gpucheck.XXXXXX)
@@ -146,13 +147,31 @@ copy_with_libs "$SH"
 ldd "$ROOTFS/opt/gpu_check" | awk '{for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i}' |
     while read -r lib; do mkdir -p "$ROOTFS$(dirname "$lib")"; [ -e "$ROOTFS$lib" ] || cp -L "$lib" "$ROOTFS$lib"; done
 for tool in ls cat; do t=$(command -v $tool) && copy_with_libs "$t"; done
+# What the driver's own files (bound in by --nv) link against: a real image has these from its
+# distribution; this minimal one gets the host's (same glibc as the driver was built for).
+copy_deps() {
+    for f in "$@"; do
+        [ -e "$f" ] || continue
+        ldd "$f" 2>/dev/null | awk '{for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i}' |
+        while read -r lib; do
+            case "$(basename "$lib")" in libcuda*|libnvidia*) continue ;; esac
+            mkdir -p "$ROOTFS$(dirname "$lib")"; [ -e "$ROOTFS$lib" ] || cp -L "$lib" "$ROOTFS$lib"
+        done
+    done
+}
+for soname in libc.so.6 libm.so.6 libdl.so.2 libpthread.so.0 librt.so.1 libgcc_s.so.1 libstdc++.so.6; do
+    lib=$(ldconfig -p 2>/dev/null | awk -v n="$soname" '$1 == n && /x86-64|64bit/ {print $NF; exit}')
+    [ -n "$lib" ] && [ -e "$lib" ] && { mkdir -p "$ROOTFS$(dirname "$lib")"; [ -e "$ROOTFS$lib" ] || cp -L "$lib" "$ROOTFS$lib"; }
+done
+copy_deps ${SMI:-} $(ldconfig -p 2>/dev/null | awk '/(libcuda\.so\.1|libnvidia-ml\.so\.1|libnvidia-ptxjitcompiler\.so\.1) /{print $NF}')
 echo "root:x:0:0:root:/root:/bin/sh" > "$ROOTFS/etc/passwd"
 echo "root:x:0:" > "$ROOTFS/etc/group"
 if ldd "$ROOTFS/opt/gpu_check" | grep -q cudart; then fail "cudart is linked dynamically"; fi
 
 IMAGE=$ROOTFS
-if command -v mksquashfs >/dev/null 2>&1; then
-    if mksquashfs "$ROOTFS" "$WORK/rootfs.squashfs" -noappend -no-progress -quiet -all-root \
+MKSQUASHFS=${MKSQUASHFS:-$(command -v mksquashfs 2>/dev/null)}
+if [ -n "$MKSQUASHFS" ]; then
+    if "$MKSQUASHFS" "$ROOTFS" "$WORK/rootfs.squashfs" -noappend -no-progress -quiet -all-root \
             >/dev/null 2>&1 &&
         PYTHONPATH="$ROOT/src" "$PY" -c 'import sys
 from satchel.image import sif
