@@ -82,6 +82,11 @@ def make_dirs_in_root(root: str, path: str, mode: int = 0o755) -> str:
         host = secure_join(root, container_path)
         try:
             os.mkdir(host, mode)
+        except FileNotFoundError:
+            # a symlink led to a deeper path whose parents are missing; secure_join resolved
+            # every existing component, so the missing ones are plain names below root
+            os.makedirs(os.path.dirname(host), mode, exist_ok=True)
+            os.mkdir(host, mode)
         except FileExistsError:
             if not os.path.isdir(host):
                 raise NotADirectoryError(errno.ENOTDIR, "not a directory", container_path) from None

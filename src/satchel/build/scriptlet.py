@@ -102,6 +102,8 @@ def run_in_rootfs(rootfs: str, argv: list[str], env: dict[str, str], what: str,
                   staged: Staged | None = None) -> None:
     """Run argv chrooted into rootfs (see module doc). BuildError on failure."""
     rootfs = os.path.abspath(rootfs)
+    if not os.path.exists(fsutil.secure_join(rootfs, "/bin/sh")):
+        raise BuildError(f"{what}: the image has no /bin/sh to run the scriptlet")
     binds = staged.files if staged else {}
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -174,8 +176,9 @@ def _wait_lifeline(fd: int) -> None:
 
 
 def _report(fd: int, err: BaseException) -> None:
+    from satchel.errors import SatchelError
     try:
-        text = str(err) if isinstance(err, OSError) else f"{type(err).__name__}: {err}"
+        text = str(err) if isinstance(err, (OSError, SatchelError)) else f"{type(err).__name__}: {err}"
         os.write(fd, text.encode(errors="replace")[:4000])
     except OSError:
         pass
