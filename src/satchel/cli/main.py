@@ -17,6 +17,7 @@ from satchel.errors import SatchelError, UsageError
 COMMANDS: dict[str, str] = {
     "build": "satchel.cli.commands.build",
     "cache": "satchel.cli.commands.cache",
+    "dropin": "satchel.cli.commands.dropin",
     "exec": "satchel.cli.commands.action",
     "inspect": "satchel.cli.commands.inspect",
     "instance": "satchel.cli.commands.instance",
@@ -125,8 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv
     prog = program_name(argv[0] if argv else "satchel")
+    args = list(argv[1:])
+    if argv and os.path.basename(argv[0]) == "run-singularity":
+        # `#!/usr/bin/env run-singularity` heads SIF and .simg files: ./image.sif ARGS
+        # means `singularity run ./image.sif ARGS`
+        args = ["run"] + args
     try:
-        return dispatch(prog, list(argv[1:]))
+        return dispatch(prog, args)
     except SatchelError as err:
         if log.debug_enabled():
             import traceback
