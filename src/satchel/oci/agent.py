@@ -62,11 +62,15 @@ def fetch_into(uri: str, rootfs: str, opts: source.FetchOptions, temp_root: str)
     try:
         image = source.open_image(uri, opts, cache, bar)
     except OCIError as err:
+        if err.message.startswith(uri):
+            raise
         raise err.context(f"while fetching {uri}") from None
     try:
         bar.total = image.progress_total()
         stats = source.unpack(image, rootfs, bar)
     except OCIError as err:
+        if err.message.startswith(uri):
+            raise
         raise err.context(f"while unpacking {uri}") from None
     finally:
         bar.close()

@@ -83,23 +83,26 @@ def pull(uri: str, dest: str, force: bool, fetch: FetchOptions, build_options) -
                 else:
                     log.info(f"Converting OCI blobs to SIF format ({resolved.digest})")
                     convert(pinned_uri(ref, str(resolved.digest)), cached, cache, fetch,
-                            build_options)
+                            build_options, uri)
         install(cached, dest, force)
     else:
+        if isinstance(ref, refs.LocalRef) and not os.path.exists(ref.path):
+            raise OCIError(f"{uri}: {ref.path} does not exist")
         temp = _temp_name(dest)
         try:
-            _build(build_uri(uri), temp, fetch, build_options, tmpdir=None)
+            _build(build_uri(uri), temp, fetch, build_options, None, uri)
             _rename(temp, dest, force)
         finally:
             _unlink(temp)
     return dest
 
 
-def convert(uri: str, cached: str, cache: Cache, fetch: FetchOptions, build_options) -> None:
+def convert(uri: str, cached: str, cache: Cache, fetch: FetchOptions, build_options,
+            shown: str) -> None:
     """Build the SIF for `uri` in the cache's tmp/ and rename it to `cached`."""
     temp = cache.temp_path(os.path.basename(cached)) + ".sif"
     try:
-        _build(uri, temp, fetch, build_options, tmpdir=cache.tmp_dir)
+        _build(uri, temp, fetch, build_options, cache.tmp_dir, shown)
         os.rename(temp, cached)
     except OSError as err:
         raise OCIError(f"storing the converted image in the cache: {err.strerror}") from None
@@ -107,7 +110,8 @@ def convert(uri: str, cached: str, cache: Cache, fetch: FetchOptions, build_opti
         _unlink(temp)
 
 
-def _build(uri: str, target: str, fetch: FetchOptions, build_options, tmpdir: str | None) -> None:
+def _build(uri: str, target: str, fetch: FetchOptions, build_options, tmpdir: str | None,
+           shown: str) -> None:
     from satchel.build import builder
     options = build_options or builder.BuildOptions()
     options.force = True
@@ -124,9 +128,9 @@ def _build(uri: str, target: str, fetch: FetchOptions, build_options, tmpdir: st
     try:
         builder.build(target, uri, options)
     except SatchelError as err:
-        if uri in err.message:
-            raise
-        raise err.context(f"while pulling {uri}") from None
+        if err.message.startswith(("while fetching", "while unpacking", shown)):
+            raise  # the agent named the source already
+        raise err.context(f"while pulling {shown}") from None
 
 
 def install(cached: str, dest: str, force: bool) -> None:

@@ -164,15 +164,23 @@ def parse_docker(name: str, uri: str | None = None) -> DockerRef:
 
 
 def parse_local(transport: str, rest: str, uri: str) -> LocalRef:
-    """FILE[:SELECTOR]; a path that exists as written wins over splitting at its last ':'."""
+    """FILE[:SELECTOR]. Paths may hold ':' and docker-archive selectors do (repo:tag), so the
+    longest prefix that exists is the path; if none exists, the split is at the last ':'."""
     if not rest:
         raise OCIError(f"invalid image source {uri!r}: missing path")
-    path, selector = rest, None
-    if not os.path.exists(rest) and ":" in rest:
-        head, _, tail = rest.rpartition(":")
-        if head and "/" not in tail:
-            path, selector = head, tail or None
-    return LocalRef(transport, path, selector)
+    if os.path.exists(rest) or ":" not in rest:
+        return LocalRef(transport, rest, None)
+    cut = len(rest)
+    while True:
+        cut = rest.rfind(":", 0, cut)
+        if cut <= 0:
+            break
+        if os.path.exists(rest[:cut]):
+            return LocalRef(transport, rest[:cut], rest[cut + 1:] or None)
+    head, _, tail = rest.rpartition(":")
+    if head and "/" not in tail:
+        return LocalRef(transport, head, tail or None)
+    return LocalRef(transport, rest, None)
 
 
 def default_pull_name(uri: str) -> str:

@@ -1,0 +1,130 @@
+"""Archives and layouts written by skopeo (docker-archive, oci-archive, oci:DIR) pulled and built
+by satchel; `Bootstrap: docker|docker-archive|oci|oci-archive` definitions with %post on top."""
+
+import os
+import subprocess
+
+import pytest
+
+from support.fixtures_registry import sif_extract
+from support.fixtures_users import run_satchel
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def exports(test_images, registry_workdir):
+    """The registry's images exported by skopeo into each local format."""
+    directory = os.path.join(registry_workdir, "exports")
+    os.makedirs(directory, exist_ok=True)
+    os.chmod(directory, 0o755)
+    host = test_images.registry.host
+    out = {
+        "docker-archive": os.path.join(directory, "docker.tar"),
+        "oci-archive": os.path.join(directory, "oci.tar"),
+        "oci": os.path.join(directory, "layout"),
+    }
+    copies = [
+        (f"docker://{host}/dockerfmt:single", f"docker-archive:{out['docker-archive']}:dockerfmt:single"),
+        (f"docker://{host}/busybox:latest", f"oci-archive:{out['oci-archive']}:v1"),
+        (f"docker://{host}/busybox:latest", f"oci:{out['oci']}:v1"),
+        (f"docker://{host}/multi:latest", f"oci:{out['oci']}:other"),
+    ]
+    for src, dest in copies:
+        subprocess.run(["skopeo", "copy", "--quiet", "--src-tls-verify=false", src, dest],
+                       check=True, capture_output=True, timeout=120)
+    for path in out.values():
+        subprocess.run(["chmod", "-R", "a+rX", path], check=True)
+    return out
+
+
+def read_in(sif, tmp, path):
+    root = sif_extract(str(sif), os.path.join(str(tmp), os.path.basename(str(sif)) + ".d"))
+    with open(os.path.join(root, path)) as fh:
+        return fh.read()
+
+
+@pytest.mark.parametrize("uri_of, marker", [
+    (lambda e: f"docker-archive:{e['docker-archive']}", ("etc/arch", "amd64\n")),
+    (lambda e: f"oci-archive:{e['oci-archive']}", ("etc/layer2", "from the zstd layer\n")),
+    (lambda e: f"oci:{e['oci']}:v1", ("etc/layer3", "plain tar\n")),
+    (lambda e: f"oci:{e['oci']}:other", ("etc/arch", "amd64\n")),
+])
+def test_pull_local_sources(exports, tmp_path, uri_of, marker):
+    sif = tmp_path / "local.sif"
+    result = run_satchel(["pull", str(sif), uri_of(exports)],
+                         env={"APPTAINER_CACHEDIR": str(tmp_path / "cache")}, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert read_in(sif, tmp_path, marker[0]) == marker[1]
+    run = run_satchel(["exec", str(sif), "cat", "/etc/os-release"])
+    assert "Satchel Test OS" in run.stdout, run.stderr
+    assert not os.path.exists(tmp_path / "cache" / "oci-tmp") or \
+        os.listdir(tmp_path / "cache" / "oci-tmp") == []
+
+
+def test_default_name_for_archives(exports, tmp_path):
+    result = run_satchel(["pull", f"oci-archive:{exports['oci-archive']}"], cwd=str(tmp_path),
+                         env={"APPTAINER_CACHEDIR": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr
+    assert os.path.isfile(tmp_path / "oci.tar_latest.sif")
+
+
+def test_local_source_errors(exports, tmp_path):
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"no tar here" * 100)
+    cases = [
+        (f"docker-archive:{junk}", "not a tar archive"),
+        (f"docker-archive:{tmp_path}/missing.tar", "does not exist"),
+        (f"oci-archive:{exports['docker-archive']}", "oci-layout is missing"),
+        (f"oci:{tmp_path}/nowhere", "is not a directory"),
+        (f"oci:{exports['oci']}", "choose one with :TAG"),
+        (f"oci:{exports['oci']}:nope", "no image tagged 'nope'"),
+        (f"docker-archive:{exports['docker-archive']}:other:tag", "no image tagged"),
+        ("docker-daemon:alpine:latest", "not supported"),
+    ]
+    for uri, needle in cases:
+        result = run_satchel(["pull", str(tmp_path / "out.sif"), uri],
+                             env={"APPTAINER_CACHEDIR": str(tmp_path / "cache")})
+        assert result.returncode == 255, (uri, result.stderr)
+        fatal = [l for l in result.stderr.splitlines() if l.startswith("FATAL:")]
+        assert len(fatal) == 1 and needle in fatal[0], (uri, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert not os.path.exists(tmp_path / "out.sif")
+    assert sorted(os.listdir(tmp_path)) in (["junk.tar"], ["cache", "junk.tar"])
+
+
+def definition(path, bootstrap, source):
+    path.write_text(f"Bootstrap: {bootstrap}\nFrom: {source}\n\n"
+                    "%post\n    echo built-on-top > /posted\n"
+                    "%labels\n    org.example.def yes\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("bootstrap", ["docker", "docker-archive", "oci", "oci-archive"])
+def test_build_from_definition_with_post(test_images, exports, tmp_path, bootstrap):
+    source = {"docker": f"{test_images.registry.host}/busybox:latest",
+              "docker-archive": exports["docker-archive"],
+              "oci": f"{exports['oci']}:v1",
+              "oci-archive": exports["oci-archive"]}[bootstrap]
+    deffile = definition(tmp_path / "image.def", bootstrap, source)
+    sif = tmp_path / "built.sif"
+    result = run_satchel(["build", "--nohttps", str(sif), deffile],
+                         env={"APPTAINER_CACHEDIR": str(tmp_path / "cache")}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    run = run_satchel(["exec", str(sif), "cat", "/posted", "/etc/os-release"])
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("built-on-top\n") and "Satchel Test OS" in run.stdout
+    labels = run_satchel(["inspect", "--labels", str(sif)]).stdout
+    assert "org.example.def" in labels
+
+
+def test_build_docker_as_unprivileged_user(test_images, test_user, user_tmp):
+    deffile = definition(__import__("pathlib").Path(user_tmp) / "u.def", "docker",
+                         f"{test_images.registry.host}/busybox:latest")
+    os.chown(deffile, test_user.uid, test_user.gid)
+    sif = os.path.join(user_tmp, "u.sif")
+    result = run_satchel(["build", "--nohttps", sif, deffile], user=test_user,
+                         env={"APPTAINER_CACHEDIR": os.path.join(user_tmp, "cache")}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    run = run_satchel(["exec", sif, "cat", "/posted"], user=test_user)
+    assert run.stdout == "built-on-top\n", run.stderr
