@@ -114,8 +114,13 @@ def check_target(target: str, options: BuildOptions) -> None:
     if not target:
         raise BuildError("no build target given")
     parent = os.path.dirname(os.path.abspath(target)) or "/"
-    if not os.path.isdir(parent):
-        raise BuildError(f"cannot build {target}: directory {parent} does not exist")
+    try:
+        if not os.path.isdir(parent) and os.stat(parent):
+            raise BuildError(f"cannot build {target}: {parent} is not a directory")
+    except FileNotFoundError:
+        raise BuildError(f"cannot build {target}: directory {parent} does not exist") from None
+    except OSError as err:
+        raise BuildError(f"cannot build {target}: {parent}: {err.strerror}") from None
     if os.path.lexists(target):
         if options.update:
             if not (options.sandbox and os.path.isdir(target)):

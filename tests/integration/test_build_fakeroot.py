@@ -1,0 +1,149 @@
+"""Builds by the real non-root user `satchel-test`: --fakeroot, the automatic fallback, ownership."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from support.fixtures_users import SATCHEL, run_satchel
+
+from satchel.image import sif
+
+
+def owners(image):
+    with sif.SIFFile.open(image) as f:
+        offset = f.primary_partition().offset
+    out = subprocess.run(["unsquashfs", "-lln", "-o", str(offset), image], capture_output=True,
+                         text=True, check=True).stdout
+    result = {}
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[5].startswith("squashfs-root"):
+            result[fields[5][len("squashfs-root"):] or "/"] = (fields[0], fields[1])
+    return result
+
+
+def write_def(directory, text, user):
+    path = os.path.join(directory, "image.def")
+    with open(path, "w") as fh:
+        fh.write(text)
+    os.chown(path, user.uid, user.gid)
+    return path
+
+
+OWNERSHIP_DEF = """Bootstrap: busybox
+%post
+    echo made-in-fakeroot > /etc/fakeroot-file
+    mkdir -p /opt/owned && chown 1000:1001 /opt/owned
+    echo "uid=$(id -u) gid=$(id -g)" > /ids
+    mkdir -p /usr/local && cp /bin/busybox /usr/local/suid && chmod 4755 /usr/local/suid
+%test
+    test "$(id -u)" = 0
+"""
+
+
+def test_fakeroot_build_maps_root_to_0_and_subordinate_ids(test_user, user_tmp):
+    deffile = write_def(user_tmp, OWNERSHIP_DEF, test_user)
+    target = os.path.join(user_tmp, "fr.sif")
+    r = run_satchel(["build", "--fakeroot", target, deffile], user=test_user)
+    assert r.returncode == 0, r.stderr
+    st = os.stat(target)
+    assert st.st_uid == test_user.uid  # the image file belongs to the user on the host
+    files = owners(target)
+    assert files["/etc/fakeroot-file"][1] == "0/0"
+    assert files["/bin/busybox"][1] == "0/0"
+    assert files["/.singularity.d/labels.json"][1] == "0/0"
+    assert files["/opt/owned"][1] == "1000/1001"  # through the subordinate id range
+    assert files["/usr/local/suid"] == ("-rwsr-xr-x", "0/0")
+    with sif.SIFFile.open(target) as f:
+        offset = f.primary_partition().offset
+    ids = subprocess.run(["unsquashfs", "-o", str(offset), "-cat", target, "ids"],
+                         capture_output=True, text=True).stdout
+    assert ids.strip() == "uid=0 gid=0"
+    assert sorted(os.listdir(user_tmp)) == ["fr.sif", "image.def"]
+
+
+def test_plain_user_build_falls_back_to_fakeroot(test_user, user_tmp):
+    deffile = write_def(user_tmp, "Bootstrap: busybox\n%post\n    id -u > /uid\n", test_user)
+    target = os.path.join(user_tmp, "plain.sif")
+    r = run_satchel(["build", target, deffile], user=test_user)
+    assert r.returncode == 0, r.stderr
+    assert "INFO:    building as a non-root user: using --fakeroot" in r.stderr
+    assert owners(target)["/uid"][1] == "0/0"
+
+
+def test_busybox_sandbox_as_user(test_user, user_tmp):
+    deffile = write_def(user_tmp, OWNERSHIP_DEF, test_user)
+    target = os.path.join(user_tmp, "sb")
+    r = run_satchel(["build", "--sandbox", target, deffile], user=test_user)
+    assert r.returncode == 0, r.stderr
+    # on the host the tree belongs to the user; the chown-ed dir to a subordinate id
+    assert os.stat(os.path.join(target, "etc", "fakeroot-file")).st_uid == test_user.uid
+    assert os.stat(os.path.join(target, "opt", "owned")).st_uid != test_user.uid
+
+
+def test_root_mapped_namespace_without_subuid(test_user, user_tmp):
+    deffile = write_def(user_tmp, "Bootstrap: busybox\n%post\n    touch /x\n    chown 1000 /x || echo chown-failed\n",
+                        test_user)
+    target = os.path.join(user_tmp, "rm.sif")
+    r = run_satchel(["build", "--ignore-subuid", target, deffile], user=test_user)
+    assert r.returncode == 0, r.stderr
+    assert "root-mapped user namespace" in r.stderr
+    assert "chown-failed" in r.stdout + r.stderr  # only one id is mapped
+    assert owners(target)["/x"][1] == "0/0"
+
+
+def test_fakeroot_failure_is_one_fatal_line_and_cleans_up(test_user, user_tmp):
+    deffile = write_def(user_tmp, "Bootstrap: busybox\n%post\n    mkdir /d && chown 5:5 /d\n    exit 7\n",
+                        test_user)
+    r = run_satchel(["build", os.path.join(user_tmp, "f.sif"), deffile], user=test_user)
+    assert r.returncode == 255
+    fatal = [line for line in r.stderr.splitlines() if line.startswith("FATAL")]
+    assert fatal == ["FATAL:   %post failed with exit status 7"]
+    assert "Traceback" not in r.stderr
+    # the work directory held files owned by subordinate ids: the namespace removed them
+    assert sorted(os.listdir(user_tmp)) == ["image.def"]
+
+
+def test_fakeroot_sigint_cleans_up(test_user, user_tmp):
+    marker = f"satchel-frint-{os.getpid()}-{time.time_ns()}"
+    deffile = write_def(user_tmp, "Bootstrap: busybox\n%post\n"
+                        f"    (exec -a {marker} sleep 300) &\n"
+                        "    mkdir /sub && chown 7:7 /sub && touch /started\n    sleep 300\n",
+                        test_user)
+    argv = test_user.argv([SATCHEL, "build", os.path.join(user_tmp, "i.sif"), deffile])
+    proc = subprocess.Popen(argv, env=test_user.env(), cwd=user_tmp, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if any(os.path.exists(os.path.join(root, "started")) for root, _, _ in os.walk(user_tmp)):
+            break
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("%post never started")
+    proc.send_signal(signal.SIGINT)  # setpriv execs satchel: this is satchel's pid
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert sorted(os.listdir(user_tmp)) == ["image.def"]
+    assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 1
+
+
+def test_user_cannot_write_target_in_root_directory(test_user, image_dir):
+    directory = os.path.join(image_dir, "root-only")
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    deffile = os.path.join(directory, "d.def")
+    with open(deffile, "w") as fh:
+        fh.write("Bootstrap: busybox\n")
+    os.chmod(deffile, 0o644)
+    r = run_satchel(["build", os.path.join(directory, "x.sif"), deffile], user=test_user)
+    assert r.returncode == 255
+    assert "cannot create a work directory" in r.stderr and "Permission denied" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert os.listdir(directory) == ["d.def"]
+    hidden = os.path.join(image_dir, "private")
+    os.makedirs(hidden, mode=0o700, exist_ok=True)
+    r = run_satchel(["build", os.path.join(hidden, "sub", "x.sif"), deffile], user=test_user)
+    assert r.returncode == 255 and "Permission denied" in r.stderr
