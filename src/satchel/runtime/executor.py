@@ -33,7 +33,8 @@ class Executor:
     def __init__(self, plan):
         self.plan = plan
         self.root = plan.root
-        self.underlays = underlay.Underlays(plan.session, self._bind_for_underlay)
+        self.underlays = underlay.Underlays(plan.session, self._bind_for_underlay,
+                                            self._readonly_for_underlay)
         self.fuse = {}
         self.in_init = False
 
@@ -46,6 +47,10 @@ class Executor:
 
     def _bind_for_underlay(self, source: str, target: str, recursive: bool, what: str) -> None:
         linux.mount(source, target, None, MS_BIND | (MS_REC if recursive else 0), None, what)
+
+    @staticmethod
+    def _readonly_for_underlay(path: str, what: str) -> None:
+        linux.mount_setattr(path, linux.MOUNT_ATTR_RDONLY, 0, False, what)
 
     def run(self) -> None:
         debug = log.debug_enabled()
@@ -83,19 +88,32 @@ class Executor:
         argv[0] = fuse.find_program(argv[0], self.plan.environ)
         self.fuse[op.source] = fuse.prepare(op.source, argv)
 
+    def op_fuse_snapshot(self, op) -> None:
+        self.fuse[op.source].snapshot_namespace()
+
     def op_mount_squashfs_fuse(self, op) -> None:
+        self._mount_fuse(op, self.plan.image.path, "fuse.squashfuse", "mounting the image")
+
+    def op_mount_overlay_fuse(self, op) -> None:
+        self._mount_fuse(op, "fuse-overlayfs", "fuse.fuse-overlayfs", "mounting the overlay")
+
+    def _mount_fuse(self, op, source: str, fstype: str, what: str) -> None:
         from satchel.runtime import fuse
 
         server = self.fuse[op.source]
         uid, gid = op.data
         options = fuse.mount_options(server.fd, uid, gid)
-        linux.mount(self.plan.image.path, self.target(op), "fuse.squashfuse",
-                    _mount_flags(op), options, "mounting the image with FUSE")
+        server.mountpoint = self.target(op)
+        linux.mount(source, server.mountpoint, fstype, _mount_flags(op), options,
+                    f"{what} with FUSE")
         server.start()
         server.close()
 
     def op_fuse_wait(self, op) -> None:
-        self.fuse[op.source].wait_ready()
+        server = self.fuse[op.source]
+        server.wait_ready()
+        if "writable" in op.flags:  # an overlay: mount points may be created in it directly
+            self.underlays.own_devices.add(os.stat(server.mountpoint).st_dev)
 
     # -- mounts ------------------------------------------------------------------------------------
     def op_make_private(self, op) -> None:
@@ -135,6 +153,7 @@ class Executor:
         lower, upper, work = op.data
         linux.mount("overlay", self.target(op), "overlay", _mount_flags(op),
                     f"lowerdir={lower},upperdir={upper},workdir={work}", "mounting the overlay")
+        self.underlays.own_devices.add(os.stat(self.target(op)).st_dev)
 
     def op_ensure_mountpoint(self, op) -> None:
         self.underlays.ensure(self.root, op.destination, op.data)
@@ -169,12 +188,6 @@ class Executor:
     def op_nosuid_tree(self, op) -> None:
         linux.mount_setattr(op.destination, linux.MOUNT_ATTR_NOSUID, 0, True,
                             "setting nosuid on the container's mounts")
-
-    def op_freeze_underlays(self, op) -> None:
-        for fd, path in zip(self.underlays.copy_fds, self.underlays.copies):
-            linux.mount_setattr("", linux.MOUNT_ATTR_RDONLY, 0, False,
-                                f"making the underlay of {path} read-only", dirfd=fd)
-            os.close(fd)
 
     # -- generated files ---------------------------------------------------------------------
     def op_gen_passwd(self, op) -> None:

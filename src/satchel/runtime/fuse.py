@@ -36,14 +36,32 @@ _SIGKILL = 9
 class FuseServer:
     """A /dev/fuse descriptor and the waiting helper that will serve it."""
 
-    __slots__ = ("name", "fd", "pid", "go_fd", "argv")
+    __slots__ = ("name", "fd", "pid", "go_fd", "ack_fd", "argv", "mountpoint")
 
-    def __init__(self, name: str, fd: int, pid: int, go_fd: int, argv):
+    def __init__(self, name: str, fd: int, pid: int, go_fd: int, ack_fd: int, argv):
         self.name = name
         self.fd = fd
         self.pid = pid
         self.go_fd = go_fd
+        self.ack_fd = ack_fd
         self.argv = argv
+        self.mountpoint = None  # set by the executor once mounted
+
+    def snapshot_namespace(self) -> None:
+        """Have the helper take a private copy of the launcher's mount namespace, now.
+
+        For a server that must see the container's mounts (fuse-overlayfs reads the image
+        mount as its lower layer): the copy holds what is mounted so far, but not the mount the
+        server will serve (made after this returns), so nothing pins that mount.
+        """
+        try:
+            os.write(self.go_fd, b"n")
+            answer = os.read(self.ack_fd, 256)
+        except OSError as err:
+            raise ContainerError(f"FUSE helper for {self.name}: {err.strerror}") from None
+        if answer != b"k":
+            raise ContainerError(f"FUSE helper for {self.name} could not enter the container's "
+                                 f"mount namespace: {answer.decode(errors='replace') or 'died'}")
 
     def start(self) -> None:
         """Let the helper exec the server (call right after the mount succeeded)."""
@@ -51,7 +69,8 @@ class FuseServer:
             os.write(self.go_fd, b"x")
         finally:
             os.close(self.go_fd)
-            self.go_fd = -1
+            os.close(self.ack_fd)
+            self.go_fd = self.ack_fd = -1
 
     def wait_ready(self) -> None:
         """Reap the helper; it exits 0 once the daemonized server answers requests."""
@@ -95,32 +114,55 @@ def open_device() -> int:
 
 
 def prepare(name: str, argv: list[str]) -> FuseServer:
-    """Open /dev/fuse and fork the helper; argv may contain '{fd}' (replaced by the fd number).
+    """Open /dev/fuse and fork the helper; in argv '{fd}' becomes the fd number.
 
-    Must run after unshare(CLONE_NEWUSER) and before unshare(CLONE_NEWNS).
+    Must run after unshare(CLONE_NEWUSER) and before unshare(CLONE_NEWNS). The helper waits for
+    one byte: 'x' execs the server; 'n' first moves the helper into a private copy of the
+    launcher's mount namespace (FuseServer.snapshot_namespace), answered with 'k'.
     """
     from satchel.runtime import linux
 
     fd = open_device()
     argv = [a.replace("{fd}", str(fd)) for a in argv]
-    program = argv[0]
+    launcher = os.getpid()
     read_fd, write_fd = os.pipe()
+    ack_read, ack_write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the helper: wait for the mount, then become the server
+        os.close(write_fd)
+        os.close(ack_read)
         try:
-            os.close(write_fd)
             linux.set_parent_death_signal(_SIGKILL)
-            if os.read(read_fd, 1) != b"x":
+            command = os.read(read_fd, 1)
+            if command == b"n":
+                _enter_copy_of(launcher, ack_write)
+                command = os.read(read_fd, 1)
+            if command != b"x":
                 os._exit(3)  # the launcher died or gave up: no server
             os.close(read_fd)
             os.set_inheritable(fd, True)
-            os.execv(program, argv)
+            os.execv(argv[0], argv)
         except BaseException:
             pass
         os._exit(127)
     os.close(read_fd)
-    os.set_inheritable(write_fd, False)
-    return FuseServer(name, fd, pid, write_fd, argv)
+    os.close(ack_write)
+    return FuseServer(name, fd, pid, write_fd, ack_read, argv)
+
+
+def _enter_copy_of(launcher: int, ack_fd: int) -> None:
+    """In the helper: join the launcher's mount namespace, then unshare a private copy of it."""
+    from satchel.runtime import linux
+
+    try:
+        ns = os.open(f"/proc/{launcher}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        linux.setns(ns, "mount", "joining the container's mount namespace")
+        os.close(ns)
+        linux.unshare(("mount",))
+    except (OSError, ContainerError) as err:
+        os.write(ack_fd, str(err).encode()[:200] or b"?")
+        os._exit(4)
+    os.write(ack_fd, b"k")
 
 
 def mount_options(fd: int, uid: int, gid: int, extra: str = "") -> str:

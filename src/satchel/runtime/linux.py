@@ -98,6 +98,8 @@ class _CapData(ctypes.Structure):
 
 _libc.capset.argtypes = (ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData))
 _libc.capset.restype = ctypes.c_int
+_libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
+_libc.setns.restype = ctypes.c_int
 
 
 def _fail(what: str) -> ContainerError:
@@ -121,6 +123,11 @@ def unshare(names) -> None:
                     "/proc/sys/user/max_user_namespaces and kernel.unprivileged_userns_clone")
         raise ContainerError(f"creating {'+'.join(names)} namespaces: {os.strerror(err)}",
                              hint=hint)
+
+
+def setns(fd: int, nstype: str, what: str) -> None:
+    if _libc.setns(fd, NAMESPACE_FLAGS[nstype]) != 0:
+        raise _fail(what)
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int,
@@ -214,3 +221,4 @@ def drop_all_capabilities() -> None:
     data = (_CapData * 2)()
     if _libc.capset(ctypes.byref(header), data) != 0:
         raise _fail("clearing capabilities (capset)")
+

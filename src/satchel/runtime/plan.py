@@ -28,9 +28,11 @@ TMPFS = "tmpfs"                    # data: tmpfs options
 MKDIR = "mkdir"                    # host directory in a tmpfs the runtime owns (or a workdir)
 MOUNT_SQUASHFS_FUSE = "mount_squashfs_fuse"  # source: server name; data: uid, gid
 FUSE_WAIT = "fuse_wait"            # source: server name
+FUSE_SNAPSHOT = "fuse_snapshot"    # the server's helper takes a private copy of the mounts
 MOUNT_SQUASHFS_LOOP = "mount_squashfs_loop"  # source: image; data: (offset, size)
 BIND_IMAGE_DIR = "bind_image_dir"  # source: sandbox directory
 MOUNT_OVERLAY = "mount_overlay"    # data: (lower, upper, work); kernel overlayfs (root)
+MOUNT_OVERLAY_FUSE = "mount_overlay_fuse"  # source: server name; data: uid, gid (non-root)
 ENSURE_MOUNTPOINT = "ensure_mountpoint"  # data: "dir" | "file"; underlay if missing
 BIND = "bind"                      # flags: rec, ro
 BIND_DEV_NODE = "bind_dev_node"    # a host device node onto a file in the /dev tmpfs
@@ -41,7 +43,6 @@ GEN_GROUP = "gen_group"            # destination: host file; data: ((gid, name),
 MOUNT_PROC = "mount_proc"          # a fresh procfs (in a new pid namespace)
 REMOUNT_RO = "remount_ro"          # flags: rec
 NOSUID_TREE = "nosuid_tree"        # nosuid on every mount below destination
-FREEZE_UNDERLAYS = "freeze_underlays"  # underlay copies become read-only
 SETHOSTNAME = "sethostname"        # data: name
 FORK_INIT = "fork_init"            # --pid: parent forwards signals, child (pid 1) goes on
 PIVOT_ROOT = "pivot_root"
@@ -234,6 +235,15 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
             server = config.get("squashfuse path", "squashfuse_ll") or "squashfuse_ll"
             p.add(FUSE_PREPARE, "image", data=(
                 server, "-o", f"offset={image.fs_offset}", image.path, "/dev/fd/{fd}"))
+        if overlay_dirs is not None:
+            # fuse-overlayfs must see the image mount (its lower layer): its helper takes a
+            # private copy of the container's mounts before the overlay is mounted
+            # (FUSE_SNAPSHOT), so the server pins neither the container nor its own mount
+            upper, work, _ = overlay_dirs
+            server = config.get("fuse-overlayfs path", "fuse-overlayfs") or "fuse-overlayfs"
+            options = (f"lowerdir={image_target},upperdir={upper},workdir={work},"
+                       f"squash_to_uid={host.uid},squash_to_gid={host.gid}")
+            p.add(FUSE_PREPARE, "overlay", data=(server, "-o", options, "/dev/fd/{fd}"))
     p.add(UNSHARE, data=tuple(namespaces))
     p.add(MAKE_PRIVATE, destination="/", flags=("rec",))
     size = config.get_int("sessiondir max size", 64)
@@ -259,7 +269,13 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
         else:
             p.add(MKDIR, destination=upper, flags=("host",))
             p.add(MKDIR, destination=work, flags=("host",))
-        p.add(MOUNT_OVERLAY, "overlay", root, ("nosuid", "nodev"), (image_target, upper, work))
+        if rootless:
+            p.add(FUSE_SNAPSHOT, "overlay")
+            p.add(MOUNT_OVERLAY_FUSE, "overlay", root, ("nosuid", "nodev"), (host.uid, host.gid))
+            p.add(FUSE_WAIT, "overlay", flags=("writable",))
+        else:
+            p.add(MOUNT_OVERLAY, "overlay", root, ("nosuid", "nodev"),
+                  (image_target, upper, work))
 
     # -- 2. what the container sees of the host ---------------------------------------------
     home_src, home_dst, home_explicit = _home(opts, host)
@@ -383,7 +399,6 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
         cwd_candidates.append("/")
 
     # -- 5. finish the root and switch to it ------------------------------------------------
-    p.add(FREEZE_UNDERLAYS)
     p.add(NOSUID_TREE, None, root)
     hostname = opts.hostname
     if hostname:
@@ -499,10 +514,5 @@ def _overlay_request(opts: RunOptions, config, host, rootless: bool, session: st
                                  "give a writable directory")
         if not host.is_writable_dir(path):
             raise ContainerError(f"overlay directory {value} is not writable by you")
-        if rootless:
-            raise ContainerError("--overlay is not supported yet without root privileges",
-                                 hint="run as root, or bind a writable directory with -B")
         return path + "/upper", path + "/work", False
-    if rootless:
-        raise ContainerError("--writable-tmpfs is not supported yet without root privileges")
     return session + "/overlay/upper", session + "/overlay/work", True

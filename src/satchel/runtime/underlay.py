@@ -5,8 +5,9 @@ kernel overlayfs is unusable unprivileged (copy-up must chown to uid 0, unmapped
 answer, the "underlay", is reproduced here: for the deepest existing directory D of a missing
 path, a copy of D is made in the session tmpfs in which every entry of D is bind-mounted (rec,
 so mounts already below D come along) or re-created (symlinks), the missing chain is created
-there, and the copy is bound over D. Later misses below a copy are plain mkdir()s: anything
-on a tmpfs the executor mounted itself (session, /dev, contained /tmp...) is ours to write.
+there, the copy is bound over D and made read-only, as the image is. A later miss below a
+copy copies it again (its own entries are bound along). Anything else the executor mounted
+itself and left writable (the /dev tmpfs, a contained /tmp, an overlay) is written directly.
 
 Paths are resolved inside the staged root as the container will see them: an image symlink
 `/data -> /scratch/data` leads to ROOT/scratch/data, never to the host's /scratch.
@@ -87,14 +88,23 @@ def resolve_existing(root: str, path: str) -> str:
 class Underlays:
     """State of the underlay copies made for one container (executor-owned)."""
 
-    __slots__ = ("session_dir", "own_devices", "copies", "copy_fds", "bind")
+    __slots__ = ("session_dir", "own_devices", "copies", "bind", "readonly")
 
-    def __init__(self, session_dir: str, bind):
+    def __init__(self, session_dir: str, bind, readonly):
         self.session_dir = session_dir
-        self.own_devices: set[int] = set()   # st_dev of every tmpfs the executor mounted
+        self.own_devices: set[int] = set()   # st_dev of every file system the executor mounted
         self.copies: list[str] = []          # host paths a copy was bound over
-        self.copy_fds: list[int] = []        # O_PATH fds of those binds (to make them ro)
         self.bind = bind                     # bind(source, target, recursive, what)
+        self.readonly = readonly             # readonly(path, what): the mount at path
+
+    def _writable_own(self, host: str) -> bool:
+        """Ours to write: a file system the executor mounted, still writable (not a copy)."""
+        try:
+            if os.stat(host).st_dev not in self.own_devices:
+                return False
+        except OSError:
+            return False
+        return os.access(host, os.W_OK | os.X_OK)
 
     def ensure(self, root: str, path: str, kind: str) -> str:
         """Make container `path` exist as a directory or file ("dir"/"file"); return host path."""
@@ -102,11 +112,13 @@ class Underlays:
         if not missing:
             return host
         container_dir = "/" + host[len(root):].lstrip("/")
-        if not self._ours(host):
+        copied = not self._writable_own(host)
+        if copied:
             if any(container_dir == p or container_dir.startswith(p + "/") for p in _NO_UNDERLAY):
                 raise ContainerError(f"bind destination {path} does not exist in the container "
                                      f"and cannot be created below {container_dir}")
             self._copy_over(host, container_dir)
+        top = host
         for i, part in enumerate(missing):
             host = host + "/" + part
             last = i == len(missing) - 1
@@ -121,13 +133,9 @@ class Underlays:
             except OSError as err:
                 raise ContainerError(f"creating mount point {path} in the session directory: "
                                      f"{err.strerror}") from None
+        if copied:
+            self.readonly(top, f"making the underlay of {container_dir} read-only")
         return host
-
-    def _ours(self, host: str) -> bool:
-        try:
-            return os.stat(host).st_dev in self.own_devices
-        except OSError:
-            return False
 
     def _copy_over(self, host_dir: str, container_dir: str) -> None:
         copy = f"{self.session_dir}/underlay/{len(self.copies)}"
@@ -154,5 +162,3 @@ class Underlays:
             self.bind(entry.path, target, True, f"{what}: binding {entry.name}")
         self.bind(copy, host_dir, True, what)
         self.copies.append(host_dir)
-        # an fd names this very mount even if another one is stacked on host_dir later
-        self.copy_fds.append(os.open(host_dir, os.O_PATH | os.O_CLOEXEC))
