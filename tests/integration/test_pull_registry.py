@@ -67,6 +67,12 @@ def test_pull_content_metadata_and_default_name(test_images, tmp_path, cache_env
     assert 'export FOO="${FOO:-"bar baz"}"' in env_script
     runscript = read(".singularity.d/runscript")
     assert "OCI_ENTRYPOINT='\"/bin/echo\" \"entry\"'" in runscript and "from-cmd" in runscript
+    from satchel.image import sif as siflib
+    with siflib.SIFFile.open(str(sif)) as image:
+        found = image.find(datatype=siflib.DATA_GENERICJSON, name="oci-config.json")
+        assert len(found) == 1
+        oci_config = json.loads(image.read_data(found[0].id))
+    assert oci_config["WorkingDir"] == "/tmp" and oci_config["Cmd"] == ["from-cmd"]
     inspect = run_satchel(["inspect", "--json", str(sif)])
     assert inspect.returncode == 0, inspect.stderr
     labels = json.loads(inspect.stdout)["data"]["attributes"]["labels"]

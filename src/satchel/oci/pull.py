@@ -25,6 +25,8 @@ from satchel.oci import reference as refs
 from satchel.oci.cache import Cache
 from satchel.oci.source import FetchOptions, resolve_registry
 
+OCI_CONFIG_OBJECT = "oci-config.json"  # Apptainer's SIF object name for the OCI config
+
 
 def destination(uri: str, output: str | None, directory: str | None) -> str:
     """Where the pull writes: OUTPUT, else Apptainer's NAME_TAG.sif; inside --dir if given."""
@@ -83,7 +85,7 @@ def pull(uri: str, dest: str, force: bool, fetch: FetchOptions, build_options) -
                 else:
                     log.info(f"Converting OCI blobs to SIF format ({resolved.digest})")
                     convert(pinned_uri(ref, str(resolved.digest)), cached, cache, fetch,
-                            build_options, uri)
+                            build_options, uri, resolved.manifest.config.digest)
         install(cached, dest, force)
     else:
         if isinstance(ref, refs.LocalRef) and not os.path.exists(ref.path):
@@ -98,11 +100,12 @@ def pull(uri: str, dest: str, force: bool, fetch: FetchOptions, build_options) -
 
 
 def convert(uri: str, cached: str, cache: Cache, fetch: FetchOptions, build_options,
-            shown: str) -> None:
+            shown: str, config_digest) -> None:
     """Build the SIF for `uri` in the cache's tmp/ and rename it to `cached`."""
     temp = cache.temp_path(os.path.basename(cached)) + ".sif"
     try:
         _build(uri, temp, fetch, build_options, cache.tmp_dir, shown)
+        add_oci_config(temp, cache.read_blob(config_digest))
         os.rename(temp, cached)
     except OSError as err:
         raise OCIError(f"storing the converted image in the cache: {err.strerror}") from None
@@ -131,6 +134,24 @@ def _build(uri: str, target: str, fetch: FetchOptions, build_options, tmpdir: st
         if err.message.startswith(("while fetching", "while unpacking", shown)):
             raise  # the agent named the source already
         raise err.context(f"while pulling {shown}") from None
+
+
+def add_oci_config(sif_path: str, config_blob: bytes | None) -> None:
+    """Keep the image config's runtime part (Env, Entrypoint, Cmd, WorkingDir, User, Labels...)
+    in the SIF as the JSON.Generic object "oci-config.json", where Apptainer keeps it: the
+    layout turns most of it into /.singularity.d files, but WORKDIR, USER and the like have no
+    other home (satchel, like Apptainer's native runtime, starts in the caller's directory)."""
+    import json
+    from satchel.image import sif
+    if config_blob is None:
+        return
+    try:
+        runtime = json.loads(config_blob).get("config") or {}
+    except (ValueError, AttributeError):
+        return
+    data = json.dumps(runtime, separators=(",", ":")).encode()
+    sif.add_object(sif_path, sif.NewObject(datatype=sif.DATA_GENERICJSON, data=data,
+                                           name=OCI_CONFIG_OBJECT))
 
 
 def install(cached: str, dest: str, force: bool) -> None:
