@@ -295,6 +295,20 @@ def open_image(uri: str, opts: FetchOptions, cache: Cache | None, bar=None) -> I
     return open_local(ref, opts)
 
 
+def download(uri: str, opts: FetchOptions, cache: Cache, bar=None) -> list[str]:
+    """Fetch every blob of a registry image into the cache (no extraction): the download
+    phase of a pull on its own, for the benchmark and for warming a cache."""
+    ref = parse_ref(uri)
+    if not isinstance(ref, DockerRef):
+        raise OCIError(f"{uri}: only registry images are downloaded")
+    resolved = resolve_registry(ref, opts, cache)
+    image = resolved.fetch(bar)
+    for layer in image.layers:
+        with layer.open():
+            pass  # opening waits for the layer's download and raises its error
+    return [cache.blob_path(desc.digest) for desc in resolved.manifest.layers]
+
+
 def unpack(image: Image, rootfs: str, bar=None, as_root: bool | None = None):
     """Apply the image's layers to `rootfs`, verifying each layer stream to its end."""
     from satchel.oci.layers import Extractor
