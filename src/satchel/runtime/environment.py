@@ -98,7 +98,7 @@ def parse_env_file(text: str, path: str) -> list[tuple[str, str]]:
 
 def build_environment(host_env: dict, *, cleanenv: bool, home: str, image_path: str,
                       command: str, env_pairs=(), env_file_pairs=(), extra=None,
-                      bind_list: str = "", libs_first: bool = False,
+                      bind_list: str = "",
                       shell: str | None = None) -> ContainerEnv:
     """Decide the environment of the container's first process (see the module docstring)."""
     warnings: list[str] = []

@@ -278,6 +278,15 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
                   (image_target, upper, work))
 
     # -- 2. what the container sees of the host ---------------------------------------------
+    specs = bindmod.collect(opts.binds, opts.mounts, host.environ)
+    if specs and not config.get_bool("user bind control", True):
+        raise ConfigError("user bind control is disabled by the administrator: -B/--mount "
+                          "not allowed")
+    user_binds, bind_list = [], []
+    for spec in specs:
+        src, dst, kind = _check_bind(spec, host)
+        user_binds.append((src, dst, kind, spec.readonly))
+        bind_list.append(f"{spec.source}:{dst}" + (":ro" if spec.readonly else ""))
     home_src, home_dst, home_explicit = _home(opts, host)
     contain = opts.contain
     workdir = _workdir(opts, host)
@@ -357,16 +366,28 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
             p.add(GEN_GROUP, "/etc/group", files + "/group", ("root",), (groups, host.user))
             p.bind(files + "/group", "/etc/group", "file", readonly=True, rec=False)
 
-    # -- 3. user binds ------------------------------------------------------------------------
-    specs = bindmod.collect(opts.binds, opts.mounts, host.environ)
-    if specs and not config.get_bool("user bind control", True):
-        raise ConfigError("user bind control is disabled by the administrator: -B/--mount "
-                          "not allowed")
-    bind_list = []
-    for spec in specs:
-        src, dst, kind = _check_bind(spec, host)
-        p.bind(src, dst, kind, readonly=spec.readonly)
-        bind_list.append(f"{spec.source}:{dst}" + (":ro" if spec.readonly else ""))
+    # -- 3. working directory -------------------------------------------------------------------
+    cwd_candidates = []
+    if opts.pwd:
+        cwd_candidates.append(opts.pwd)
+    else:
+        cwd = host.cwd
+        if (cwd and not contain and "cwd" not in no_mount and config.get_bool("mount cwd", True)
+                and cwd not in SYSTEM_CWDS
+                and not any(_under(cwd, top) for top in ("/proc", "/sys", "/dev"))):
+            # bound already (home, /tmp...), or a user bind decides what is there
+            covered = (any(src == dst and _under(cwd, dst) for src, dst in p.binds_done)
+                       or any(_under(cwd, dst) for _, dst, _, _ in user_binds))
+            if not covered and host.path_kind(cwd) == "dir":
+                p.bind(cwd, cwd, "dir")
+        if cwd and not contain:
+            cwd_candidates.append(cwd)
+        cwd_candidates.append(home_dst)
+        cwd_candidates.append("/")
+
+    # -- 4. user binds ------------------------------------------------------------------------
+    for src, dst, kind, readonly in user_binds:
+        p.bind(src, dst, kind, readonly=readonly)
 
     gpu_env: dict[str, str] = {}
     for gpu in opts.gpu or ():
@@ -380,23 +401,6 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
             p.bind(dev, "/dev/" + posixpath.basename(dev), kind, rec=kind == "dir")
         gpu_env.update(gpu.env)
         warnings.extend(gpu.warnings)
-
-    # -- 4. working directory -------------------------------------------------------------------
-    cwd_candidates = []
-    if opts.pwd:
-        cwd_candidates.append(opts.pwd)
-    else:
-        cwd = host.cwd
-        if (cwd and not contain and "cwd" not in no_mount and config.get_bool("mount cwd", True)
-                and cwd not in SYSTEM_CWDS
-                and not any(_under(cwd, top) for top in ("/proc", "/sys", "/dev"))):
-            covered = any(src == dst and _under(cwd, dst) for src, dst in p.binds_done)
-            if not covered and host.path_kind(cwd) == "dir":
-                p.bind(cwd, cwd, "dir")
-        if cwd and not contain:
-            cwd_candidates.append(cwd)
-        cwd_candidates.append(home_dst)
-        cwd_candidates.append("/")
 
     # -- 5. finish the root and switch to it ------------------------------------------------
     p.add(NOSUID_TREE, None, root)

@@ -1,0 +1,362 @@
+"""build_plan() with a fake host: which operations, in which order (pure, no privilege)."""
+
+import json
+
+import pytest
+
+from satchel.errors import ConfigError, ContainerError, UsageError
+from satchel.image.formats import ImageRef
+from satchel.runtime import plan as P
+from satchel.runtime.config import Config, default_config_path, load_config
+from satchel.runtime.host import HostInfo
+
+SESSION = "/pkg/satchel/runtime/session"
+ROOT = SESSION + "/root"
+
+
+class FakeHost(HostInfo):
+    """Invented caller and host paths; nothing is read from the machine."""
+
+    __slots__ = ("paths", "writable")
+
+    def __init__(self, uid=1000, gid=1000, cwd="/work/project", environ=None, paths=None,
+                 writable=()):
+        super().__init__(uid, gid, [gid, 50], "alice" if uid else "root",
+                         "/home/alice" if uid else "/root", "/bin/bash", "Alice", cwd,
+                         environ if environ is not None else {"USER": "alice", "TERM": "xterm"},
+                         "node1", {gid: "alice", 50: "staff"})
+        self.paths = {"/home/alice": "dir", "/root": "dir", "/tmp": "dir", "/var/tmp": "dir",
+                      "/work/project": "dir", "/etc/hosts": "file", "/etc/localtime": "file",
+                      "/etc/resolv.conf": "file", "/data": "dir", "/data/f.txt": "file"}
+        self.paths.update(paths or {})
+        self.writable = set(writable)
+
+    def path_kind(self, path):
+        import posixpath
+        return self.paths.get(posixpath.normpath(path))
+
+    def realpath(self, path):
+        import posixpath
+        return {"/etc/localtime": "/usr/share/zoneinfo/UTC"}.get(path, posixpath.normpath(path))
+
+    def is_writable_dir(self, path):
+        return path in self.writable
+
+
+SIF = ImageRef("/imgs/a.sif", "sif", 4096, 8192, "squashfs")
+SANDBOX = ImageRef("/imgs/sandbox", "sandbox", 0, 0, "dir")
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_config(default_config_path())
+
+
+def plan(host=None, image=SIF, config=None, **opts):
+    command = opts.pop("command", "exec")
+    args = opts.pop("args", ["/bin/true"])
+    cfg = config or load_config(default_config_path())
+    return P.build_plan(P.RunOptions(command, args, **opts), cfg, image, host or FakeHost(),
+                        session_dir=SESSION)
+
+
+def kinds(p):
+    return [op.kind for op in p.ops]
+
+
+def index(p, kind, **match):
+    for i, op in enumerate(p.ops):
+        if op.kind == kind and all(getattr(op, k) == v for k, v in match.items()):
+            return i
+    raise AssertionError(f"no {kind} {match} in {kinds(p)}")
+
+
+def binds(p):
+    return [(op.source, op.destination) for op in p.ops if op.kind == P.BIND]
+
+
+def test_rootless_sif_order():
+    p = plan()
+    k = kinds(p)
+    assert p.rootless and p.namespaces == ("user", "mount")
+    assert k[:3] == [P.UNSHARE, P.ID_MAP, P.FUSE_PREPARE]
+    assert p.ops[0].data == ("user",)
+    assert p.ops[1].data == ("1000 1000 1", "1000 1000 1")  # own ids, never root
+    prep = p.ops[2]
+    assert prep.data[0] == "squashfuse_ll"
+    assert prep.data[1:] == ("-o", "offset=4096", "/imgs/a.sif", "/dev/fd/{fd}")
+    # the server is prepared before the mount namespace exists, mounted, and reaped before
+    # anything looks inside the image
+    assert index(p, P.FUSE_PREPARE) < index(p, P.UNSHARE, data=("mount",)) \
+        < index(p, P.MOUNT_SQUASHFS_FUSE) < index(p, P.FUSE_WAIT) < index(p, P.ENSURE_MOUNTPOINT)
+    assert k[-5:] == [P.PIVOT_ROOT, P.CHDIR, P.DROP_CAPS, P.CHECK_SHELL, P.EXEC]
+    assert index(p, P.NOSUID_TREE) < index(p, P.PIVOT_ROOT)
+    mount = p.ops[index(p, P.MOUNT_SQUASHFS_FUSE)]
+    assert mount.destination == ROOT and set(mount.flags) == {"ro", "nosuid", "nodev"}
+    assert P.MOUNT_SQUASHFS_LOOP not in k
+
+
+def test_root_uses_loop_device_and_no_user_namespace():
+    p = plan(FakeHost(uid=0, gid=0))
+    k = kinds(p)
+    assert not p.rootless and p.namespaces == ("mount",)
+    assert P.ID_MAP not in k and P.FUSE_PREPARE not in k
+    loop = p.ops[index(p, P.MOUNT_SQUASHFS_LOOP)]
+    assert loop.data == (4096, 8192) and loop.source == "/imgs/a.sif"
+    assert set(loop.flags) == {"ro", "nosuid", "nodev"}
+    assert P.GEN_PASSWD not in k  # root keeps the image's own passwd
+    assert DROP_CAPS_BEFORE_EXEC(p)
+
+
+def DROP_CAPS_BEFORE_EXEC(p):
+    return index(p, P.DROP_CAPS) < index(p, P.EXEC)
+
+
+def test_sandbox_is_bound_read_only():
+    p = plan(image=SANDBOX)
+    op = p.ops[index(p, P.BIND_IMAGE_DIR)]
+    assert (op.source, op.destination) == ("/imgs/sandbox", ROOT)
+    assert "ro" in op.flags and "rec" in op.flags
+    assert P.FUSE_PREPARE not in kinds(p)
+
+
+def test_default_mounts():
+    p = plan()
+    b = binds(p)
+    for pair in [("/proc", "/proc"), ("/sys", "/sys"), ("/home/alice", "/home/alice"),
+                 ("/tmp", "/tmp"), ("/var/tmp", "/var/tmp"), ("/dev/pts", "/dev/pts"),
+                 ("/usr/share/zoneinfo/UTC", "/etc/localtime"), ("/etc/hosts", "/etc/hosts"),
+                 ("/etc/resolv.conf", "/etc/resolv.conf"),
+                 (SESSION + "/files/passwd", "/etc/passwd"),
+                 (SESSION + "/files/group", "/etc/group"), ("/work/project", "/work/project")]:
+        assert pair in b, pair
+    nodes = [op.source for op in p.ops if op.kind == P.BIND_DEV_NODE]
+    assert nodes == ["/dev/" + n for n in P.DEV_NODES]
+    # every bind has its mount point ensured right before it
+    for i, op in enumerate(p.ops):
+        if op.kind in (P.BIND, P.BIND_DEV_NODE):
+            assert p.ops[i - 1].kind == P.ENSURE_MOUNTPOINT
+            assert p.ops[i - 1].destination == op.destination
+    ro = {op.destination for op in p.ops if op.kind == P.REMOUNT_RO}
+    assert {"/sys", "/etc/hosts", "/etc/passwd", "/etc/group"} <= ro
+    assert "/home/alice" not in ro
+
+
+def test_passwd_entry_for_caller():
+    p = plan()
+    op = p.ops[index(p, P.GEN_PASSWD)]
+    assert op.data == ("alice:x:1000:1000:Alice:/home/alice:/bin/bash", 1000, "alice")
+    grp = p.ops[index(p, P.GEN_GROUP)]
+    assert grp.data == (((1000, "alice"), (50, "staff")), "alice")
+
+
+def test_contain_uses_private_dirs():
+    p = plan(contain=True)
+    tmpfs = {op.destination for op in p.ops if op.kind == P.TMPFS and "root" in op.flags}
+    assert {"/home/alice", "/tmp", "/var/tmp", "/dev", "/dev/shm"} <= tmpfs
+    assert ("/home/alice", "/home/alice") not in binds(p)
+    assert ("/tmp", "/tmp") not in binds(p)
+    assert ("/work/project", "/work/project") not in binds(p)
+    assert p.cwd == ("/home/alice", "/")
+
+
+def test_contain_with_workdir():
+    host = FakeHost(paths={"/scratch/w": "dir"})
+    p = plan(host, contain=True, workdir="/scratch/w")
+    b = binds(p)
+    assert ("/scratch/w/tmp", "/tmp") in b and ("/scratch/w/var_tmp", "/var/tmp") in b
+    assert ("/scratch/w/home", "/home/alice") in b
+    made = [op.destination for op in p.ops if op.kind == P.MKDIR and "host" in op.flags]
+    assert made == ["/scratch/w/home", "/scratch/w/tmp", "/scratch/w/var_tmp"]
+
+
+def test_containall_implies_pid_ipc_cleanenv():
+    p = plan(containall=True)
+    assert p.namespaces == ("user", "mount", "pid", "ipc")
+    assert index(p, P.FORK_INIT) < index(p, P.MOUNT_PROC) < index(p, P.PIVOT_ROOT)
+    assert kinds(p)[-1] == P.EXEC_CHILD
+    assert "USER" not in p.environ and p.environ["LANG"] == "C"
+    assert ("/proc", "/proc") not in binds(p)  # a fresh procfs instead
+
+
+def test_home_option_and_no_home():
+    host = FakeHost(paths={"/scratch/h": "dir"})
+    p = plan(host, home="/scratch/h:/myhome")
+    assert ("/scratch/h", "/myhome") in binds(p)
+    assert p.environ["HOME"] == "/myhome"
+    assert p.ops[index(p, P.GEN_PASSWD)].data[0].split(":")[5] == "/myhome"
+    p = plan(no_home=True)
+    assert not any(dst == "/home/alice" for _, dst in binds(p))
+    with pytest.raises(ContainerError, match="home directory /nope does not exist"):
+        plan(home="/nope")
+
+
+def test_cwd_rules():
+    assert ("/work/project", "/work/project") in binds(plan())
+    # covered by the home bind: not bound twice
+    p = plan(FakeHost(cwd="/home/alice/src", paths={"/home/alice/src": "dir"}))
+    assert not any(dst == "/home/alice/src" for _, dst in binds(p))
+    assert p.cwd[0] == "/home/alice/src"
+    # system directories are never bound over the image's
+    for cwd in ("/", "/usr", "/etc", "/proc/self"):
+        p = plan(FakeHost(cwd=cwd, paths={cwd: "dir"}))
+        assert (cwd, cwd) not in binds(p)
+    p = plan(pwd="/opt")
+    assert p.cwd == ("/opt",) and "strict" in p.ops[index(p, P.CHDIR)].flags
+    p = plan(FakeHost(cwd=None))
+    assert p.cwd == ("/home/alice", "/")
+
+
+def test_no_mount_values():
+    p = plan(no_mount=["home,tmp", "proc", "sys", "dev", "/etc/hosts", "cwd"])
+    b = binds(p)
+    assert not any(dst in ("/home/alice", "/tmp", "/proc", "/sys", "/etc/hosts",
+                           "/work/project") for _, dst in b)
+    assert P.BIND_DEV_NODE not in kinds(p)
+    assert ("/usr/share/zoneinfo/UTC", "/etc/localtime") in b
+    p = plan(no_mount=["bind-paths"])
+    assert not any(dst in ("/etc/hosts", "/etc/localtime") for _, dst in binds(p))
+    with pytest.raises(UsageError, match="--no-mount nonsense"):
+        plan(no_mount=["nonsense"])
+
+
+def test_user_binds():
+    host = FakeHost(environ={"APPTAINER_BIND": "/data:/from-env"})
+    p = plan(host, binds=["/data/f.txt:/var/lib/cwl/stg1/input.txt:ro", "/data/../data:/d2"],
+             mounts=["type=bind,source=/data,destination=/m,readonly"])
+    b = binds(p)
+    assert b[-3:] == [("/data/f.txt", "/var/lib/cwl/stg1/input.txt"), ("/data", "/d2"),
+                      ("/data", "/m")]
+    assert ("/data", "/from-env") in b
+    i = index(p, P.BIND, destination="/var/lib/cwl/stg1/input.txt")
+    assert p.ops[i - 1].data == "file"
+    assert p.ops[i + 1].kind == P.REMOUNT_RO
+    assert p.environ["APPTAINER_BIND"] == ("/data:/from-env,/data/f.txt:/var/lib/cwl/stg1/"
+                                           "input.txt:ro,/data/../data:/d2,/data:/m:ro")
+
+
+@pytest.mark.parametrize("spec, error, message", [
+    ("/nope:/x", ContainerError, "bind source /nope does not exist"),
+    ("/data:/", UsageError, "cannot bind onto the container's root"),
+    ("/data:/x/../", UsageError, "cannot bind onto the container's root"),
+    ("/data:rel", UsageError, "must be an absolute path"),
+])
+def test_user_bind_errors(spec, error, message):
+    with pytest.raises(error, match=message):
+        plan(binds=[spec])
+
+
+def test_user_bind_control_off():
+    cfg = Config.parse("user bind control = no\n")
+    with pytest.raises(ConfigError, match="user bind control"):
+        plan(config=cfg, binds=["/data"])
+    plan(config=cfg)  # no binds asked: fine
+
+
+def test_relative_bind_source_uses_cwd():
+    host = FakeHost(paths={"/work/project/in": "dir"})
+    assert ("/work/project/in", "/in") in binds(plan(host, binds=["in:/in"]))
+
+
+def test_overlay_rootless_and_root():
+    host = FakeHost(paths={"/ov": "dir"}, writable={"/ov"})
+    p = plan(host, overlay=["/ov"])
+    k = kinds(p)
+    servers = [op.source for op in p.ops if op.kind == P.FUSE_PREPARE]
+    assert servers == ["image", "overlay"]
+    opts = p.ops[index(p, P.FUSE_PREPARE, source="overlay")].data[2]
+    assert f"lowerdir={SESSION}/lower,upperdir=/ov/upper,workdir=/ov/work" in opts
+    assert index(p, P.FUSE_WAIT, source="image") < index(p, P.FUSE_SNAPSHOT) \
+        < index(p, P.MOUNT_OVERLAY_FUSE) < index(p, P.FUSE_WAIT, source="overlay") \
+        < index(p, P.ENSURE_MOUNTPOINT)
+    assert p.ops[index(p, P.MOUNT_SQUASHFS_FUSE)].destination == SESSION + "/lower"
+    root = FakeHost(uid=0, gid=0, paths={"/ov": "dir"}, writable={"/ov"})
+    p = plan(root, overlay=["/ov"])
+    op = p.ops[index(p, P.MOUNT_OVERLAY)]
+    assert op.data == (SESSION + "/lower", "/ov/upper", "/ov/work")
+    assert P.MOUNT_OVERLAY_FUSE not in kinds(p)
+    p = plan(writable_tmpfs=True)
+    assert f"upperdir={SESSION}/overlay/upper" in \
+        p.ops[index(p, P.FUSE_PREPARE, source="overlay")].data[2]
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(overlay=["/ro"]), "not writable"),
+    (dict(overlay=["/missing"]), "does not exist"),
+    (dict(overlay=["/data/f.txt"]), "overlay image files are not supported"),
+    (dict(overlay=["/ov:ro"]), "read-only overlays"),
+    (dict(overlay=["/ov", "/ov"]), "only one --overlay"),
+])
+def test_overlay_errors(kw, message):
+    host = FakeHost(paths={"/ov": "dir", "/ro": "dir"}, writable={"/ov"})
+    with pytest.raises((ContainerError, UsageError), match=message):
+        plan(host, **kw)
+
+
+def test_overlay_disabled_by_admin():
+    with pytest.raises(ConfigError, match="enable overlay = no"):
+        plan(config=Config.parse("enable overlay = no\n"), writable_tmpfs=True)
+
+
+def test_namespaces_and_hostname():
+    p = plan(ipc=True, hostname="box")
+    assert p.namespaces == ("user", "mount", "ipc", "uts")
+    assert p.ops[index(p, P.SETHOSTNAME)].data == "box"
+    assert plan(uts=True).namespaces == ("user", "mount", "uts")
+
+
+def test_argv_and_actions():
+    p = plan(command="run", args=["a", "b c"])
+    assert p.argv[0:2] == ["/bin/sh", "-c"]
+    assert p.argv[3:] == ["/.singularity.d/actions/run", "a", "b c"]
+    assert "/.singularity.d/runscript" in p.argv[2]
+    p = plan(command="shell", args=[], shell="/bin/zsh")
+    assert p.environ["SINGULARITY_SHELL"] == "/bin/zsh"
+    with pytest.raises(UsageError):
+        plan(command="start")
+
+
+def test_gpu_binds_applied():
+    from satchel.hpc.gpu import GpuBinds
+    g = GpuBinds()
+    g.libraries = ["/usr/lib/x86_64-linux-gnu/libcuda.so.1"]
+    g.binaries = [("/usr/bin/nvidia-smi", "/usr/bin/nvidia-smi")]
+    g.devices = ["/dev/nvidia0", "/dev/nvidia-caps"]
+    g.env = {"CUDA_VISIBLE_DEVICES": "0"}
+    g.warnings = ["careful"]
+    host = FakeHost(paths={"/dev/nvidia-caps": "dir"})
+    p = plan(host, gpu=[g])
+    b = binds(p)
+    assert ("/usr/lib/x86_64-linux-gnu/libcuda.so.1", "/.singularity.d/libs/libcuda.so.1") in b
+    assert ("/usr/bin/nvidia-smi", "/usr/bin/nvidia-smi") in b
+    assert ("/dev/nvidia0", "/dev/nvidia0") in b and ("/dev/nvidia-caps", "/dev/nvidia-caps") in b
+    assert p.environ["CUDA_VISIBLE_DEVICES"] == "0"
+    assert "careful" in p.warnings
+    assert 'LD_LIBRARY_PATH="/.singularity.d/libs${' in p.argv[2]  # libraries first
+
+
+def test_plan_is_json_serializable_and_pure():
+    host = FakeHost()
+    before = dict(host.environ)
+    p = plan(host, binds=["/data:/d"], pid=True)
+    text = json.dumps(p.to_dict())
+    doc = json.loads(text)
+    assert doc["namespaces"] == ["user", "mount", "pid"]
+    assert doc["operations"][0] == {"op": "unshare", "data": ["user"]}
+    assert host.environ == before
+    # same inputs, same plan
+    again = plan(FakeHost(), binds=["/data:/d"], pid=True)
+    assert json.dumps(again.to_dict()) == text
+
+
+def test_env_file_and_missing_home_warning():
+    host = FakeHost(uid=1000, paths={"/home/alice": None})
+    p = plan(host, env_file_pairs=[("X", "1")])
+    assert p.environ["X"] == "1"
+    assert any("home directory /home/alice does not exist" in w for w in p.warnings)
+
+
+def test_user_bind_over_cwd_wins():
+    p = plan(binds=["/data:/work"])
+    assert not any(dst == "/work/project" for _, dst in binds(p))
+    assert binds(p)[-1] == ("/data", "/work")
