@@ -94,17 +94,44 @@ def test_oversized_body_is_refused(cache):
     assert cache.has_blob(descriptor(data).digest) is None
 
 
-def test_interrupted_download_resumes_with_range(cache):
+class FlakyServer(BlobServer):
+    """Breaks the connection every `every` bytes, `times` times."""
+
+    def __init__(self, data, every, times):
+        super().__init__(data)
+        self.every, self.times = every, times
+
+    def __call__(self, offset):
+        if self.times:
+            self.times -= 1
+            self.fail_after = self.every
+        return super().__call__(offset)
+
+
+def test_interrupted_download_resumes_with_range(cache, monkeypatch):
+    monkeypatch.setattr(blobs, "RETRY_WAIT_S", 0)
     data = os.urandom(5 << 20)
     desc = descriptor(data)
-    server = BlobServer(data, fail_after=2 << 20)
+    server = FlakyServer(data, every=1 << 20, times=2)
+    path = blobs.ensure_blob(cache, desc, server)
+    assert server.requests == [0, 1 << 20, 2 << 20]
+    assert open(path, "rb").read() == data
+    assert not os.path.exists(cache.partial_path(desc.digest))
+
+
+def test_too_many_interruptions_keep_the_partial_for_later(cache, monkeypatch):
+    monkeypatch.setattr(blobs, "RETRY_WAIT_S", 0)
+    data = os.urandom(5 << 20)
+    desc = descriptor(data)
+    server = FlakyServer(data, every=1 << 19, times=blobs.RETRIES + 1)
     with pytest.raises(OCIError, match="download interrupted"):
         blobs.ensure_blob(cache, desc, server)
     partial = cache.partial_path(desc.digest)
-    assert os.path.getsize(partial) == 2 << 20 and cache.has_blob(desc.digest) is None
-    path = blobs.ensure_blob(cache, desc, server)
-    assert server.requests == [0, 2 << 20]
-    assert open(path, "rb").read() == data and not os.path.exists(partial)
+    assert os.path.getsize(partial) == (blobs.RETRIES + 1) << 19
+    assert cache.has_blob(desc.digest) is None
+    path = blobs.ensure_blob(cache, desc, server)  # a later pull resumes it
+    assert server.requests[-1] == (blobs.RETRIES + 1) << 19
+    assert open(path, "rb").read() == data
 
 
 def test_resume_when_registry_ignores_range(cache):

@@ -4,7 +4,8 @@ A download appends to tmp/<digest>.partial under the digest's lock. If a partial
 (an earlier pull was killed), its bytes are hashed again and the rest is requested with a Range
 header; a registry that answers 200 instead of 206 sends the whole blob and we start over. The
 file is renamed into blob/ only when its size and digest match the descriptor. A resumed
-download whose final digest is wrong (the partial bytes were bad) is retried once from zero.
+download whose final digest is wrong (the partial bytes were bad) is retried once from zero;
+a connection that breaks mid-blob is resumed up to RETRIES times within the same pull.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import time
 
 from satchel import log
 from satchel.errors import OCIError, os_error
@@ -19,6 +21,12 @@ from satchel.oci.cache import Cache
 from satchel.oci.manifest import Descriptor
 
 CHUNK = 1 << 20
+RETRIES = 3       # an interrupted transfer is resumed this many times before giving up
+RETRY_WAIT_S = 1.0
+
+
+class Interrupted(OCIError):
+    """The connection broke mid-blob: what arrived is kept in the partial file."""
 
 
 def ensure_blob(cache: Cache, desc: Descriptor, open_blob, progress=None,
@@ -41,7 +49,7 @@ def ensure_blob(cache: Cache, desc: Descriptor, open_blob, progress=None,
             return path
         partial = cache.partial_path(desc.digest)
         for attempt in (0, 1):
-            resumed = _download(partial, desc, open_blob, progress, what)
+            resumed = _download_with_retries(partial, desc, open_blob, progress, what)
             if _verify(partial, desc, resumed.hasher):
                 final = cache.blob_path(desc.digest)
                 try:
@@ -58,6 +66,18 @@ def ensure_blob(cache: Cache, desc: Descriptor, open_blob, progress=None,
             raise OCIError(f"{what} {desc.digest}: digest mismatch: downloaded content has "
                            f"digest {resumed.algorithm}:{resumed.hasher.hexdigest()}",
                            hint="the registry served corrupt data; nothing was kept")
+    raise AssertionError("unreachable")
+
+
+def _download_with_retries(partial, desc, open_blob, progress, what) -> "_State":
+    for retry in range(RETRIES + 1):
+        try:
+            return _download(partial, desc, open_blob, progress, what)
+        except Interrupted as err:
+            if retry == RETRIES:
+                raise
+            log.warning(f"{err.message}; resuming ({retry + 1}/{RETRIES})")
+            time.sleep(RETRY_WAIT_S * (retry + 1))
     raise AssertionError("unreachable")
 
 
@@ -113,8 +133,8 @@ def _download(partial: str, desc: Descriptor, open_blob, progress, what: str) ->
     except (OSError, http.client.HTTPException) as err:
         resp.close(reuse=False)
         reason = getattr(err, "strerror", None) or type(err).__name__
-        raise OCIError(f"{what} {desc.digest.short()}: download interrupted: {reason}",
-                       hint="run the pull again to resume it") from None
+        raise Interrupted(f"{what} {desc.digest.short()}: download interrupted: {reason}",
+                          hint="run the pull again to resume it") from None
     resp.close()
     return _State(hasher, offset, desc.digest.algorithm)
 

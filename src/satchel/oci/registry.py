@@ -98,11 +98,9 @@ class Registry:
         form = urllib.parse.urlencode({"grant_type": "refresh_token", "service": query.get("service", ""),
                                        "scope": query["scope"], "client_id": "satchel",
                                        "refresh_token": self.credentials.identity_token}).encode()
-        parts = urllib.parse.urlsplit(realm)
-        conn_url = realm
-        resp = transport.request(self.pool, "POST", conn_url,
+        resp = transport.request(self.pool, "POST", realm,
                                  {"Content-Type": "application/x-www-form-urlencoded"}, form,
-                                 auth_for_host=parts.netloc)
+                                 auth_for_host=urllib.parse.urlsplit(realm).netloc)
         if resp.status != 200:
             raise self._unauthorized(_error_text(resp))
         return _token_from(resp.read(1 << 20), realm)

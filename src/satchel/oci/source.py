@@ -127,7 +127,8 @@ class RegistryImage:
         """Config now; layers start downloading in the background."""
         bar = bar or progress.Null()
         conf_desc = self.manifest.config
-        path = blobs.ensure_blob(self.cache, conf_desc, self._opener(conf_desc), what="config")
+        path = blobs.ensure_blob(self.cache, conf_desc, self.blob_opener(conf_desc),
+                                 what="config")
         with open(path, "rb") as fh:
             config_doc = mt.load_json(fh.read(), f"{self.ref}: image config")
         warn_arch(str(self.ref), config_doc, self.arch)
@@ -144,7 +145,7 @@ class RegistryImage:
         downloads.start()
         return image
 
-    def _opener(self, desc: mt.Descriptor):
+    def blob_opener(self, desc: mt.Descriptor):
         return lambda offset: self.registry.open_blob(str(desc.digest), offset)
 
 
@@ -183,7 +184,7 @@ class _Downloads:
                     raise OCIError("download cancelled")
                 desc = self.descs[index]
                 self.paths[index] = blobs.ensure_blob(
-                    self.image.cache, desc, self.image._opener(desc), self.bar.update,
+                    self.image.cache, desc, self.image.blob_opener(desc), self.bar.update,
                     what=f"layer {desc.digest.short()}")
         except BaseException as err:  # reported to the consumer, in order
             self.errors[index] = err

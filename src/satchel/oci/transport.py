@@ -63,12 +63,12 @@ class Response:
         return self.raw.readinto(buffer)
 
     def close(self, reuse: bool = True) -> None:
+        """A fully read response leaves its connection ready for the next request; one
+        abandoned halfway cannot be reused (unread bytes are in the way), so it is closed."""
         if self._pool is None:
             return
         pool, self._pool = self._pool, None
-        if reuse and self.raw.isclosed():
-            pool.release(self._key)
-        else:
+        if not (reuse and self.raw.isclosed()):
             pool.drop(self._key)
 
 
@@ -97,9 +97,6 @@ class Pool:
             conn = http.client.HTTPConnection(host, timeout=self.timeout)
         conns[key] = conn
         return conn, False
-
-    def release(self, key) -> None:
-        pass  # the connection stays in this thread's table for the next request
 
     def drop(self, key) -> None:
         conn = self._conns().pop(key, None)
