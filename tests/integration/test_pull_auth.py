@@ -104,3 +104,40 @@ def test_bearer_token_auth(token_registry, tmp_path):
                        "--docker-password", "nope", "--force", str(tmp_path / "tok.sif"), uri],
                       env=dict(env, APPTAINER_CACHEDIR=str(tmp_path / "c2"))),
           "unauthorized")
+
+
+def test_docker_login_prompts_on_the_terminal(auth_registry, env, tmp_path):
+    """--docker-login asks for the username, then the password without echo."""
+    import pty
+    import select
+    import subprocess
+    import time
+    from support.fixtures_users import SATCHEL
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([SATCHEL, "pull", "--docker-login", str(tmp_path / "login.sif"),
+                             auth_registry.uri("private/busybox:latest")],
+                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                            env=dict(os.environ, **env))
+    os.close(slave)
+    out, sent = b"", set()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if not ready:
+            continue
+        try:
+            out += os.read(master, 4096)
+        except OSError:
+            break
+        if b"Username: " in out and "user" not in sent:
+            os.write(master, USERNAME.encode() + b"\n")
+            sent.add("user")
+        if b"Password: " in out and "password" not in sent:
+            os.write(master, PASSWORD.encode() + b"\n")
+            sent.add("password")
+    proc.wait(60)
+    os.close(master)
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0, text
+    assert PASSWORD not in text  # not echoed
+    pulled_ok(subprocess.CompletedProcess([], 0), tmp_path / "login.sif")
