@@ -80,6 +80,9 @@ class Executor:
     def op_sethostname(self, op) -> None:
         linux.sethostname(op.data)
 
+    def op_net_loopback(self, op) -> None:
+        linux.interface_up(op.source)
+
     # -- FUSE ------------------------------------------------------------------------------------
     def op_fuse_prepare(self, op) -> None:
         from satchel.runtime import fuse

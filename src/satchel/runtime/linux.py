@@ -98,6 +98,10 @@ class _CapData(ctypes.Structure):
 
 _libc.capset.argtypes = (ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData))
 _libc.capset.restype = ctypes.c_int
+_libc.socket.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int)
+_libc.socket.restype = ctypes.c_int
+_libc.ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
+_libc.ioctl.restype = ctypes.c_int
 _libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
 _libc.setns.restype = ctypes.c_int
 
@@ -189,6 +193,39 @@ def sethostname(name: str) -> None:
     raw = name.encode()
     if _libc.sethostname(raw, len(raw)) != 0:
         raise _fail(f"setting the hostname to {name!r}")
+
+
+# <linux/sockios.h>, <net/if.h>: struct ifreq is a 16-byte name and a 24-byte union
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+_AF_INET, _SOCK_DGRAM, _SOCK_CLOEXEC = 2, 2, 0o2000000
+
+
+class _IfReqFlags(ctypes.Structure):
+    _fields_ = (("name", ctypes.c_char * 16), ("flags", ctypes.c_short),
+                ("_pad", ctypes.c_char * 22))
+
+
+def interface_up(name: str) -> None:
+    """Set IFF_UP on a network interface of the current network namespace (ioctl on a socket).
+
+    In a new network namespace only `lo` exists, down; bringing it up needs CAP_NET_ADMIN
+    over the namespace, which its creator holds (inside its user namespace if non-root).
+    The socket module is not imported for this: ctypes is already loaded.
+    """
+    sock = _libc.socket(_AF_INET, _SOCK_DGRAM | _SOCK_CLOEXEC, 0)
+    if sock < 0:
+        raise _fail(f"opening a socket to configure {name}")
+    try:
+        req = _IfReqFlags(name.encode(), 0)
+        if _libc.ioctl(sock, SIOCGIFFLAGS, ctypes.byref(req)) != 0:
+            raise _fail(f"reading the flags of network interface {name}")
+        req.flags |= IFF_UP
+        if _libc.ioctl(sock, SIOCSIFFLAGS, ctypes.byref(req)) != 0:
+            raise _fail(f"bringing up network interface {name}")
+    finally:
+        os.close(sock)
 
 
 def last_capability() -> int:

@@ -44,6 +44,7 @@ MOUNT_PROC = "mount_proc"          # a fresh procfs (in a new pid namespace)
 REMOUNT_RO = "remount_ro"          # flags: rec
 NOSUID_TREE = "nosuid_tree"        # nosuid on every mount below destination
 SETHOSTNAME = "sethostname"        # data: name
+NET_LOOPBACK = "net_loopback"      # --net --network none: bring up lo in the new net namespace
 FORK_INIT = "fork_init"            # --pid: parent forwards signals, child (pid 1) goes on
 PIVOT_ROOT = "pivot_root"
 CHDIR = "chdir"                    # data: candidate directories, first that works
@@ -95,6 +96,7 @@ class RunOptions:
     __slots__ = ("command", "args", "binds", "mounts", "contain", "containall", "cleanenv",
                  "env", "env_file_pairs", "home", "no_home", "no_mount", "pwd", "workdir",
                  "writable_tmpfs", "overlay", "pid", "ipc", "uts", "hostname", "userns", "net",
+                 "network", "network_args",
                  "shell", "gpu", "prog")
 
     def __init__(self, command: str = "exec", args=(), **values):
@@ -114,6 +116,8 @@ class RunOptions:
         self.overlay = []
         self.pid = self.ipc = self.uts = self.userns = self.net = False
         self.hostname = None
+        self.network = None     # --network: comma-separated network names
+        self.network_args = []  # --network-args: KEY=VALUE strings
         self.shell = None
         self.gpu = []       # satchel.hpc.gpu.GpuBinds objects, found by action.py
         self.prog = "satchel"
@@ -222,6 +226,7 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
         namespaces.append("ipc")
     if opts.uts or opts.hostname:
         namespaces.append("uts")
+    network_args = _network_request(opts, warnings)
     if opts.net:
         namespaces.append("net")
 
@@ -245,6 +250,8 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
                        f"squash_to_uid={host.uid},squash_to_gid={host.gid}")
             p.add(FUSE_PREPARE, "overlay", data=(server, "-o", options, "/dev/fd/{fd}"))
     p.add(UNSHARE, data=tuple(namespaces))
+    if opts.net:
+        p.add(NET_LOOPBACK, "lo", data=network_args)
     p.add(MAKE_PRIVATE, destination="/", flags=("rec",))
     size = config.get_int("sessiondir max size", 64)
     p.add(TMPFS, "tmpfs", session, ("nosuid", "nodev", "session"), f"mode=0755,size={size}m")
@@ -492,6 +499,46 @@ def _check_bind(spec, host) -> tuple[str, str, str]:
     if kind is None:
         raise ContainerError(f"bind source {spec.source} does not exist (in {spec.origin!r})")
     return host.realpath(src), dst, kind
+
+
+SUPPORTED_NETWORKS = ("none",)
+
+
+def _network_request(opts: RunOptions, warnings: list) -> tuple:
+    """Check --net/--network/--network-args; return the network args as (key, value) pairs.
+
+    Only `none` is provided: a new network namespace with the loopback interface up, which a
+    non-root user may create (the namespace belongs to the user namespace). Apptainer's
+    default network is `bridge` (CNI, root only): satchel says so rather than silently
+    giving a container without network to a caller who asked for one.
+    """
+    pairs = []
+    for value in opts.network_args or ():
+        text = value.strip()
+        # tolerate a literal layer of quotes, as shells in job scripts leave them
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+            text = text[1:-1].strip()
+        key, eq, val = text.partition("=")
+        if not eq or not key.strip():
+            raise UsageError(f"invalid --network-args value {value!r}: expected KEY=VALUE")
+        pairs.append((key.strip(), val.strip()))
+    if not opts.net:
+        if opts.network or pairs:
+            warnings.append("--network and --network-args have no effect without --net")
+        return ()
+    names = [n.strip() for n in (opts.network or "").split(",") if n.strip()]
+    if not names:
+        raise UsageError("--net without --network asks for Apptainer's default 'bridge' "
+                         "network, which satchel does not provide",
+                         hint="use --net --network none for a private network with only "
+                              "the loopback interface")
+    for name in names:
+        if name not in SUPPORTED_NETWORKS:
+            raise UsageError(f"network {name!r} is not supported by satchel: only 'none' "
+                             "(a private network namespace with loopback only)")
+    if pairs:
+        warnings.append("--network-args have no effect with --network none: ignored")
+    return tuple(pairs)
 
 
 def _overlay_request(opts: RunOptions, config, host, rootless: bool, session: str):

@@ -61,6 +61,14 @@ ACTION_OPTIONS = [
           "namespace"),
     o.Opt("--hostname", "hostname", o.VALUE, env=_env("HOSTNAME"),
           help="set container hostname (implies --uts)"),
+    o.Opt("-n --net", "net", env=_env("NET", "UNSHARE_NET"),
+          help="run container in a new network namespace (with --network none: loopback "
+               "only; the only network satchel provides)"),
+    o.Opt("--network", "network", o.VALUE, env=_env("NETWORK"),
+          help="specify desired network type separated by commas, each network will bring "
+               "up a dedicated interface inside container (satchel: none)"),
+    o.Opt("--network-args", "network_args", o.LIST, env=_env("NETWORK_ARGS"),
+          help="specify network arguments to pass to CNI plugins (no effect with none)"),
     o.Opt("-u --userns", "userns", env=_env("USERNS", "UNSHARE_USERNS"),
           help="run container in a new user namespace (the default for non-root users)"),
     o.Opt("--nv", "nv", env=_env("NV"), help="enable Nvidia support"),
@@ -126,6 +134,7 @@ def to_run_options(name: str, parsed):
         home=parsed.home, no_home=parsed.no_home, no_mount=parsed.no_mount, pwd=parsed.pwd,
         workdir=parsed.workdir, writable_tmpfs=parsed.writable_tmpfs, overlay=parsed.overlay,
         pid=parsed.pid, ipc=parsed.ipc, uts=parsed.uts, hostname=parsed.hostname,
+        net=parsed.net, network=parsed.network, network_args=parsed.network_args,
         userns=parsed.userns, shell=getattr(parsed, "shell", None),
         prog=getattr(parsed, "prog", "satchel"))
     if parsed.env_file:

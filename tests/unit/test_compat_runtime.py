@@ -1,0 +1,82 @@
+"""The runtime options the drop-in adds, decided in the plan (pure, fake host):
+--net/--network/--network-args, --no-eval, instance start and instance:// joins.
+
+What they do in a real container is tested in tests/integration/test_dropin.py and
+test_instance.py as the non-root user.
+"""
+
+import pytest
+
+from satchel.errors import UsageError
+from satchel.image.formats import ImageRef
+from satchel.runtime import plan as P
+from satchel.runtime.config import default_config_path, load_config
+
+from test_plan import FakeHost  # the runtime's fake host: invented users and paths
+
+SESSION = "/pkg/satchel/runtime/session"
+SIF = ImageRef("/imgs/a.sif", "sif", 4096, 8192, "squashfs")
+
+
+def plan(host=None, **opts):
+    command = opts.pop("command", "exec")
+    args = opts.pop("args", ["/bin/true"])
+    return P.build_plan(P.RunOptions(command, args, **opts), load_config(default_config_path()),
+                        SIF, host or FakeHost(), session_dir=SESSION)
+
+
+def kinds(p):
+    return [op.kind for op in p.ops]
+
+
+# -- --net --network none ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("uid", [1000, 0])
+def test_net_none_unshares_net_and_brings_up_loopback(uid):
+    p = plan(FakeHost(uid=uid), net=True, network="none")
+    assert "net" in p.namespaces
+    k = kinds(p)
+    unshare = max(i for i, op in enumerate(p.ops) if op.kind == P.UNSHARE)
+    assert "net" in p.ops[unshare].data
+    assert k[unshare + 1] == P.NET_LOOPBACK and p.ops[unshare + 1].source == "lo"
+    assert k.index(P.NET_LOOPBACK) < k.index(P.DROP_CAPS)  # needs CAP_NET_ADMIN
+
+
+def test_no_net_no_network_namespace():
+    p = plan()
+    assert "net" not in p.namespaces and P.NET_LOOPBACK not in kinds(p)
+
+
+def test_net_without_network_is_bridge_and_refused():
+    with pytest.raises(UsageError, match="bridge"):
+        plan(net=True)
+
+
+@pytest.mark.parametrize("network", ["bridge", "ptp", "none,bridge", "mycni"])
+def test_other_networks_refused(network):
+    with pytest.raises(UsageError, match="not supported"):
+        plan(net=True, network=network)
+
+
+@pytest.mark.parametrize("value, pair", [
+    ('"portmap=8080:80/tcp"', ("portmap", "8080:80/tcp")),
+    ("'IP=10.0.0.5'", ("IP", "10.0.0.5")),
+    ("portmap=8080:80/tcp", ("portmap", "8080:80/tcp")),
+])
+def test_network_args_with_literal_quotes_tolerated(value, pair):
+    p = plan(net=True, network="none", network_args=[value])
+    op = next(op for op in p.ops if op.kind == P.NET_LOOPBACK)
+    assert op.data == (pair,)
+    assert any("no effect" in w for w in p.warnings)
+
+
+@pytest.mark.parametrize("value", ["bogus", '"=x"', '""'])
+def test_network_args_malformed(value):
+    with pytest.raises(UsageError, match="--network-args"):
+        plan(net=True, network="none", network_args=[value])
+
+
+def test_network_without_net_warns_and_changes_nothing():
+    p = plan(network="none")
+    assert "net" not in p.namespaces
+    assert any("without --net" in w for w in p.warnings)
