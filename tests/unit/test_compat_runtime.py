@@ -80,3 +80,57 @@ def test_network_without_net_warns_and_changes_nothing():
     p = plan(network="none")
     assert "net" not in p.namespaces
     assert any("without --net" in w for w in p.warnings)
+
+
+# -- --no-eval ----------------------------------------------------------------------------------
+
+SHELLS = [["/bin/sh"], ["/bin/busybox", "sh"]]
+TRICKY = 'hi $WHO $(echo sub) `echo bq` "q" \\b \'s\''
+
+
+def _in_container_shell(shell, environ):
+    """Run the action script as the container would (no /.singularity.d on the host)."""
+    import subprocess
+
+    from satchel.runtime.environment import action_script
+    env = dict(environ)
+    env["PATH"] = "/usr/bin:/bin"
+    out = subprocess.run(shell + ["-c", action_script("exec", "> "), "exec", "/bin/sh", "-c",
+                                  'printf "%s|%s|%s" "$G" "${APPTAINER_NO_EVAL-unset}" '
+                                  '"${SINGULARITY_NO_EVAL-unset}"'],
+                         env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=["dash", "busybox"])
+def test_default_evaluates_injected_values_like_double_quotes(shell):
+    host = FakeHost(environ={"WHO": "alice", "SINGULARITYENV_G": TRICKY})
+    p = plan(host)
+    assert p.environ["__SATCHEL_EVAL"] == "G"
+    out = _in_container_shell(shell, p.environ)
+    assert out == 'hi alice sub bq "q" \\b \'s\'|unset|unset'
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=["dash", "busybox"])
+@pytest.mark.parametrize("source", ["env", "option", "file"])
+def test_no_eval_passes_values_verbatim_and_says_so(shell, source):
+    environ = {"WHO": "alice"}
+    opts = {"no_eval": True}
+    if source == "env":
+        environ["APPTAINERENV_G"] = TRICKY
+    elif source == "option":
+        opts["env"] = ["G=" + TRICKY.replace(",", "")]
+    else:
+        opts["env_file_pairs"] = [("G", TRICKY)]
+    p = plan(FakeHost(environ=environ), **opts)
+    assert p.environ["__SATCHEL_EVAL"] == ""
+    assert _in_container_shell(shell, p.environ) == TRICKY + "|1|1"
+
+
+def test_gpu_and_no_eval_variables_are_never_evaluated():
+    p = plan(FakeHost(environ={"SINGULARITYENV_A": "$x"}), no_eval=False)
+    assert p.environ["__SATCHEL_EVAL"] == "A"
+    assert "SINGULARITY_NO_EVAL" not in p.environ
+    p = plan(FakeHost(environ={"SINGULARITYENV_A": "$x"}), no_eval=True)
+    assert p.environ["SINGULARITY_NO_EVAL"] == "1" and p.environ["A"] == "$x"

@@ -13,7 +13,12 @@ Apptainer's rules, which HPC users' scripts depend on:
   re-applied (they win over the image) and host variables the image did not set are restored
   (the image wins over the host). The shell script doing this is action_script() below;
 - APPTAINER_CONTAINER, APPTAINER_NAME, APPTAINER_COMMAND and the SINGULARITY_ twins, PS1 and
-  LD_LIBRARY_PATH (with /.singularity.d/libs) are set inside.
+  LD_LIBRARY_PATH (with /.singularity.d/libs) are set inside;
+- user-injected values are evaluated by the container's shell as if double-quoted
+  (`--env 'D=$HOME/x'` expands $HOME inside the container), as Apptainer's injection script
+  does, unless --no-eval: then they pass verbatim and SINGULARITY_NO_EVAL/APPTAINER_NO_EVAL
+  are set in the container (images converted from OCI check them in their runscript to pass
+  the arguments unevaluated too; native runscripts always get "$@" as given).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ PATH_KEYS = {"PATH": "SING_USER_DEFINED_PATH", "PREPEND_PATH": "SING_USER_DEFINE
 # shell variables the action script passes itself; never exported by the user
 SAVE_HOST = "__SATCHEL_HOST"
 SAVE_FORCE = "__SATCHEL_FORCE"
+SAVE_EVAL = "__SATCHEL_EVAL"
 
 
 class ContainerEnv:
@@ -99,8 +105,12 @@ def parse_env_file(text: str, path: str) -> list[tuple[str, str]]:
 def build_environment(host_env: dict, *, cleanenv: bool, home: str, image_path: str,
                       command: str, env_pairs=(), env_file_pairs=(), extra=None,
                       bind_list: str = "",
-                      shell: str | None = None) -> ContainerEnv:
-    """Decide the environment of the container's first process (see the module docstring)."""
+                      shell: str | None = None, evaluate: bool = False) -> ContainerEnv:
+    """Decide the environment of the container's first process (see the module docstring).
+
+    evaluate: user-injected values are expanded by the container's shell (Apptainer's default;
+    the plan passes `not --no-eval`).
+    """
     warnings: list[str] = []
     env: dict[str, str] = {}
     forced: dict[str, str] = {}
@@ -147,6 +157,7 @@ def build_environment(host_env: dict, *, cleanenv: bool, home: str, image_path: 
     if cleanenv and "LANG" not in forced:
         host_names.append("LANG")
 
+    user_keys = list(forced)
     env.update(forced)
     env.update(path_vars)
     env["HOME"] = home
@@ -167,9 +178,22 @@ def build_environment(host_env: dict, *, cleanenv: bool, home: str, image_path: 
         if key in host_names:  # listed twice, the prologue's save loop would lose the value
             host_names.remove(key)
     forced_names = [n for n in forced if valid_name(n)]
+    eval_names = []
+    if evaluate:
+        for key in user_keys:
+            if valid_name(key) and key not in (extra or {}):
+                env[key] = dq_escape(forced[key])
+                eval_names.append(key)
     env[SAVE_HOST] = " ".join(host_names)
     env[SAVE_FORCE] = " ".join(forced_names)
+    env[SAVE_EVAL] = " ".join(eval_names)
     return ContainerEnv(env, host_names, forced_names, warnings)
+
+
+def dq_escape(text: str) -> str:
+    """Text that, placed between double quotes and evaluated by sh, keeps `$` and backquote
+    expansions live but reads `"` and `\\` literally (how injected values are evaluated)."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def sh_quote(text: str) -> str:
@@ -178,7 +202,8 @@ def sh_quote(text: str) -> str:
 
 
 _PROLOGUE = r"""__satchel_h=${__SATCHEL_HOST-} __satchel_f=${__SATCHEL_FORCE-}
-unset __SATCHEL_HOST __SATCHEL_FORCE
+__satchel_e=${__SATCHEL_EVAL-}
+unset __SATCHEL_HOST __SATCHEL_FORCE __SATCHEL_EVAL
 for __satchel_k in $__satchel_h $__satchel_f; do
   eval "__satchel_v_$__satchel_k=\${$__satchel_k-}; unset $__satchel_k"
 done
@@ -196,7 +221,11 @@ done
 for __satchel_k in $__satchel_h; do
   eval "if [ -z \"\${$__satchel_k+x}\" ]; then $__satchel_k=\$__satchel_v_$__satchel_k; export $__satchel_k; fi; unset __satchel_v_$__satchel_k"
 done
-unset __satchel_h __satchel_f __satchel_k __satchel_s
+for __satchel_k in $__satchel_e; do
+  eval "__satchel_t=\${$__satchel_k}"
+  eval "$__satchel_k=\"$__satchel_t\""
+done
+unset __satchel_h __satchel_f __satchel_e __satchel_t __satchel_k __satchel_s
 if [ -n "${SING_USER_DEFINED_PREPEND_PATH:-}" ]; then PATH="$SING_USER_DEFINED_PREPEND_PATH:$PATH"; fi
 if [ -n "${SING_USER_DEFINED_APPEND_PATH:-}" ]; then PATH="$PATH:$SING_USER_DEFINED_APPEND_PATH"; fi
 if [ -n "${SING_USER_DEFINED_PATH:-}" ]; then PATH="$SING_USER_DEFINED_PATH"; fi

@@ -96,7 +96,7 @@ class RunOptions:
     __slots__ = ("command", "args", "binds", "mounts", "contain", "containall", "cleanenv",
                  "env", "env_file_pairs", "home", "no_home", "no_mount", "pwd", "workdir",
                  "writable_tmpfs", "overlay", "pid", "ipc", "uts", "hostname", "userns", "net",
-                 "network", "network_args",
+                 "network", "network_args", "no_eval",
                  "shell", "gpu", "prog")
 
     def __init__(self, command: str = "exec", args=(), **values):
@@ -118,6 +118,7 @@ class RunOptions:
         self.hostname = None
         self.network = None     # --network: comma-separated network names
         self.network_args = []  # --network-args: KEY=VALUE strings
+        self.no_eval = False    # --no-eval: injected variables (and OCI runscript args) verbatim
         self.shell = None
         self.gpu = []       # satchel.hpc.gpu.GpuBinds objects, found by action.py
         self.prog = "satchel"
@@ -238,8 +239,15 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
         p.add(ID_MAP, data=(f"{host.uid} {host.uid} 1", f"{host.gid} {host.gid} 1"))
         if image.kind != "sandbox":
             server = config.get("squashfuse path", "squashfuse_ll") or "squashfuse_ll"
-            p.add(FUSE_PREPARE, "image", data=(
-                server, "-o", f"offset={image.fs_offset}", image.path, "/dev/fd/{fd}"))
+            mode = (config.get("squashfuse mode", "builtin") or "builtin").lower()
+            if mode not in ("builtin", "program"):
+                raise ConfigError(f"squashfuse mode = {mode}: expected builtin or program")
+            if mode == "builtin":  # the program is its fallback: in the foreground (-f)
+                p.add(FUSE_PREPARE, "image", flags=("builtin",), data=(
+                    server, "-f", "-o", f"offset={image.fs_offset}", image.path, "/dev/fd/{fd}"))
+            else:
+                p.add(FUSE_PREPARE, "image", data=(
+                    server, "-o", f"offset={image.fs_offset}", image.path, "/dev/fd/{fd}"))
         if overlay_dirs is not None:
             # fuse-overlayfs must see the image mount (its lower layer): its helper takes a
             # private copy of the container's mounts before the overlay is mounted
@@ -424,11 +432,13 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
     p.add(CHECK_SHELL, None, "/bin/sh")
 
     # -- 6. the process ---------------------------------------------------------------------------
+    if opts.no_eval:  # read by runscripts of images converted from OCI (build/layout.py)
+        gpu_env["SINGULARITY_NO_EVAL"] = gpu_env["APPTAINER_NO_EVAL"] = "1"
     env = environment.build_environment(
         host.environ, cleanenv=opts.cleanenv, home=home_dst, image_path=image.path,
         command=opts.command, env_pairs=environment.parse_env_option(opts.env),
         env_file_pairs=opts.env_file_pairs, extra=gpu_env, bind_list=",".join(bind_list),
-        shell=opts.shell)
+        shell=opts.shell, evaluate=not opts.no_eval)
     warnings.extend(env.warnings)
     prompt = {"apptainer": "Apptainer> ", "singularity": "Singularity> "}.get(
         opts.prog, "Satchel> ")

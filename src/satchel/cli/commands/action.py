@@ -71,6 +71,8 @@ ACTION_OPTIONS = [
           help="specify network arguments to pass to CNI plugins (no effect with none)"),
     o.Opt("-u --userns", "userns", env=_env("USERNS", "UNSHARE_USERNS"),
           help="run container in a new user namespace (the default for non-root users)"),
+    o.Opt("--no-eval", "no_eval", env=_env("NO_EVAL"),
+          help="do not shell evaluate env vars or OCI container CMD/ENTRYPOINT/ARGS"),
     o.Opt("--nv", "nv", env=_env("NV"), help="enable Nvidia support"),
     o.Opt("--rocm", "rocm", env=_env("ROCM"), help="enable experimental Rocm support"),
     # accepted because they are harmless here
@@ -135,6 +137,7 @@ def to_run_options(name: str, parsed):
         workdir=parsed.workdir, writable_tmpfs=parsed.writable_tmpfs, overlay=parsed.overlay,
         pid=parsed.pid, ipc=parsed.ipc, uts=parsed.uts, hostname=parsed.hostname,
         net=parsed.net, network=parsed.network, network_args=parsed.network_args,
+        no_eval=parsed.no_eval,
         userns=parsed.userns, shell=getattr(parsed, "shell", None),
         prog=getattr(parsed, "prog", "satchel"))
     if parsed.env_file:
