@@ -286,3 +286,17 @@ def test_progress_bar_only_on_a_terminal_and_not_with_quiet(test_images, tmp_pat
                         env={"APPTAINER_CACHEDIR": str(tmp_path / "c3")})
     assert piped.returncode == 0 and "Fetching [" not in piped.stderr
     assert "\r" not in piped.stderr
+
+
+def test_unwritable_destination_fails_before_downloading(test_images, test_user, user_tmp):
+    registry = test_images.registry
+    before = registry.log_size()
+    env = {"APPTAINER_CACHEDIR": os.path.join(user_tmp, "cache")}
+    result = run_satchel(["pull", "--nohttps", "/etc/not-yours.sif",
+                          test_images.uri("busybox:latest")], user=test_user, env=env)
+    fatal(result, "no permission to create files in /etc")
+    assert registry.blob_gets("busybox", before) == 0
+    assert not os.path.exists("/etc/not-yours.sif")
+    missing = run_satchel(["pull", "--nohttps", "--dir", os.path.join(user_tmp, "nope"),
+                           test_images.uri("busybox:latest")], user=test_user, env=env)
+    fatal(missing, "does not exist")

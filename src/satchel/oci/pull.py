@@ -42,6 +42,8 @@ def check_destination(dest: str, force: bool) -> None:
     parent = os.path.dirname(dest)
     if not os.path.isdir(parent):
         raise OCIError(f"cannot write {dest}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OCIError(f"cannot write {dest}: no permission to create files in {parent}")
     if os.path.lexists(dest):
         if not force:
             raise OCIError(f"image file already exists: {dest} - will not overwrite",

@@ -239,15 +239,8 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
         p.add(ID_MAP, data=(f"{host.uid} {host.uid} 1", f"{host.gid} {host.gid} 1"))
         if image.kind != "sandbox":
             server = config.get("squashfuse path", "squashfuse_ll") or "squashfuse_ll"
-            mode = (config.get("squashfuse mode", "builtin") or "builtin").lower()
-            if mode not in ("builtin", "program"):
-                raise ConfigError(f"squashfuse mode = {mode}: expected builtin or program")
-            if mode == "builtin":  # the program is its fallback: in the foreground (-f)
-                p.add(FUSE_PREPARE, "image", flags=("builtin",), data=(
-                    server, "-f", "-o", f"offset={image.fs_offset}", image.path, "/dev/fd/{fd}"))
-            else:
-                p.add(FUSE_PREPARE, "image", data=(
-                    server, "-o", f"offset={image.fs_offset}", image.path, "/dev/fd/{fd}"))
+            p.add(FUSE_PREPARE, "image", data=(
+                server, "-o", f"offset={image.fs_offset}", image.path, "/dev/fd/{fd}"))
         if overlay_dirs is not None:
             # fuse-overlayfs must see the image mount (its lower layer): its helper takes a
             # private copy of the container's mounts before the overlay is mounted
