@@ -121,6 +121,17 @@ def test_second_pull_downloads_and_converts_nothing(test_images, tmp_path, cache
     assert registry.blob_gets("busybox", middle) == 0
     assert "Using cached SIF image" in result.stderr and "Creating SquashFS" not in result.stderr
     assert sha256_file(tmp_path / "a.sif") == sha256_file(tmp_path / "b.sif")
+    # a damaged cached SIF is not handed out: it is converted again (from cached blobs)
+    cached_sif = os.path.join(cache_env["APPTAINER_CACHEDIR"], "oci-tmp",
+                              test_images.manifest_digest("busybox:v1")[7:] + ".sif")
+    with open(cached_sif, "r+b") as fh:
+        fh.truncate(50000)
+    middle = registry.log_size()
+    result = pull([str(tmp_path / "d.sif"), test_images.uri("busybox:v1")], tmp_path, cache_env)
+    assert "removing damaged cached image" in result.stderr
+    assert registry.blob_gets("busybox", middle) == 0
+    run = run_satchel(["exec", str(tmp_path / "d.sif"), "cat", "/etc/layer2"])
+    assert run.stdout == "from the zstd layer\n", run.stderr
     # a build from the same image reuses the blobs too
     middle = registry.log_size()
     build = run_satchel(["build", "--nohttps", str(tmp_path / "c.sif"),

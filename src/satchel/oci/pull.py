@@ -78,11 +78,11 @@ def pull(uri: str, dest: str, force: bool, fetch: FetchOptions, build_options) -
         except OCIError as err:
             raise err.context(f"while pulling {uri}") from None
         cached = cache.sif_path(resolved.digest)
-        if os.path.isfile(cached):
+        if usable_sif(cached):
             log.info(f"Using cached SIF image for {resolved.digest}")
         else:
             with cache.lock(f"sif-{resolved.digest.hex}"):
-                if os.path.isfile(cached):
+                if usable_sif(cached):
                     log.info(f"Using SIF image converted meanwhile for {resolved.digest}")
                 else:
                     log.info(f"Converting OCI blobs to SIF format ({resolved.digest})")
@@ -99,6 +99,24 @@ def pull(uri: str, dest: str, force: bool, fetch: FetchOptions, build_options) -
         finally:
             _unlink(temp)
     return dest
+
+
+def usable_sif(path: str) -> bool:
+    """A cached SIF whose header and objects fit the file; anything else (a damaged or
+    truncated file) is removed so that it gets converted again."""
+    from satchel.errors import ImageError
+    from satchel.image import sif
+    if not os.path.isfile(path):
+        return False
+    try:
+        with sif.SIFFile.open(path) as image:
+            if image.primary_partition() is not None:
+                return True
+    except (ImageError, OSError):
+        pass
+    log.warning(f"removing damaged cached image {path}")
+    _unlink(path)
+    return False
 
 
 def convert(uri: str, cached: str, cache: Cache, fetch: FetchOptions, build_options,
