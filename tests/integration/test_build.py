@@ -477,3 +477,36 @@ def test_unused_header_key_warns(tmp_path):
 def test_help_for_build():
     r = run_satchel(["build", "--help"])
     assert r.returncode == 0 and "--fakeroot" in r.stdout and "--sandbox" in r.stdout
+
+
+@pytest.mark.parametrize("overlay", [True, False])
+def test_localimage_sandbox_source_is_never_modified(tmp_path, overlay):
+    """Sandbox sources are mounted as an overlay (or copied without one): %post changes go to
+    the new image only."""
+    base, _ = build(tmp_path, "Bootstrap: busybox\n%post\n    echo base > /etc/base\n",
+                    "--sandbox", name="base")
+    before = sorted(os.path.relpath(os.path.join(d, n), base)
+                    for d, dirs, files in os.walk(base) for n in dirs + files)
+    text = (f"Bootstrap: localimage\nFrom: {base}\n"
+            "%post\n    echo changed >> /etc/base\n    rm /etc/group\n    rm -r /home\n"
+            "    echo new > /new\n")
+    env = {} if overlay else {"SATCHEL_BUILD_NO_OVERLAY": "1"}
+    deffile = tmp_path / "l.def"
+    deffile.write_text(text)
+    target = str(tmp_path / "l.sif")
+    r = run_satchel(["-v", "build", target, str(deffile)], env=env)
+    assert r.returncode == 0, r.stderr
+    assert ("mounted as an overlay" in r.stderr) == overlay
+    assert open(os.path.join(base, "etc", "base")).read() == "base\n"
+    after = sorted(os.path.relpath(os.path.join(d, n), base)
+                   for d, dirs, files in os.walk(base) for n in dirs + files)
+    assert after == before
+    files = listing(target)
+    assert cat(target, "/etc/base") == "base\nchanged\n"
+    assert "/etc/group" not in files and "/home" not in files and "/new" in files
+    assert leftovers(tmp_path) == ["base", "image.def", "l.def", "l.sif"]
+    sandbox = str(tmp_path / "l-sandbox")
+    r = run_satchel(["build", "--sandbox", sandbox, str(deffile)], env=env)
+    assert r.returncode == 0, r.stderr
+    assert open(os.path.join(sandbox, "etc", "base")).read() == "base\nchanged\n"
+    assert not os.path.ismount(sandbox)

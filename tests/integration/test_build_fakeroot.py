@@ -147,3 +147,24 @@ def test_user_cannot_write_target_in_root_directory(test_user, image_dir):
     os.makedirs(hidden, mode=0o700, exist_ok=True)
     r = run_satchel(["build", os.path.join(hidden, "sub", "x.sif"), deffile], user=test_user)
     assert r.returncode == 255 and "Permission denied" in r.stderr
+
+
+def test_fakeroot_localimage_from_own_sandbox(test_user, user_tmp):
+    """A user's own sandbox (files of subordinate ids included) as the base of a new image."""
+    base_def = write_def(user_tmp, OWNERSHIP_DEF, test_user)
+    base = os.path.join(user_tmp, "base")
+    r = run_satchel(["build", "--sandbox", base, base_def], user=test_user)
+    assert r.returncode == 0, r.stderr
+    deffile = os.path.join(user_tmp, "l.def")
+    with open(deffile, "w") as fh:
+        fh.write(f"Bootstrap: localimage\nFrom: {base}\n%post\n    echo more >> /etc/fakeroot-file\n"
+                 "    echo x > /opt/owned/new\n")
+    os.chown(deffile, test_user.uid, test_user.gid)
+    target = os.path.join(user_tmp, "l.sif")
+    r = run_satchel(["build", target, deffile], user=test_user)
+    assert r.returncode == 0, r.stderr
+    files = owners(target)
+    assert files["/opt/owned"][1] == "1000/1001"
+    assert files["/etc/fakeroot-file"][1] == "0/0"
+    assert open(os.path.join(base, "etc", "fakeroot-file")).read() == "made-in-fakeroot\n"
+    assert not os.path.exists(os.path.join(base, "opt", "owned", "new"))

@@ -212,12 +212,25 @@ def _build(target: str, stages: list, options: BuildOptions, fakeroot: bool) -> 
         raise
     finally:
         os.umask(old_umask)
+        _unmount_all(workdir)
         try:
             fsutil.remove_tree(workdir)
         except OSError as err:
             log.warning(f"could not remove the work directory {workdir}: {err.strerror}")
         for s, handler in old_handlers.items():
             signal.signal(s, handler)
+
+
+def _unmount_all(directory: str) -> None:
+    """Detach mounts (overlays of sandbox sources) below the work directory before removal."""
+    from satchel.build import ns
+    if not ns._private_mounts:
+        return
+    for point in ns.mounts_under(directory):
+        try:
+            ns.umount(point)
+        except OSError as err:
+            log.warning(f"could not unmount {point}: {err}")
 
 
 def build_stage(stage, rootfs: str, workdir: str, options: BuildOptions,
@@ -328,7 +341,14 @@ def fix_permissions(rootfs: str) -> None:
 
 
 def install_sandbox(rootfs: str, target: str, workdir: str, options: BuildOptions) -> None:
+    from satchel.build import process
     with Step(f"Creating sandbox directory {target}"):
+        if os.path.ismount(rootfs):
+            # an overlay over the source sandbox: materialise the merged tree (same fs: rename)
+            copy = os.path.join(workdir, "sandbox-copy")
+            process.run(["cp", "-a", "--", rootfs, copy], f"while copying the sandbox to {target}",
+                        quiet=True)
+            rootfs = copy
         old = None
         if os.path.lexists(target):
             old = os.path.join(workdir, "replaced-target")
@@ -339,8 +359,8 @@ def install_sandbox(rootfs: str, target: str, workdir: str, options: BuildOption
             if old:
                 os.rename(old, target)
             if err.errno == 18:  # EXDEV: --tmpdir on another file system
-                from satchel.build import process
-                process.run(["cp", "-a", "--", rootfs, target], f"while copying the sandbox to {target}")
+                process.run(["cp", "-a", "--", rootfs, target], f"while copying the sandbox to {target}",
+                            quiet=True)
                 return
             raise BuildError(f"while moving the sandbox to {target}: {err.strerror}") from None
 

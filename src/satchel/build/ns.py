@@ -73,3 +73,45 @@ def write_proc(path: str, text: str) -> None:
         os.write(fd, text.encode())
     finally:
         os.close(fd)
+
+
+MNT_DETACH = 2
+_private_mounts = False
+
+
+def umount(target: str, flags: int = MNT_DETACH) -> None:
+    lib = libc()
+    lib.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    lib.umount2.restype = ctypes.c_int
+    _check(lib.umount2(_b(target), flags), f"umount {target}")
+
+
+def private_mount_namespace() -> None:
+    """Move this process into its own mount namespace (once), with nothing propagating back.
+
+    Mounts made afterwards (an overlay over a sandbox source) are seen by this process and its
+    children only, and vanish when they all exit.
+    """
+    global _private_mounts
+    if _private_mounts:
+        return
+    unshare(CLONE_NEWNS)
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    _private_mounts = True
+
+
+def mounts_under(directory: str) -> list[str]:
+    """Mount points at or below `directory` in this namespace, deepest first."""
+    prefix = os.path.abspath(directory).rstrip("/") + "/"
+    points = []
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            for line in fh:
+                fields = line.split()
+                if len(fields) > 4:
+                    point = fields[4].encode().decode("unicode_escape")
+                    if point.startswith(prefix) or point == prefix.rstrip("/"):
+                        points.append(point)
+    except OSError:
+        return []
+    return sorted(points, key=len, reverse=True)
