@@ -16,7 +16,7 @@ EXEC_PATH_MODULES = [
     "satchel.runtime.plan", "satchel.runtime.binds", "satchel.runtime.environment",
     "satchel.runtime.executor", "satchel.runtime.linux", "satchel.runtime.underlay",
     "satchel.runtime.fuse", "satchel.runtime.loopdev", "satchel.runtime.etcfiles",
-    "satchel.runtime.session",
+    "satchel.runtime.session", "satchel.runtime.sqfs_server",
 ]
 FORBIDDEN = {"json", "logging", "argparse", "subprocess", "pathlib", "dataclasses", "enum",
              "typing", "re", "shlex", "tempfile", "shutil", "uuid", "hashlib", "signal",

@@ -274,9 +274,21 @@ exec /bin/sh "$@"
 }
 
 
-def action_script(command: str, prompt: str, libs_first: bool = False) -> str:
+# payloads only an instance runs (satchel.instance): `instance start` runs the %startscript,
+# and an image without one still makes an instance (its init waits for `instance stop`)
+_INSTANCE_ACTIONS = {
+    "start": r"""if [ -x /.singularity.d/startscript ]; then
+  exec /.singularity.d/startscript "$@"
+fi
+exit 0
+""",
+}
+
+
+def action_script(command: str, prompt: str, libs_first: bool = False,
+                  instance: bool = False) -> str:
     """The sh program run as `/bin/sh -c SCRIPT NAME ARGS...` inside the container."""
-    body = _ACTIONS.get(command)
+    body = _ACTIONS.get(command) or (_INSTANCE_ACTIONS.get(command) if instance else None)
     if body is None:
         raise UsageError(f"unknown container action {command!r}")
     libs = _LIBS_FIRST if libs_first else _LIBS_LAST

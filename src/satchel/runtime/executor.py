@@ -77,6 +77,27 @@ class Executor:
             except OSError as err:
                 raise ContainerError(f"writing {path} ({text!r}): {err.strerror}") from None
 
+    def op_join_namespaces(self, op) -> None:
+        """Enter a running instance's namespaces (user first: it grants the rest)."""
+        pid, names = op.data
+        if "pid" in names:  # FORK_INIT follows, after the host's files are out of reach
+            from satchel.runtime import supervisor  # noqa: F401
+        files = {"mount": "mnt", "pid": "pid_for_children"}
+        fds = []
+        try:
+            for name in names:  # all opened first: /proc/PID/ns is checked against our ids
+                path = f"/proc/{pid}/ns/{files.get(name, name)}"
+                try:
+                    fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+                except OSError as err:
+                    raise ContainerError(f"opening {path} of the instance: {err.strerror}",
+                                         hint="the instance may have stopped") from None
+            for name, fd in zip(names, fds):
+                linux.setns(fd, name, f"joining the instance's {name} namespace")
+        finally:
+            for fd in fds:
+                os.close(fd)
+
     def op_sethostname(self, op) -> None:
         linux.sethostname(op.data)
 
@@ -89,7 +110,12 @@ class Executor:
 
         argv = list(op.data)
         argv[0] = fuse.find_program(argv[0], self.plan.environ)
-        self.fuse[op.source] = fuse.prepare(op.source, argv)
+        if "builtin" in op.flags:
+            image = self.plan.image
+            self.fuse[op.source] = fuse.prepare_builtin(op.source, image.path, image.fs_offset,
+                                                        argv)
+        else:
+            self.fuse[op.source] = fuse.prepare(op.source, argv)
 
     def op_fuse_snapshot(self, op) -> None:
         self.fuse[op.source].snapshot_namespace()
@@ -107,6 +133,7 @@ class Executor:
         uid, gid = op.data
         options = fuse.mount_options(server.fd, uid, gid)
         server.mountpoint = self.target(op)
+        server.before_mount()
         linux.mount(source, server.mountpoint, fstype, _mount_flags(op), options,
                     f"{what} with FUSE")
         server.start()
@@ -267,6 +294,11 @@ class Executor:
         except OSError as err:
             raise ContainerError(f"executing {op.source} in the container: "
                                  f"{err.strerror}") from None
+
+    def op_instance_init(self, op) -> None:
+        from satchel.instance import init  # already imported by the caller: no files needed
+
+        init.run(self.plan.argv, self.plan.environ, op.data)
 
     def op_exec_child(self, op) -> None:
         from satchel.runtime import supervisor

@@ -36,9 +36,10 @@ _SIGKILL = 9
 class FuseServer:
     """A /dev/fuse descriptor and the waiting helper that will serve it."""
 
-    __slots__ = ("name", "fd", "pid", "go_fd", "ack_fd", "argv", "mountpoint")
+    __slots__ = ("name", "fd", "pid", "go_fd", "ack_fd", "argv", "mountpoint", "builtin")
 
-    def __init__(self, name: str, fd: int, pid: int, go_fd: int, ack_fd: int, argv):
+    def __init__(self, name: str, fd: int, pid: int, go_fd: int, ack_fd: int, argv,
+                 builtin: bool = False):
         self.name = name
         self.fd = fd
         self.pid = pid
@@ -46,6 +47,19 @@ class FuseServer:
         self.ack_fd = ack_fd
         self.argv = argv
         self.mountpoint = None  # set by the executor once mounted
+        self.builtin = builtin  # sqfs_server.py in a forked process, not a program
+
+    def before_mount(self) -> None:
+        """The built-in server reports whether it could open the image: wait for that."""
+        if not self.builtin:
+            return
+        try:
+            answer = os.read(self.ack_fd, 512)
+        except OSError as err:
+            raise ContainerError(f"FUSE server for {self.name}: {err.strerror}") from None
+        if answer != b"k":
+            why = answer[1:].decode(errors="replace") if answer else "it died"
+            raise ContainerError(f"FUSE server for {self.name} failed: {why}")
 
     def snapshot_namespace(self) -> None:
         """Have the helper take a private copy of the launcher's mount namespace, now.
@@ -148,6 +162,34 @@ def prepare(name: str, argv: list[str]) -> FuseServer:
     os.close(read_fd)
     os.close(ack_write)
     return FuseServer(name, fd, pid, write_fd, ack_read, argv)
+
+
+def prepare_builtin(name: str, image: str, offset: int, fallback_argv: list[str]) -> FuseServer:
+    """Open /dev/fuse and start the built-in SquashFS server (sqfs_server.py), detached.
+
+    The launcher forks a helper that forks the server and exits at once, so the server is
+    reparented away from what becomes the payload. The server opens the image right away (in
+    parallel with the launcher's namespace setup), answers 'k' or 'e<reason>' on the ack pipe,
+    then waits for the mount ('x') to serve it. Same placement rules as prepare().
+    """
+    fd = open_device()
+    fallback_argv = [a.replace("{fd}", str(fd)) for a in fallback_argv]
+    read_fd, write_fd = os.pipe()
+    ack_read, ack_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(write_fd)
+        os.close(ack_read)
+        try:
+            if os.fork() == 0:
+                from satchel.runtime import sqfs_server
+                sqfs_server.run_daemon(image, offset, fd, read_fd, ack_write, fallback_argv)
+        except BaseException:
+            pass
+        os._exit(0)
+    os.close(read_fd)
+    os.close(ack_write)
+    return FuseServer(name, fd, pid, write_fd, ack_read, fallback_argv, builtin=True)
 
 
 def _enter_copy_of(launcher: int, ack_fd: int) -> None:

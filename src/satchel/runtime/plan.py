@@ -52,6 +52,8 @@ DROP_CAPS = "drop_caps"            # no_new_privs + every capability set emptied
 CHECK_SHELL = "check_shell"        # /bin/sh must exist in the container
 EXEC = "exec"                      # execve(argv, environ): the launcher becomes the payload
 EXEC_CHILD = "exec_child"          # --pid: init forks the payload, reaps, returns its status
+INSTANCE_INIT = "instance_init"    # instance start: stay as the instance's init (data: ready fd)
+JOIN_NAMESPACES = "join_namespaces"  # instance://: data: (pid, namespace names), user first
 
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 SYSTEM_CWDS = frozenset(("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64",
@@ -60,6 +62,7 @@ SYSTEM_CWDS = frozenset(("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32",
 NO_MOUNT_KEYS = frozenset(("home", "tmp", "cwd", "hostfs", "bind-paths", "dev", "devpts",
                            "proc", "sys", "hosts", "resolv", "passwd", "group", "localtime"))
 ACTIONS = ("exec", "run", "shell", "test")
+INSTANCE_ACTIONS = ("start", "run")  # what `instance start|run` runs as the instance's payload
 
 
 class Op:
@@ -96,7 +99,7 @@ class RunOptions:
     __slots__ = ("command", "args", "binds", "mounts", "contain", "containall", "cleanenv",
                  "env", "env_file_pairs", "home", "no_home", "no_mount", "pwd", "workdir",
                  "writable_tmpfs", "overlay", "pid", "ipc", "uts", "hostname", "userns", "net",
-                 "network", "network_args", "no_eval",
+                 "network", "network_args", "no_eval", "instance_ready_fd", "join",
                  "shell", "gpu", "prog")
 
     def __init__(self, command: str = "exec", args=(), **values):
@@ -119,6 +122,8 @@ class RunOptions:
         self.network = None     # --network: comma-separated network names
         self.network_args = []  # --network-args: KEY=VALUE strings
         self.no_eval = False    # --no-eval: injected variables (and OCI runscript args) verbatim
+        self.instance_ready_fd = None  # instance start: end as its init, report on this fd
+        self.join = None        # exec|run|shell instance://NAME: a JoinTarget
         self.shell = None
         self.gpu = []       # satchel.hpc.gpu.GpuBinds objects, found by action.py
         self.prog = "satchel"
@@ -153,6 +158,18 @@ class ContainerPlan:
 
     def ops_of(self, kind: str) -> list[Op]:
         return [op for op in self.ops if op.kind == kind]
+
+
+class JoinTarget:
+    """A running instance to join: the process holding its namespaces, and its image."""
+
+    __slots__ = ("name", "pid", "namespaces", "image")
+
+    def __init__(self, name: str, pid: int, namespaces, image: str):
+        self.name = name
+        self.pid = pid
+        self.namespaces = tuple(namespaces)
+        self.image = image
 
 
 def default_session_dir() -> str:
@@ -197,8 +214,11 @@ class _Plan:
 
 def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = None):
     """Decide the whole container (see the module docstring). Raises UsageError/ContainerError."""
-    if opts.command not in ACTIONS:
+    instance = opts.instance_ready_fd is not None
+    if opts.command not in ACTIONS and not (instance and opts.command in INSTANCE_ACTIONS):
         raise UsageError(f"unknown action {opts.command!r}")
+    if opts.join is not None:
+        return _join_plan(opts, config, host)
     warnings: list[str] = []
     if opts.containall:
         opts.contain = opts.cleanenv = opts.pid = opts.ipc = True
@@ -239,8 +259,15 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
         p.add(ID_MAP, data=(f"{host.uid} {host.uid} 1", f"{host.gid} {host.gid} 1"))
         if image.kind != "sandbox":
             server = config.get("squashfuse path", "squashfuse_ll") or "squashfuse_ll"
-            p.add(FUSE_PREPARE, "image", data=(
-                server, "-o", f"offset={image.fs_offset}", image.path, "/dev/fd/{fd}"))
+            mode = (config.get("squashfuse mode", "builtin") or "builtin").lower()
+            if mode not in ("builtin", "program"):
+                raise ConfigError(f"squashfuse mode = {mode}: expected builtin or program")
+            if mode == "builtin":  # the program is its fallback: in the foreground (-f)
+                p.add(FUSE_PREPARE, "image", flags=("builtin",), data=(
+                    server, "-f", "-o", f"offset={image.fs_offset}", image.path, "/dev/fd/{fd}"))
+            else:
+                p.add(FUSE_PREPARE, "image", data=(
+                    server, "-o", f"offset={image.fs_offset}", image.path, "/dev/fd/{fd}"))
         if overlay_dirs is not None:
             # fuse-overlayfs must see the image mount (its lower layer): its helper takes a
             # private copy of the container's mounts before the overlay is mounted
@@ -425,27 +452,77 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
     p.add(CHECK_SHELL, None, "/bin/sh")
 
     # -- 6. the process ---------------------------------------------------------------------------
+    environ, argv = _process(opts, host, image.path, home_dst, bind_list, gpu_env, warnings)
+    if opts.instance_ready_fd is not None:
+        p.add(INSTANCE_INIT, "/bin/sh", None, (), opts.instance_ready_fd)
+    else:
+        p.add(EXEC_CHILD if opts.pid else EXEC, "/bin/sh", None, (), None)
+
+    all_ns = (("user",) if rootless else ()) + tuple(namespaces)
+    return ContainerPlan(
+        rootless=rootless, namespaces=all_ns, uid=host.uid, gid=host.gid, session=session,
+        root=root, ops=tuple(p.ops), environ=environ, argv=argv,
+        cwd=tuple(cwd_candidates), hostname=hostname, image=image, warnings=warnings,
+        binds=bind_list)
+
+
+def _process(opts: RunOptions, host, image_path: str, home_dst: str, bind_list, gpu_env,
+             warnings: list) -> tuple[dict, list]:
+    """The first process: its environment and `/bin/sh -c ACTION-SCRIPT` argv."""
     if opts.no_eval:  # read by runscripts of images converted from OCI (build/layout.py)
         gpu_env["SINGULARITY_NO_EVAL"] = gpu_env["APPTAINER_NO_EVAL"] = "1"
     env = environment.build_environment(
-        host.environ, cleanenv=opts.cleanenv, home=home_dst, image_path=image.path,
+        host.environ, cleanenv=opts.cleanenv, home=home_dst, image_path=image_path,
         command=opts.command, env_pairs=environment.parse_env_option(opts.env),
         env_file_pairs=opts.env_file_pairs, extra=gpu_env, bind_list=",".join(bind_list),
         shell=opts.shell, evaluate=not opts.no_eval)
     warnings.extend(env.warnings)
     prompt = {"apptainer": "Apptainer> ", "singularity": "Singularity> "}.get(
         opts.prog, "Satchel> ")
-    script = environment.action_script(opts.command, prompt, libs_first=bool(opts.gpu))
+    script = environment.action_script(opts.command, prompt, libs_first=bool(opts.gpu),
+                                       instance=opts.instance_ready_fd is not None)
     argv = ["/bin/sh", "-c", script, "/.singularity.d/actions/" + opts.command]
-    argv += opts.args
-    p.add(EXEC_CHILD if opts.pid else EXEC, "/bin/sh", None, (), None)
+    return env.environ, argv + list(opts.args)
 
-    all_ns = (("user",) if rootless else ()) + tuple(namespaces)
+
+# options that shape a new container; a running instance's mounts and namespaces are fixed
+_FIXED_BY_INSTANCE = ("binds", "mounts", "contain", "containall", "home", "no_home", "no_mount",
+                      "workdir", "writable_tmpfs", "overlay", "pid", "ipc", "uts", "hostname",
+                      "net", "gpu")
+
+
+def _join_plan(opts: RunOptions, config, host):
+    """exec|run|shell instance://NAME: enter the instance's namespaces instead of building.
+
+    The instance's mount namespace already holds the pivoted container root, so setns() into
+    it (after its user namespace, which gives the capabilities to do so) lands in the
+    container; with a PID namespace a fork puts the payload inside it.
+    """
+    target = opts.join
+    warnings = []
+    ignored = [name for name in _FIXED_BY_INSTANCE if getattr(opts, name, None)]
+    if ignored:
+        warnings.append(f"options fixed when instance {target.name} started are ignored: "
+                        + ", ".join("--" + n.replace("_", "-") for n in ignored))
+    names = [n for n in ("user", "mount", "ipc", "uts", "net", "pid") if n in target.namespaces]
+    if "mount" not in names:
+        raise ContainerError(f"instance {target.name} has no mount namespace to join")
+    p = _Plan("/")
+    p.add(JOIN_NAMESPACES, data=(target.pid, tuple(names)))
+    if "pid" in names:
+        p.add(FORK_INIT)
+    _, home_dst, _ = _home(opts, host)
+    cwd = [opts.pwd] if opts.pwd else [c for c in (host.cwd, home_dst, "/") if c]
+    p.add(CHDIR, data=tuple(cwd), flags=("strict",) if opts.pwd else ())
+    p.add(DROP_CAPS)
+    p.add(CHECK_SHELL, None, "/bin/sh")
+    environ, argv = _process(opts, host, target.image, home_dst, [], {}, warnings)
+    p.add(EXEC, "/bin/sh", None, (), None)
+    from satchel.image.formats import ImageRef
     return ContainerPlan(
-        rootless=rootless, namespaces=all_ns, uid=host.uid, gid=host.gid, session=session,
-        root=root, ops=tuple(p.ops), environ=env.environ, argv=argv,
-        cwd=tuple(cwd_candidates), hostname=hostname, image=image, warnings=warnings,
-        binds=bind_list)
+        rootless=host.uid != 0, namespaces=tuple(names), uid=host.uid, gid=host.gid,
+        session=None, root="/", ops=tuple(p.ops), environ=environ, argv=argv, cwd=tuple(cwd),
+        hostname=None, image=ImageRef(target.image, "instance"), warnings=warnings, binds=[])
 
 
 def _minimal_dev(p: _Plan, devpts: bool) -> None:
