@@ -134,3 +134,53 @@ def test_gpu_and_no_eval_variables_are_never_evaluated():
     assert "SINGULARITY_NO_EVAL" not in p.environ
     p = plan(FakeHost(environ={"SINGULARITYENV_A": "$x"}), no_eval=True)
     assert p.environ["SINGULARITY_NO_EVAL"] == "1" and p.environ["A"] == "$x"
+
+
+# -- instances: start ends in INSTANCE_INIT, instance:// joins --------------------------------
+
+@pytest.mark.parametrize("pid", [False, True])
+def test_instance_start_ends_as_init_instead_of_exec(pid):
+    p = plan(command="start", args=["a"], instance_ready_fd=9, pid=pid)
+    k = kinds(p)
+    assert k[-1] == P.INSTANCE_INIT and p.ops[-1].data == 9
+    assert P.EXEC not in k and P.EXEC_CHILD not in k
+    assert k.index(P.PIVOT_ROOT) < k.index(P.INSTANCE_INIT)
+    assert p.argv[3] == "/.singularity.d/actions/start" and p.argv[4:] == ["a"]
+    assert "/.singularity.d/startscript" in p.argv[2]
+
+
+def _join(**opts):
+    target = P.JoinTarget("web", 4242, ("user", "mount", "pid", "uts", "net"), "/imgs/a.sif")
+    return plan(join=target, **opts)
+
+
+def test_join_enters_namespaces_user_first_then_forks_into_pid_ns():
+    p = _join(command="exec", args=["id"])
+    k = kinds(p)
+    assert k[:2] == [P.JOIN_NAMESPACES, P.FORK_INIT]
+    pid, names = p.ops[0].data
+    assert pid == 4242 and names[0] == "user" and names[-1] == "pid" and "mount" in names
+    assert k[-4:] == [P.CHDIR, P.DROP_CAPS, P.CHECK_SHELL, P.EXEC]
+    for never in (P.UNSHARE, P.TMPFS, P.BIND, P.PIVOT_ROOT, P.FUSE_PREPARE):
+        assert never not in k  # nothing is built: the instance's container is reused
+    assert p.environ["APPTAINER_CONTAINER"] == "/imgs/a.sif"
+    assert p.argv[3:] == ["/.singularity.d/actions/exec", "id"]
+
+
+def test_join_without_pid_namespace_execs_directly():
+    target = P.JoinTarget("web", 7, ("user", "mount"), "/imgs/a.sif")
+    p = plan(join=target)
+    assert kinds(p)[:2] == [P.JOIN_NAMESPACES, P.CHDIR]
+
+
+def test_join_warns_about_options_fixed_at_start():
+    p = _join(binds=["/data"], contain=True, hostname="x")
+    assert any("--binds" in w and "--contain" in w and "--hostname" in w for w in p.warnings)
+    assert P.BIND not in kinds(p)
+
+
+def test_join_keeps_environment_options():
+    p = _join(cleanenv=True, env=["A=1"], no_eval=True, pwd="/srv")
+    assert p.environ["A"] == "1" and p.environ["APPTAINER_NO_EVAL"] == "1"
+    chdir = next(op for op in p.ops if op.kind == P.CHDIR)
+    assert chdir.data == ("/srv",) and "strict" in chdir.flags

@@ -165,6 +165,17 @@ def gpu_binds(parsed, config) -> list:
     return [gpu.gpu_binds(kind, config) for kind in kinds]
 
 
+def join_target(uri: str):
+    """The running instance named by instance://NAME (state records live outside the exec
+    path's lean modules, so they are imported only here)."""
+    from satchel.instance import state
+    from satchel.runtime.plan import JoinTarget
+
+    registry = state.Registry(state.Owner.current())
+    record = registry.find(state.name_from_uri(uri))
+    return JoinTarget(record.name, record.pid, record.namespaces or (), record.image or "")
+
+
 def run(name: str, parsed) -> int:
     from satchel import log
     from satchel.image.formats import open_image
@@ -173,10 +184,14 @@ def run(name: str, parsed) -> int:
     from satchel.runtime.host import HostInfo
     from satchel.runtime.plan import build_plan
 
-    image = open_image(parsed.args[0])
     config = load_config()
     opts = to_run_options(name, parsed)
-    opts.gpu = gpu_binds(parsed, config)
+    if parsed.args[0].startswith("instance://"):
+        image = None
+        opts.join = join_target(parsed.args[0])
+    else:
+        image = open_image(parsed.args[0])
+        opts.gpu = gpu_binds(parsed, config)
     plan = build_plan(opts, config, image, HostInfo.gather())
     for warning in plan.warnings:
         log.warning(warning)
