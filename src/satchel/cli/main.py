@@ -21,6 +21,10 @@ COMMANDS: dict[str, str] = {
     "exec": "satchel.cli.commands.action",
     "inspect": "satchel.cli.commands.inspect",
     "instance": "satchel.cli.commands.instance",
+    # Singularity 2.x spellings, still sent by spython to releases it does not recognise
+    "instance.list": "satchel.cli.commands.instance",
+    "instance.start": "satchel.cli.commands.instance",
+    "instance.stop": "satchel.cli.commands.instance",
     "pull": "satchel.cli.commands.pull",
     "run": "satchel.cli.commands.action",
     "run-help": "satchel.cli.commands.run_help",
@@ -74,6 +78,8 @@ def load_command(name: str):
 def general_help(prog: str) -> str:
     lines = [o.format_help(GLOBAL, prog).rstrip(), "", "Available Commands:"]
     for name in sorted(COMMANDS):
+        if "." in name:  # legacy spellings work but are not advertised
+            continue
         try:
             spec = load_command(name).SPECS[name]
             summary = spec.summary
