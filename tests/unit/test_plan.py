@@ -83,8 +83,14 @@ def test_rootless_sif_order():
     assert p.ops[0].data == ("user",)
     assert p.ops[1].data == ("1000 1000 1", "1000 1000 1")  # own ids, never root
     prep = p.ops[2]
-    assert prep.data[0] == "squashfuse_ll"
-    assert prep.data[1:] == ("-o", "offset=4096", "/imgs/a.sif", "/dev/fd/{fd}")
+    assert prep.data[0] == "squashfuse_ll" and "builtin" in prep.flags
+    # the built-in server's fallback: the program, in the foreground (already detached)
+    assert prep.data[1:] == ("-f", "-o", "offset=4096", "/imgs/a.sif", "/dev/fd/{fd}")
+    program = plan(config=Config.parse("squashfuse mode = program\n")).ops[2]
+    assert program.flags == () and program.data[1:] == ("-o", "offset=4096", "/imgs/a.sif",
+                                                        "/dev/fd/{fd}")
+    with pytest.raises(ConfigError, match="squashfuse mode = fast"):
+        plan(config=Config.parse("squashfuse mode = fast\n"))
     # the server is prepared before the mount namespace exists, mounted, and reaped before
     # anything looks inside the image
     assert index(p, P.FUSE_PREPARE) < index(p, P.UNSHARE, data=("mount",)) \
