@@ -171,3 +171,27 @@ def test_leftover_check_sees_a_running_container(who, busybox_sif):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
     assert_nothing_left(busybox_sif)
+
+
+def test_squashfuse_program_mode(who, busybox_sif):
+    """'squashfuse mode = program' execs squashfuse_ll instead of the built-in server."""
+    from support.fixtures_runtime import live_processes
+    conf = os.path.join(who.tmp(), "satchel.conf")
+    with open(conf, "w") as fh:
+        fh.write("squashfuse mode = program\n")
+    os.chmod(conf, 0o644)
+    proc = who.popen(["exec", busybox_sif, "sh", "-c", "echo ready; cat /etc/satchel-release; "
+                      "sleep 100"], env={"SATCHEL_CONFIG": conf},
+                     stdout=__import__("subprocess").PIPE)
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        assert proc.stdout.readline() == b"satchel test image\n"
+        servers = live_processes("squashfuse_ll", busybox_sif)
+        if who.rootless:
+            assert len(servers) == 1
+            with open(f"/proc/{servers[0]}/cmdline", "rb") as fh:
+                assert fh.read().split(b"\0")[0] == b"/usr/bin/squashfuse_ll"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    assert_nothing_left(busybox_sif)
