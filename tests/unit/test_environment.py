@@ -136,8 +136,25 @@ def test_action_script_missing_command(shell):
     assert out.stderr == 'FATAL:   "no-such-cmd-x": executable file not found in $PATH\n'
 
 
-def test_action_script_libs_first_and_unknown_action():
-    assert 'LD_LIBRARY_PATH="/.singularity.d/libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"' in \
-        action_script("exec", "> ", libs_first=True)
+@pytest.mark.parametrize("shell", SHELLS, ids=["dash", "busybox"])
+@pytest.mark.parametrize("before, after", [
+    (None, "/.singularity.d/libs"),
+    ("/a:/.singularity.d/libs:/b", "/.singularity.d/libs:/a:/b"),
+    ("/.singularity.d/libs", "/.singularity.d/libs"),
+    ("/x*y::/z", "/.singularity.d/libs:/x*y:/z"),
+])
+def test_action_script_libs_first(shell, before, after):
+    env = {"PATH": "/usr/bin:/bin"}
+    if before is not None:
+        env["APPTAINERENV_LD_LIBRARY_PATH"] = before
+    env = _build(env).environ
+    env["PATH"] = "/usr/bin:/bin"
+    out = subprocess.run(shell + ["-c", action_script("exec", "> ", libs_first=True), "exec",
+                                  "/bin/sh", "-c", 'echo "$LD_LIBRARY_PATH"'],
+                         env=env, capture_output=True, text=True, cwd="/")
+    assert out.stdout == after + "\n", out.stderr
+
+
+def test_action_script_unknown_action():
     with pytest.raises(UsageError):
         action_script("start", "> ")

@@ -239,8 +239,14 @@ _LIBS_LAST = r"""case ":${LD_LIBRARY_PATH:-}:" in
 esac
 export LD_LIBRARY_PATH
 """
-_LIBS_FIRST = r"""LD_LIBRARY_PATH="/.singularity.d/libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export LD_LIBRARY_PATH
+_LIBS_FIRST = r"""__satchel_l=/.singularity.d/libs __satchel_ifs=$IFS
+set -f; IFS=:
+for __satchel_p in ${LD_LIBRARY_PATH:-}; do
+  case $__satchel_p in ''|/.singularity.d/libs) ;; *) __satchel_l="$__satchel_l:$__satchel_p" ;; esac
+done
+set +f; IFS=$__satchel_ifs
+LD_LIBRARY_PATH=$__satchel_l; export LD_LIBRARY_PATH
+unset __satchel_l __satchel_p __satchel_ifs
 """
 
 _ACTIONS = {
