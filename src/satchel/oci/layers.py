@@ -181,6 +181,7 @@ class Extractor:
         else:
             os.unlink(path)
         self._dirs.clear()
+        self._dir_times.pop(path, None)  # a file may take its place: no directory time for it
 
     # ---- members
     def _apply_member(self, tar, reader: ForwardReader, member: tarfile.TarInfo) -> None:
