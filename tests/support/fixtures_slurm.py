@@ -30,6 +30,8 @@ import time
 import pytest
 
 NODE = "satnode1"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MPI_DEF = os.path.join(ROOT, "examples", "mpi.def")
 REQUIRED = ("munged", "slurmctld", "slurmd", "srun", "sbatch", "scancel", "sstat", "sinfo")
 
 
@@ -258,3 +260,11 @@ def slurm(test_user):
     finally:
         _stop(cluster)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mpi_image() -> str:
+    """examples/mpi.def built once and cached like the debootstrap image (about a minute the
+    first time; needs deb.debian.org)."""
+    from support.fixtures_images import cached_image  # a plugin module: import when used
+    return cached_image(MPI_DEF, "mpi", timeout=1500)
