@@ -56,3 +56,25 @@ def test_debootstrap_honours_osversion_and_mirror(tmp_path):
     assert "INFO:    debootstrap no-such-suite from http://127.0.0.1:9/debian" in r.stderr
     assert "FATAL:   while running debootstrap: debootstrap failed" in r.stderr
     assert sorted(os.listdir(tmp_path)) == ["bad.def"]
+
+
+@pytest.mark.skipif(not os.environ.get("SATCHEL_TEST_FAKEROOT_DEBOOTSTRAP"),
+                    reason="~100 s and the network: set SATCHEL_TEST_FAKEROOT_DEBOOTSTRAP=1")
+def test_debootstrap_as_non_root_user(test_user, user_tmp):
+    """debootstrap under --fakeroot: package files keep their owners (_apt is 42)."""
+    deffile = os.path.join(user_tmp, "debian.def")
+    with open(os.path.join(os.path.dirname(__file__), "..", "data", "debian.def")) as src, \
+            open(deffile, "w") as dst:
+        dst.write(src.read())
+    target = os.path.join(user_tmp, "debian.sif")
+    r = run_satchel(["build", "--fakeroot", target, deffile], user=test_user, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with sif.SIFFile.open(target) as f:
+        offset = f.primary_partition().offset
+    listing = subprocess.run(["unsquashfs", "-lln", "-o", str(offset), target],
+                             capture_output=True, text=True, check=True).stdout
+    owners = {line.split()[5]: line.split()[1] for line in listing.splitlines()
+              if len(line.split()) >= 6}
+    assert owners["squashfs-root/var/cache/apt/archives/partial"] == "42/0"
+    assert owners["squashfs-root/opt/owned"] == "1000/1000"
+    assert owners["squashfs-root/usr/bin/su"] == "0/0"

@@ -153,9 +153,8 @@ def build(target: str, source: str, options: BuildOptions) -> None:
     if not options.fakeroot:
         # Apptainer >= 1.1 does the same for an unprivileged build
         announce = "building as a non-root user: using --fakeroot (a user namespace maps you to root)"
-    if options.ignore_subuid:
-        fr.SUBID_FILES = ("/nonexistent/subuid", "/nonexistent/subgid")
-    fr.run_as_fakeroot(lambda: _build(target, stages, options, fakeroot=True), announce)
+    fr.run_as_fakeroot(lambda: _build(target, stages, options, fakeroot=True), announce,
+                       use_subids=not options.ignore_subuid)
 
 
 class _Interrupted(KeyboardInterrupt):

@@ -55,15 +55,15 @@ def subid_range(path: str, name: str, ident: int) -> tuple[int, int] | None:
 class Mapping:
     """How the namespace will be mapped: via subordinate ranges, or root-mapped (one id)."""
 
-    def __init__(self):
+    def __init__(self, use_subids: bool = True):
         self.uid = os.getuid()
         self.gid = os.getgid()
         try:
             self.name = pwd.getpwuid(self.uid).pw_name
         except KeyError:
             self.name = str(self.uid)
-        self.subuid = subid_range(SUBID_FILES[0], self.name, self.uid)
-        self.subgid = subid_range(SUBID_FILES[1], self.name, self.uid)
+        self.subuid = subid_range(SUBID_FILES[0], self.name, self.uid) if use_subids else None
+        self.subgid = subid_range(SUBID_FILES[1], self.name, self.uid) if use_subids else None
 
     @property
     def full(self) -> bool:
@@ -93,14 +93,19 @@ class Mapping:
             raise BuildError(f"while mapping ids for --fakeroot: {err.strerror}") from None
 
 
-def run_as_fakeroot(function, announce: str | None = None) -> None:
-    """Run `function()` as uid 0 of a new user namespace; re-raise its errors here."""
-    mapping = Mapping()
+def run_as_fakeroot(function, announce: str | None = None, use_subids: bool = True) -> None:
+    """Run `function()` as uid 0 of a new user namespace; re-raise its errors here.
+
+    use_subids=False (--ignore-subuid) maps the user alone, even where a range exists.
+    """
+    mapping = Mapping(use_subids)
     if announce:
         log.info(announce)
     if not mapping.full:
-        log.info(f"no /etc/subuid and /etc/subgid range for {mapping.name}: using a root-mapped "
-                 "user namespace (files can only be owned by root in the image)")
+        reason = (f"no /etc/subuid and /etc/subgid range for {mapping.name}" if use_subids
+                  else "--ignore-subuid")
+        log.info(f"{reason}: using a root-mapped user namespace (files can only be owned by "
+                 "root in the image)")
     log.verbose(f"fakeroot mapping: {mapping.describe()}")
     for stream in (sys.stdout, sys.stderr):
         try:
