@@ -80,12 +80,20 @@ class Step:
 
 
 def _looks_like_image(path: str) -> bool:
+    """A SIF, SquashFS or .simg file (else the source is read as a definition file)."""
+    from satchel.image.formats import open_image
     try:
         with open(path, "rb") as fh:
-            head = fh.read(48)
+            head = fh.read(64)
     except OSError:
         return False
-    return head[32:41] == b"SIF_MAGIC" or head[:4] == b"hsqs"
+    if head[32:41] != b"SIF_MAGIC" and not head.startswith(b"hsqs") and not head.startswith(b"#!"):
+        return False
+    try:
+        open_image(path)
+    except SatchelError:
+        return head[32:41] == b"SIF_MAGIC"  # a broken SIF: let the agent report why
+    return True
 
 
 def load_source(source: str, options: BuildOptions) -> list[deffile.Definition]:

@@ -35,6 +35,7 @@ import time
 
 from satchel import fsutil
 from satchel.errors import BuildError, os_error
+from satchel.image.metadata import go_json
 
 SD = "/.singularity.d"
 ENV_DIR = SD + "/env"
@@ -576,18 +577,3 @@ def write_layout(rootfs: str, definition, fetch_result=None, force: bool = False
     """prepare() + finish(): the whole layout for a rootfs and its (maybe synthetic) definition."""
     prepare(rootfs, fetch_result)
     return finish(rootfs, definition, force=force)
-
-
-def go_json(value, indent: str | None = None, sort_keys: bool = True) -> str:
-    """JSON text as Go's encoding/json writes it (what Apptainer's files and output hold).
-
-    Keys sorted (Go sorts map keys; pass sort_keys=False to keep a struct's order), `<`, `>`, `&`, U+2028 and U+2029 escaped; indentation with `indent` and no
-    trailing newline, or compact.
-    """
-    if indent is None:
-        text = json.dumps(value, ensure_ascii=False, sort_keys=sort_keys, separators=(",", ":"))
-    else:
-        text = json.dumps(value, ensure_ascii=False, sort_keys=sort_keys, indent=indent,
-                          separators=(",", ": "))
-    return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))

@@ -184,8 +184,23 @@ def document(attrs: dict) -> dict:
 
 def to_json(attrs: dict, indent: str | None = "\t") -> str:
     """Go-compatible JSON of the inspect document (struct order kept, maps sorted)."""
-    from satchel.build.layout import go_json
     return go_json(document(attrs), indent=indent, sort_keys=False)
+
+
+def go_json(value, indent: str | None = None, sort_keys: bool = True) -> str:
+    """JSON text as Go's encoding/json writes it (what Apptainer's files and output hold).
+
+    Keys sorted (Go sorts map keys; pass sort_keys=False to keep a struct's order), `<`, `>`, `&`, U+2028 and U+2029 escaped; indentation with `indent` and no
+    trailing newline, or compact.
+    """
+    if indent is None:
+        text = json.dumps(value, ensure_ascii=False, sort_keys=sort_keys, separators=(",", ":"))
+    else:
+        text = json.dumps(value, ensure_ascii=False, sort_keys=sort_keys, indent=indent,
+                          separators=(",", ": "))
+    return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+
 
 
 # --- images -----------------------------------------------------------------------------------
@@ -202,36 +217,17 @@ class InspectSource:
         self.sif_deffile = sif_deffile
 
 
-SIF_MAGIC_OFFSET = 32
-
-
-def detect_kind(path: str) -> str:
-    """"sandbox", "sif" or "squashfs"; ImageError otherwise."""
-    try:
-        if os.path.isdir(path):
-            return "sandbox"
-        with open(path, "rb") as fh:
-            head = fh.read(SIF_MAGIC_OFFSET + 10)
-    except FileNotFoundError:
-        raise ImageError(f"image {path} not found") from None
-    except OSError as err:
-        raise ImageError(f"while opening image {path}: {err.strerror}") from None
-    if head[SIF_MAGIC_OFFSET:SIF_MAGIC_OFFSET + 9] == b"SIF_MAGIC":
-        return "sif"
-    if head[:4] == b"hsqs":
-        return "squashfs"
-    raise ImageError(f"{path} is not a SIF image, a SquashFS image or a sandbox directory")
-
-
 def open_source(path: str) -> InspectSource:
-    kind = detect_kind(path)
-    if kind == "sandbox":
-        return InspectSource(path, kind, SandboxReader(path))
-    if kind == "squashfs":
-        return InspectSource(path, kind, SquashfsReader(path, 0))
+    from satchel.image.formats import open_image
+    ref = open_image(path)
+    if ref.kind == "sandbox":
+        return InspectSource(ref.path, ref.kind, SandboxReader(ref.path))
+    reader = SquashfsReader(ref.path, ref.fs_offset)
+    if ref.kind != "sif":
+        return InspectSource(ref.path, ref.kind, reader)
     from satchel.image import sif
     try:
-        with sif.SIFFile.open(path) as image:
+        with sif.SIFFile.open(ref.path) as image:
             metadata = None
             for d in image.find(datatype=sif.DATA_GENERICJSON, name=INSPECT_OBJECT_NAME):
                 metadata = parse_inspect_object(image.read_data(d.id), path)
@@ -240,13 +236,9 @@ def open_source(path: str) -> InspectSource:
             for d in image.find(datatype=sif.DATA_DEFFILE):
                 deffile = image.read_data(d.id).decode("utf-8", "replace")
                 break
-            part = image.primary_partition()
-            reader = None
-            if part is not None and part.fs_type == sif.FS_SQUASH:
-                reader = SquashfsReader(path, part.offset)
     except SatchelError as err:
         raise err.context(f"while inspecting {path}") from None
-    return InspectSource(path, kind, reader, metadata, deffile)
+    return InspectSource(ref.path, ref.kind, reader, metadata, deffile)
 
 
 def parse_inspect_object(data: bytes, where: str) -> dict | None:
@@ -268,8 +260,6 @@ def inspect(path: str, want=ALL) -> dict:
     if source.sif_metadata is not None:
         attrs = {k: v for k, v in source.sif_metadata.items() if k in want}
         return order_attributes(attrs)
-    if source.reader is None:
-        raise ImageError(f"{path} has no SquashFS primary partition to inspect")
     attrs = collect(source.reader, want)
     if "deffile" in want and source.sif_deffile is not None:
         attrs["deffile"] = source.sif_deffile

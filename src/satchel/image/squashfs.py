@@ -57,29 +57,54 @@ def mksquashfs_argv(source: str, dest: str, compression: str | None = None,
     return argv + extra
 
 
+def _run(argv: list[str], what: str) -> None:
+    """Run a squashfs tool in its own process group (killed whole if we are interrupted);
+    BuildError with the tail of its output on failure."""
+    import signal
+    import subprocess
+    from satchel import log
+    log.verbose("running: " + " ".join(argv))
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    except OSError as err:
+        raise BuildError(f"{what}: cannot run {argv[0]}: {err.strerror}") from None
+    try:
+        out, _ = proc.communicate()
+    except BaseException:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        proc.wait()
+        raise
+    if proc.returncode != 0:
+        text = out.decode(errors="replace").strip()[-2000:].replace("\n", " | ")
+        raise BuildError(f"{what}: {os.path.basename(argv[0])} failed (exit status "
+                         f"{proc.returncode}){': ' + text if text else ''}")
+
+
 def make(source: str, dest: str, compression: str | None = None,
          extra_args: list[str] | None = None, processors: int | None = None) -> None:
     """Pack directory `source` into a new SquashFS file `dest` (owners as this process sees them)."""
-    from satchel.build import process
-    process.run(mksquashfs_argv(source, dest, compression, extra_args, processors),
-                f"while creating SquashFS image from {source}", quiet=True)
+    _run(mksquashfs_argv(source, dest, compression, extra_args, processors),
+         f"while creating SquashFS image from {source}")
 
 
 def extract(image: str, dest: str, offset: int = 0) -> None:
     """Unpack the SquashFS file system at `offset` in `image` into the new directory `dest`."""
-    from satchel.build import process
     argv = [tool("unsquashfs"), "-no-progress", "-quiet", "-f", "-d", dest]
     if offset:
         argv += ["-o", str(offset)]
     argv.append(image)
-    process.run(argv, f"while extracting the SquashFS file system of {image}", quiet=True)
+    _run(argv, f"while extracting the SquashFS file system of {image}")
 
 
 def cat(image: str, path: str, offset: int = 0) -> bytes | None:
     """Content of the regular file `path` inside the SquashFS at `offset`; None if absent.
 
-    Follows symlinks inside the image (unsquashfs -cat does). Used by inspect for SIFs that have
-    no inspect-metadata.json object: no mount needed.
+    A symlink is not followed (None). Used by inspect for SIFs that have no
+    inspect-metadata.json object: no mount needed.
     """
     import subprocess
     argv = [tool("unsquashfs"), "-cat"]

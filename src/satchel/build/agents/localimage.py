@@ -34,35 +34,22 @@ def fetch(ctx: AgentContext) -> FetchResult:
         log.warning("header key 'fingerprints' is ignored: satchel does not verify signatures yet")
     warn_unused_headers(ctx, used=("from", "fingerprints"))
     source = source_path(ctx)
-    from satchel.image.metadata import detect_kind
+    from satchel.image.formats import open_image
     try:
-        kind = detect_kind(source)
+        ref = open_image(source)
     except SatchelError as err:
         raise BuildError(f"localimage source: {err.message}") from None
-    if kind == "sandbox":
+    if ref.kind == "sandbox":
         if os.path.abspath(source) == os.path.abspath(ctx.rootfs):
             raise BuildError("localimage source is the build's own root filesystem")
-        if not overlay(source, ctx):
+        if not overlay(ref.path, ctx):
             # cp -a keeps owners, modes, links, devices, hard links and xattrs
-            process.run(["cp", "-a", "--", source.rstrip("/") + "/.", ctx.rootfs],
+            process.run(["cp", "-a", "--", ref.path.rstrip("/") + "/.", ctx.rootfs],
                         f"while copying sandbox {source}", quiet=True)
         return FetchResult()
-    offset = 0
-    if kind == "sif":
-        from satchel.image import sif
-        try:
-            with sif.SIFFile.open(source) as image:
-                part = image.primary_partition()
-                if part is None:
-                    raise BuildError(f"{source} has no primary system partition")
-                if part.fs_type != sif.FS_SQUASH:
-                    raise BuildError(f"{source}: the primary partition is not SquashFS "
-                                     f"(type {part.fs_type}); satchel cannot unpack it")
-                offset = part.offset
-        except SatchelError as err:
-            raise BuildError(f"localimage source {source}: {err.message}") from None
+    # SIF (its primary SquashFS partition), a bare SquashFS file or a legacy .simg
     from satchel.image import squashfs
-    squashfs.extract(source, ctx.rootfs, offset)
+    squashfs.extract(ref.path, ctx.rootfs, ref.fs_offset)
     return FetchResult()
 
 
