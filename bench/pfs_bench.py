@@ -212,6 +212,7 @@ def main() -> int:
     parser.add_argument("--user", default=None, help="run the interpreters as this user")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--json", help="write the results here (default: WORKDIR/results.json)")
     args = parser.parse_args()
     parallel = [int(n) for n in args.parallel.split(",")]
     if args.runner == "satchel" and not os.access(SATCHEL, os.X_OK):
@@ -249,11 +250,13 @@ def main() -> int:
                 log(f"  {row['metadata_ops']} metadata ops, {row['wall_s']} s")
                 results.append(row)
         report(results, args)
-        with open(os.path.join(workdir, "results.json"), "w") as fh:
+        json_path = args.json or os.path.join(workdir, "results.json")
+        with open(json_path, "w") as fh:
             json.dump({"modules": args.modules, "delay_us": args.delay_us,
                        "runner": args.runner, "user": args.user, "results": results}, fh,
                       indent=2)
-        log(f"results in {workdir}/results.json")
+        if args.json or args.keep or args.workdir:
+            log(f"results in {json_path}")
     finally:
         if slow is not None:
             slow.unmount()
