@@ -4,7 +4,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -74,7 +73,7 @@ def test_busybox_sif_objects(busybox_sif):
         deffile_text = image.read_data(1).decode()
         labels = json.loads(image.read_data(2))
         inspect = json.loads(image.read_data(3))
-        with open(part_bytes_file := busybox_sif, "rb") as fh:
+        with open(busybox_sif, "rb") as fh:
             fh.seek(part.offset)
             assert fh.read(4) == b"hsqs"
     assert deffile_text == open(os.path.join(os.path.dirname(__file__), "..", "data",

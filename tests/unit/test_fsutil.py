@@ -140,3 +140,22 @@ def test_fsutil_imports_only_lean_modules():
     loaded = set(out.stdout.split())
     for heavy in ("shutil", "subprocess", "json", "re", "pathlib", "tempfile"):
         assert heavy not in loaded, out.stdout
+
+
+def test_remove_tree_as_non_root_user(test_user, user_tmp):
+    """Without root's override, read-only directories need the permission fix-up."""
+    import subprocess
+    import sys
+    top = os.path.join(user_tmp, "tree")
+    script = (
+        "import os, sys; sys.path.insert(0, sys.argv[2]); from satchel import fsutil\n"
+        "top = sys.argv[1]\n"
+        "os.makedirs(top + '/ro/deep'); open(top + '/ro/deep/f', 'w').close()\n"
+        "os.chmod(top + '/ro/deep', 0o500); os.chmod(top + '/ro', 0o500)\n"
+        "fsutil.remove_tree(top)\n"
+        "print(os.path.exists(top))\n")
+    src = os.path.join(os.path.dirname(__file__), "..", "..", "src")
+    out = subprocess.run(test_user.argv([sys.executable, "-I", "-c", script, top, os.path.abspath(src)]),
+                         capture_output=True, text=True, env=test_user.env())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
