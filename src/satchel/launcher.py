@@ -15,6 +15,7 @@ import sys
 TEMPLATE = """#!{python} -IS
 import sys
 sys.path.insert(0, {path!r})
+sys.path.extend({site_dirs!r})
 from satchel.cli.main import main
 sys.exit(main())
 """
@@ -25,8 +26,21 @@ def package_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(satchel.__file__)))
 
 
+def site_dirs() -> list[str]:
+    """The environment's site-packages, appended after the standard library so that lazily imported
+    dependencies (zstandard, ...) resolve without the cost of `site` at start-up."""
+    import sysconfig
+    paths = sysconfig.get_paths()
+    dirs = []
+    for key in ("purelib", "platlib"):
+        if paths[key] not in dirs and os.path.isdir(paths[key]):
+            dirs.append(paths[key])
+    return dirs
+
+
 def write_launcher(dest: str, python: str | None = None) -> None:
-    text = TEMPLATE.format(python=python or sys.executable, path=package_root())
+    text = TEMPLATE.format(python=python or sys.executable, path=package_root(),
+                           site_dirs=site_dirs())
     tmp = f"{dest}.tmp{os.getpid()}"
     with open(tmp, "w") as out:
         out.write(text)
