@@ -338,7 +338,7 @@ def test_gpu_binds_applied():
     assert ("/dev/nvidia0", "/dev/nvidia0") in b and ("/dev/nvidia-caps", "/dev/nvidia-caps") in b
     assert p.environ["CUDA_VISIBLE_DEVICES"] == "0"
     assert "careful" in p.warnings
-    assert 'LD_LIBRARY_PATH="/.singularity.d/libs${' in p.argv[2]  # libraries first
+    assert "__satchel_l=/.singularity.d/libs " in p.argv[2]  # libraries first
 
 
 def test_plan_is_json_serializable_and_pure():
@@ -366,3 +366,13 @@ def test_user_bind_over_cwd_wins():
     p = plan(binds=["/data:/work"])
     assert not any(dst == "/work/project" for _, dst in binds(p))
     assert binds(p)[-1] == ("/data", "/work")
+
+
+def test_early_server_matches_the_plan():
+    cfg = load_config(default_config_path())
+    argv = P.early_server(cfg, SIF, 1000)
+    assert argv == ["squashfuse_ll", "-f", "-o", "offset=4096", "/imgs/a.sif", "/dev/fd/{fd}"]
+    assert plan().ops[2].data == tuple(argv)
+    assert P.early_server(cfg, SIF, 0) is None          # root: loop device
+    assert P.early_server(cfg, SANDBOX, 1000) is None   # nothing to serve
+    assert P.early_server(Config.parse("squashfuse mode = program\n"), SIF, 1000) is None

@@ -28,10 +28,11 @@ def _mount_flags(op) -> int:
 
 
 class Executor:
-    __slots__ = ("plan", "root", "underlays", "fuse", "in_init")
+    __slots__ = ("plan", "root", "underlays", "fuse", "in_init", "early")
 
-    def __init__(self, plan):
+    def __init__(self, plan, early=None):
         self.plan = plan
+        self.early = early  # a BuiltinServer started before the plan existed, or None
         self.root = plan.root
         self.underlays = underlay.Underlays(plan.session, self._bind_for_underlay,
                                             self._readonly_for_underlay)
@@ -112,8 +113,12 @@ class Executor:
         argv[0] = fuse.find_program(argv[0], self.plan.environ)
         if "builtin" in op.flags:
             image = self.plan.image
-            self.fuse[op.source] = fuse.prepare_builtin(op.source, image.path, image.fs_offset,
-                                                        argv)
+            server = self.early
+            if server is None or (server.image, server.offset) != (image.path, image.fs_offset):
+                server = fuse.start_builtin(op.source, image.path, image.fs_offset, argv)
+            self.early = None
+            server.open_device()
+            self.fuse[op.source] = server
         else:
             self.fuse[op.source] = fuse.prepare(op.source, argv)
 
@@ -137,7 +142,6 @@ class Executor:
         linux.mount(source, server.mountpoint, fstype, _mount_flags(op), options,
                     f"{what} with FUSE")
         server.start()
-        server.close()
 
     def op_fuse_wait(self, op) -> None:
         server = self.fuse[op.source]
@@ -306,6 +310,10 @@ class Executor:
         supervisor.run_init(self.plan.argv, self.plan.environ)
 
 
-def apply(plan) -> None:
-    """Build the container and exec its first process (does not return on success)."""
-    Executor(plan).run()
+def apply(plan, early=None) -> None:
+    """Build the container and exec its first process (does not return on success).
+
+    early: a fuse.BuiltinServer started ahead of the plan (fuse.start_builtin), adopted by
+    the plan's FUSE_PREPARE for the same image.
+    """
+    Executor(plan, early).run()

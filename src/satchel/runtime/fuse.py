@@ -36,10 +36,9 @@ _SIGKILL = 9
 class FuseServer:
     """A /dev/fuse descriptor and the waiting helper that will serve it."""
 
-    __slots__ = ("name", "fd", "pid", "go_fd", "ack_fd", "argv", "mountpoint", "builtin")
+    __slots__ = ("name", "fd", "pid", "go_fd", "ack_fd", "argv", "mountpoint")
 
-    def __init__(self, name: str, fd: int, pid: int, go_fd: int, ack_fd: int, argv,
-                 builtin: bool = False):
+    def __init__(self, name: str, fd: int, pid: int, go_fd: int, ack_fd: int, argv):
         self.name = name
         self.fd = fd
         self.pid = pid
@@ -47,19 +46,9 @@ class FuseServer:
         self.ack_fd = ack_fd
         self.argv = argv
         self.mountpoint = None  # set by the executor once mounted
-        self.builtin = builtin  # sqfs_server.py in a forked process, not a program
 
     def before_mount(self) -> None:
-        """The built-in server reports whether it could open the image: wait for that."""
-        if not self.builtin:
-            return
-        try:
-            answer = os.read(self.ack_fd, 512)
-        except OSError as err:
-            raise ContainerError(f"FUSE server for {self.name}: {err.strerror}") from None
-        if answer != b"k":
-            why = answer[1:].decode(errors="replace") if answer else "it died"
-            raise ContainerError(f"FUSE server for {self.name} failed: {why}")
+        """Nothing to wait for: the program starts only after the mount."""
 
     def snapshot_namespace(self) -> None:
         """Have the helper take a private copy of the launcher's mount namespace, now.
@@ -85,6 +74,7 @@ class FuseServer:
             os.close(self.go_fd)
             os.close(self.ack_fd)
             self.go_fd = self.ack_fd = -1
+        self.close()  # the server holds its own copy of the fd
 
     def wait_ready(self) -> None:
         """Reap the helper; it exits 0 once the daemonized server answers requests."""
@@ -164,32 +154,104 @@ def prepare(name: str, argv: list[str]) -> FuseServer:
     return FuseServer(name, fd, pid, write_fd, ack_read, argv)
 
 
-def prepare_builtin(name: str, image: str, offset: int, fallback_argv: list[str]) -> FuseServer:
-    """Open /dev/fuse and start the built-in SquashFS server (sqfs_server.py), detached.
+class BuiltinServer:
+    """The built-in SquashFS server (sqfs_server.py) in a detached process, started early.
 
-    The launcher forks a helper that forks the server and exits at once, so the server is
-    reparented away from what becomes the payload. The server opens the image right away (in
-    parallel with the launcher's namespace setup), answers 'k' or 'e<reason>' on the ack pipe,
-    then waits for the mount ('x') to serve it. Same placement rules as prepare().
+    It needs no user namespace and no fd to start: forked (twice, so that it is reparented
+    away from what becomes the payload) as soon as the image is known, it loads its libraries
+    and opens the image while the launcher is still building its plan and namespaces. The
+    /dev/fuse fd, which only the launcher can open (inside the user namespace), is handed over
+    after the mount with pidfd_getfd(2): the launcher sends "x PID FD", the server takes its
+    own copy of the fd, answers "g" and serves. Only then may the launcher close its copy.
     """
-    fd = open_device()
-    fallback_argv = [a.replace("{fd}", str(fd)) for a in fallback_argv]
-    read_fd, write_fd = os.pipe()
+
+    __slots__ = ("name", "image", "offset", "pid", "go_fd", "ack_fd", "fd", "mountpoint",
+                 "server_pid")
+
+    def __init__(self, name: str, image: str, offset: int, pid: int, go_fd: int, ack_fd: int):
+        self.name = name
+        self.image = image
+        self.offset = offset
+        self.pid = pid          # the short-lived middle process, reaped in wait_ready()
+        self.go_fd = go_fd
+        self.ack_fd = ack_fd
+        self.fd = -1
+        self.mountpoint = None
+        self.server_pid = 0
+
+    def open_device(self) -> None:
+        """Open /dev/fuse (call inside the container's user namespace)."""
+        if self.fd < 0:
+            self.fd = open_device()
+
+    def _answer(self, expected: bytes, what: str) -> bytes:
+        try:
+            answer = os.read(self.ack_fd, 512)
+        except OSError as err:
+            raise ContainerError(f"FUSE server for {self.name}: {err.strerror}") from None
+        if not answer.startswith(expected):
+            why = answer[1:].decode(errors="replace") if answer[:1] == b"e" else \
+                "it exited unexpectedly"
+            raise ContainerError(f"FUSE server for {self.name} failed {what}: {why}",
+                                 hint="'squashfuse mode = program' in satchel.conf uses the "
+                                      "squashfuse_ll program instead")
+        return answer[len(expected):]
+
+    def before_mount(self) -> None:
+        """Wait until the server has opened the image (usually long done by now)."""
+        pid = self._answer(b"k", "to open the image")
+        self.server_pid = int(pid or 0)
+        if self.server_pid:
+            from satchel.runtime import linux
+            linux.allow_ptracer(self.server_pid)  # Yama ptrace_scope=1 would refuse pidfd_getfd
+
+    def start(self) -> None:
+        try:
+            os.write(self.go_fd, f"x {os.getpid()} {self.fd}\n".encode())
+        except OSError as err:
+            raise ContainerError(f"FUSE server for {self.name}: {err.strerror}") from None
+        finally:
+            os.close(self.go_fd)
+            self.go_fd = -1
+
+    def wait_ready(self) -> None:
+        """The server holds its copy of the fd and serves: reap the middle process, close ours."""
+        try:
+            self._answer(b"g", "to take over the FUSE connection")
+        finally:
+            os.close(self.ack_fd)
+            self.ack_fd = -1
+            os.waitpid(self.pid, 0)
+            self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def start_builtin(name: str, image: str, offset: int, fallback_argv: list[str]) -> BuiltinServer:
+    """Fork the built-in server for image[offset:] (see BuiltinServer); returns at once.
+
+    fallback_argv (the squashfuse_ll program, '{fd}' for the fd) is exec'ed by the server if
+    libsquashfuse_ll or libfuse3 cannot be loaded.
+    """
+    go_read, go_write = os.pipe()
     ack_read, ack_write = os.pipe()
     pid = os.fork()
     if pid == 0:
-        os.close(write_fd)
+        os.close(go_write)
         os.close(ack_read)
         try:
             if os.fork() == 0:
                 from satchel.runtime import sqfs_server
-                sqfs_server.run_daemon(image, offset, fd, read_fd, ack_write, fallback_argv)
+                sqfs_server.run_daemon(image, offset, go_read, ack_write, fallback_argv)
         except BaseException:
             pass
         os._exit(0)
-    os.close(read_fd)
+    os.close(go_read)
     os.close(ack_write)
-    return FuseServer(name, fd, pid, write_fd, ack_read, fallback_argv, builtin=True)
+    return BuiltinServer(name, image, offset, pid, go_write, ack_read)
 
 
 def _enter_copy_of(launcher: int, ack_fd: int) -> None:

@@ -258,14 +258,11 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
         p.add(UNSHARE, data=("user",))
         p.add(ID_MAP, data=(f"{host.uid} {host.uid} 1", f"{host.gid} {host.gid} 1"))
         if image.kind != "sandbox":
-            server = config.get("squashfuse path", "squashfuse_ll") or "squashfuse_ll"
-            mode = (config.get("squashfuse mode", "builtin") or "builtin").lower()
-            if mode not in ("builtin", "program"):
-                raise ConfigError(f"squashfuse mode = {mode}: expected builtin or program")
-            if mode == "builtin":  # the program is its fallback: in the foreground (-f)
-                p.add(FUSE_PREPARE, "image", flags=("builtin",), data=(
-                    server, "-f", "-o", f"offset={image.fs_offset}", image.path, "/dev/fd/{fd}"))
+            builtin = early_server(config, image, host.uid)
+            if builtin is not None:
+                p.add(FUSE_PREPARE, "image", flags=("builtin",), data=tuple(builtin))
             else:
+                server = config.get("squashfuse path", "squashfuse_ll") or "squashfuse_ll"
                 p.add(FUSE_PREPARE, "image", data=(
                     server, "-o", f"offset={image.fs_offset}", image.path, "/dev/fd/{fd}"))
         if overlay_dirs is not None:
@@ -523,6 +520,25 @@ def _join_plan(opts: RunOptions, config, host):
         rootless=host.uid != 0, namespaces=tuple(names), uid=host.uid, gid=host.gid,
         session=None, root="/", ops=tuple(p.ops), environ=environ, argv=argv, cwd=tuple(cwd),
         hostname=None, image=ImageRef(target.image, "instance"), warnings=warnings, binds=[])
+
+
+def early_server(config, image, uid: int):
+    """The built-in SquashFS server's fallback argv if this launch uses that server, else None.
+
+    action.py asks this before anything else, so the server can start (and open the image)
+    while the rest of the plan is built; FUSE_PREPARE in the plan carries the same argv.
+    """
+    if uid == 0 or image.kind == "sandbox":
+        return None
+    mode = (config.get("squashfuse mode", "builtin") or "builtin").lower()
+    if mode not in ("builtin", "program"):
+        raise ConfigError(f"squashfuse mode = {mode}: expected builtin or program")
+    if mode != "builtin":
+        return None
+    server = config.get("squashfuse path", "squashfuse_ll") or "squashfuse_ll"
+    # the program is the fallback when the libraries are missing: in the foreground (-f), as
+    # the built-in server is already detached
+    return [server, "-f", "-o", f"offset={image.fs_offset}", image.path, "/dev/fd/{fd}"]
 
 
 def _minimal_dev(p: _Plan, devpts: bool) -> None:

@@ -23,6 +23,8 @@ LIBSQUASHFUSE = "libsquashfuse_ll.so.0"
 LIBFUSE = "libfuse3.so.3"
 PROCESS_NAME = b"squashfuse_ll"  # what ps/pgrep show, as for the program
 _PR_SET_NAME = 15
+_SYS_PIDFD_OPEN = 434   # the same on every architecture (unified syscall table, Linux 5.3+)
+_SYS_PIDFD_GETFD = 438  # Linux 5.6+
 # struct fuse_lowlevel_ops (libfuse 3): slot of each handler squashfuse provides
 _OPS_SLOTS = 44
 _HANDLERS = {
@@ -84,11 +86,33 @@ class Session:
         return self.fuse.fuse_session_loop(self.session)
 
 
-def run_daemon(image: str, offset: int, fd: int, go_fd: int, ack_fd: int,
-               fallback_argv: list[str]) -> None:
-    """Body of the server process (never returns): open, report, wait for the mount, serve.
+def _take_fd(message: bytes) -> int:
+    """From "x PID FD": a copy of the launcher's /dev/fuse fd, by pidfd_getfd(2)."""
+    parts = message.split()
+    if len(parts) != 3 or parts[0] != b"x":
+        raise OSError("no mount")
+    pid, fd = int(parts[1]), int(parts[2])
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    pidfd = libc.syscall(ctypes.c_long(_SYS_PIDFD_OPEN), ctypes.c_int(pid), ctypes.c_uint(0))
+    if pidfd < 0:
+        raise OSError(f"pidfd_open: {os.strerror(ctypes.get_errno())}")
+    try:
+        copy = libc.syscall(ctypes.c_long(_SYS_PIDFD_GETFD), ctypes.c_int(pidfd),
+                            ctypes.c_int(fd), ctypes.c_uint(0))
+        if copy < 0:
+            raise OSError(f"pidfd_getfd: {os.strerror(ctypes.get_errno())}")
+    finally:
+        os.close(pidfd)
+    return copy
 
-    Without the libraries it execs fallback_argv (squashfuse_ll -f ... /dev/fd/N) instead.
+
+def run_daemon(image: str, offset: int, go_fd: int, ack_fd: int,
+               fallback_argv: list[str]) -> None:
+    """Body of the server process (never returns): open the image, report ("k<pid>" or
+    "e<reason>"), wait for the mount ("x PID FD"), take the fd, report "g", serve.
+
+    Without the libraries it execs fallback_argv (squashfuse_ll -f ... /dev/fd/{fd}) instead.
     """
     try:
         os.setsid()  # out of the launcher's session: terminal signals are the payload's
@@ -106,14 +130,22 @@ def run_daemon(image: str, offset: int, fd: int, go_fd: int, ack_fd: int,
         except OSError as err:
             os.write(ack_fd, b"e" + str(err).encode()[:400])
             os._exit(1)
-        os.write(ack_fd, b"k")
-        os.close(ack_fd)
-        if os.read(go_fd, 1) != b"x":
+        os.write(ack_fd, b"k%d" % os.getpid())
+        message = os.read(go_fd, 128)
+        if not message:
             os._exit(3)  # the launcher died or gave up before mounting
         os.close(go_fd)
+        try:
+            fd = _take_fd(message)
+        except (OSError, ValueError) as err:
+            os.write(ack_fd, b"e" + str(err).encode()[:400])
+            os._exit(1)
+        os.write(ack_fd, b"g")
+        os.close(ack_fd)
         if session is None:
             os.set_inheritable(fd, True)
-            os.execv(fallback_argv[0], fallback_argv)
+            argv = [a.replace("{fd}", str(fd)) for a in fallback_argv]
+            os.execv(argv[0], argv)
         os._exit(0 if session.serve(fd) == 0 else 1)
     except BaseException:
         os._exit(127)

@@ -177,20 +177,29 @@ def join_target(uri: str):
 
 
 def run(name: str, parsed) -> int:
+    import os
+
     from satchel import log
     from satchel.image.formats import open_image
-    from satchel.runtime import executor
     from satchel.runtime.config import load_config
     from satchel.runtime.host import HostInfo
-    from satchel.runtime.plan import build_plan
+    from satchel.runtime.plan import build_plan, early_server
 
     config = load_config()
-    opts = to_run_options(name, parsed)
+    early = None
     if parsed.args[0].startswith("instance://"):
         image = None
-        opts.join = join_target(parsed.args[0])
     else:
         image = open_image(parsed.args[0])
+        server_argv = early_server(config, image, os.getuid())
+        if server_argv is not None:  # start it now: it opens the image while we plan
+            from satchel.runtime import fuse
+            server_argv[0] = fuse.find_program(server_argv[0], os.environ)
+            early = fuse.start_builtin("image", image.path, image.fs_offset, server_argv)
+    opts = to_run_options(name, parsed)
+    if image is None:
+        opts.join = join_target(parsed.args[0])
+    else:
         opts.gpu = gpu_binds(parsed, config)
     plan = build_plan(opts, config, image, HostInfo.gather())
     for warning in plan.warnings:
@@ -198,5 +207,6 @@ def run(name: str, parsed) -> int:
     if log.debug_enabled():
         import json
         log.debug("container plan: " + json.dumps(plan.to_dict(), indent=1))
-    executor.apply(plan)
+    from satchel.runtime import executor
+    executor.apply(plan, early)
     return 255  # not reached: apply() execs the payload or raises
