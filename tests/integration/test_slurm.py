@@ -15,14 +15,15 @@ from support.fixtures_users import SATCHEL
 
 pytestmark = pytest.mark.slow
 
-# allocates MB megabytes and touches them, writes READY_FILE with its pid, and on SIGTERM writes
-# "TERM" to TERM_FILE and exits 3
+# allocates MB megabytes and touches them, burns 1.5 s of CPU, writes READY_FILE with its pid,
+# and on SIGTERM writes "TERM" to TERM_FILE and exits 3
 MEMHOG = r"""
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 static const char *term_file;
 static void on_term(int sig) {
@@ -38,6 +39,10 @@ int main(int argc, char **argv) {
     signal(SIGTERM, on_term);
     volatile char *p = malloc(bytes);  /* volatile: the compiler must not drop the stores */
     for (size_t i = 0; i < bytes; i += 4096) p[i] = 1;
+    struct timespec t0, t;  /* and about 1.5 s of CPU time, for the accounting to see */
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t0);
+    do clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    while ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 < 1500);
     FILE *f = fopen(argv[3], "w");
     fprintf(f, "%d %d\n", (int)getpid(), p[bytes - 4096]);
     fclose(f);
@@ -67,6 +72,19 @@ def wait_gone(marker: str, timeout: float = 10) -> list[str]:
         time.sleep(0.2)
         left = processes_mentioning(marker)
     return left
+
+
+def cpu_seconds(text: str) -> float:
+    """Slurm's [DD-][HH:]MM:SS[.mmm] as seconds (0 for anything else)."""
+    try:
+        days, _, rest = text.rpartition("-")
+        parts = [float(p) for p in rest.split(":")]
+    except ValueError:
+        return 0.0
+    seconds = 0.0
+    for part in parts:
+        seconds = seconds * 60 + part
+    return seconds + (int(days) * 86400 if days else 0)
 
 
 def write_script(path: str, body: str) -> str:
@@ -128,13 +146,16 @@ def test_scancel_term_memory_accounting_and_cleanup(slurm, job_image, test_user,
     # the payload is the step's own process: satchel exec'd into it (same PID Slurm started)
     assert open(f"/proc/{pid}/comm").read().strip() == "memhog"
 
-    max_rss_kib = 0
-    while time.monotonic() < deadline and max_rss_kib < 200 * 1024:
-        out = slurm.run(["sstat", "-n", "-P", "-j", f"{job}.0", "-o", "MaxRSS"],
+    max_rss_kib, cpu_s, out = 0, 0.0, ""
+    while time.monotonic() < deadline and (max_rss_kib < 200 * 1024 or cpu_s < 1):
+        out = slurm.run(["sstat", "-n", "-P", "-j", f"{job}.0", "-o", "MaxRSS,AveCPU"],
                         user=test_user).stdout.strip()
-        max_rss_kib = int(out[:-1]) if out.endswith("K") else 0
+        rss, _, cpu = out.partition("|")
+        max_rss_kib = int(rss[:-1]) if rss.endswith("K") else 0
+        cpu_s = cpu_seconds(cpu)
         time.sleep(0.3)
-    assert max_rss_kib >= 200 * 1024, f"sstat MaxRSS {out!r}"
+    assert max_rss_kib >= 200 * 1024, f"sstat MaxRSS|AveCPU {out!r}"
+    assert cpu_s >= 1, f"sstat MaxRSS|AveCPU {out!r}"
 
     slurm.run(["scancel", job], user=test_user, check=True)
     info = slurm.wait_job(job)
