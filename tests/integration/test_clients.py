@@ -76,7 +76,10 @@ def test_spython_execute_run_inspect(client_tools, clients_python, busybox_sif, 
     assert any(line.startswith("singularity inspect ") and " --json " in line for line in lines)
 
 
-def test_spython_instances(client_tools, clients_python, busybox_sif, user_tmp, test_user):
+def test_spython_instances(instance_client_tools, clients_python, busybox_sif, instance_user):
+    # as satchel-inst: the instance tests' own user, whose instances no other session touches
+    client_tools, test_user = instance_client_tools, instance_user
+    user_tmp = client_tools.base
     out = _run_py(client_tools, clients_python, user_tmp, f"""
         import json, os
         from spython.main import Client

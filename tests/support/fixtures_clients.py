@@ -11,6 +11,9 @@
 - `oci_style_sif` (session): a busybox image whose runscript is the one satchel's build writes
   for images converted from Docker/OCI (no ENTRYPOINT, CMD /bin/sh): cwltool's DockerRequirement
   means a Docker image, and cwltool uses `run`, whose arguments replace CMD.
+- `instance_user` (session): a second real non-root user, `satchel-inst`, that only the
+  instance tests use. Instances are per user and `instance stop --all` means all of them, so
+  a user of their own keeps those tests and other sessions' `satchel-test` instances apart.
 - `clients_python`: .venv-clients/bin/python3 (scripts/install-deps installs spython, cwltool
   and snakemake there); a missing environment fails the test: it is part of the suite.
 """
@@ -115,6 +118,24 @@ def client_tools(test_user, dropin_dir):
     base = tempfile.mkdtemp(prefix="satchel-clients-", dir="/tmp")
     os.chmod(base, 0o755)
     tools = ClientTools(base, dropin_dir, test_user)
+    yield tools
+    shutil.rmtree(base, ignore_errors=True)
+
+
+INSTANCE_USER = "satchel-inst"
+
+
+@pytest.fixture(scope="session")
+def instance_user(test_user):
+    from support.fixtures_users import ensure_user
+    return ensure_user(INSTANCE_USER)
+
+
+@pytest.fixture
+def instance_client_tools(instance_user, dropin_dir):
+    base = tempfile.mkdtemp(prefix="satchel-clients-", dir="/tmp")
+    os.chmod(base, 0o755)
+    tools = ClientTools(base, dropin_dir, instance_user)
     yield tools
     shutil.rmtree(base, ignore_errors=True)
 

@@ -66,25 +66,29 @@ def start(command: str, parsed, prog: str = "satchel") -> state.Record:
 
 def _launch(registry, name, image, opts, config, args, command, prog, host, build_plan,
             pid_file) -> state.Record:
-    out_fd, err_fd = registry.open_logs(name)
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    out_fd = err_fd = -1
     try:
         opts.instance_ready_fd = write_fd
-        plan = build_plan(opts, config, image, host)
+        plan = build_plan(opts, config, image, host)  # bad options fail before any file exists
         for warning in plan.warnings:
             log.warning(warning)
         if log.debug_enabled():
             import json
             log.debug("container plan: " + json.dumps(plan.to_dict(), indent=1))
+        out_fd, err_fd = registry.open_logs(name)
         from satchel.instance import init  # noqa: F401  (needed after pivot_root: see init.py)
         from satchel.runtime import executor, linux  # noqa: F401
         child = os.fork()
         if child == 0:
             _become_instance(plan, read_fd, write_fd, out_fd, err_fd)  # never returns
+    except BaseException:
+        os.close(read_fd)
+        raise
     finally:
-        os.close(write_fd)
-        os.close(out_fd)
-        os.close(err_fd)
+        for fd in (write_fd, out_fd, err_fd):
+            if fd >= 0:
+                os.close(fd)
     try:
         line = _read_line(read_fd)
     finally:

@@ -1,0 +1,272 @@
+"""Instances without a daemon, as a non-root user and as root: start, list, join, stop, leftovers.
+
+Every test runs under two identities (`who`, like the runtime tests): the real non-root user
+`satchel-inst` (user namespace + FUSE; a user only these tests use, since `stop --all` stops
+every instance of its user) and root (loop device). "Nothing left" is checked the way the runtime tests
+check it: no squashfuse server, mount or loop device of the image, and the instance's
+processes gone.
+"""
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from support.fixtures_runtime import (Who, assert_nothing_left, busybox_tree, make_sif,
+                                      wait_until)
+
+START_SCRIPT = """#!/bin/sh
+echo "startscript args: $*"
+echo "startscript stderr" >&2
+trap 'echo "got TERM"; exit 0' TERM
+while :; do sleep 1; done
+"""
+RUN_SCRIPT = """#!/bin/sh
+echo "runscript args: $*"
+exec sleep 1000
+"""
+
+
+@pytest.fixture(scope="module")
+def inst_image(image_dir):
+    """busybox with a %startscript that logs its arguments and waits, and a runscript."""
+    base = os.path.join(image_dir, "instance")
+    os.makedirs(base, exist_ok=True)
+    os.chmod(base, 0o755)
+    tree = os.path.join(base, "tree")
+    busybox_tree(tree, applets=("sh", "id", "cat", "echo", "ls", "true", "sleep", "test",
+                                "touch", "ps", "hostname", "ip", "kill", "rm"))
+    for name, text in (("startscript", START_SCRIPT), ("runscript", RUN_SCRIPT)):
+        path = os.path.join(tree, ".singularity.d", name)
+        with open(path, "w") as fh:
+            fh.write(text)
+        os.chmod(path, 0o755)
+    image = os.path.join(base, "inst.sif")
+    make_sif(tree, image)
+    return image
+
+
+@pytest.fixture(params=["user", "root"])
+def who(request):
+    if os.geteuid() != 0:
+        pytest.skip("the instance tests create a user and compare with root: run as root")
+    if request.param == "user":
+        identity = Who("user", request.getfixturevalue("instance_user"))
+    else:
+        identity = Who("root")
+    yield identity
+    identity.cleanup()
+
+
+def _name(tag: str) -> str:
+    return f"{tag}-{os.getpid()}-{int(time.monotonic() * 1000) % 100000}"
+
+
+def start(who, image, name, *options, args=()):
+    result = who.run(["instance", "start", *options, image, name, *args], timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "instance started successfully" in result.stderr
+    return result
+
+
+def listing(who, *extra) -> list:
+    result = who.run(["instance", "list", "--json", *extra])
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["instances"]
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def stop_all(who):
+    yield
+    who.run(["instance", "stop", "--all", "-F"])
+
+
+def test_two_instances_listed_joined_separate_then_stopped(who, inst_image, stop_all):
+    a, b = _name("a"), _name("b")
+    start(who, inst_image, a, "--contain", args=["x", "y z"])
+    start(who, inst_image, b, "--contain")
+    entries = {e["instance"]: e for e in listing(who)}
+    assert set(entries) >= {a, b}
+    for name in (a, b):
+        entry = entries[name]
+        assert set(entry) == {"instance", "pid", "img", "ip", "logErrPath", "logOutPath"}
+        assert entry["img"] == inst_image and alive(entry["pid"])
+        assert entry["logOutPath"] == os.path.join(
+            who.home, ".apptainer", "instances", "logs", os.uname().nodename,
+            who.user.name if who.rootless else "root", name + ".out")
+    # each instance has its own contained /tmp: a file made in one is not in the other
+    r = who.run(["exec", f"instance://{a}", "sh", "-c", "echo only-a > /tmp/mark; id -u"])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(who.uid)
+    assert who.run(["exec", f"instance://{b}", "test", "-e", "/tmp/mark"]).returncode == 1
+    r = who.run(["exec", f"instance://{a}", "cat", "/tmp/mark"])
+    assert r.stdout == "only-a\n"
+    assert not os.path.exists("/tmp/mark")
+    # the startscript ran with its arguments; its output is in the logs (and the twins)
+    assert wait_until(lambda: "startscript args: x y z" in open(entries[a]["logOutPath"]).read(),
+                      5)
+    assert "startscript stderr" in open(entries[a]["logErrPath"]).read()
+    twin = entries[a]["logOutPath"].replace("/.apptainer/", "/.singularity/")
+    assert os.path.realpath(twin) == entries[a]["logOutPath"]
+
+    r = who.run(["instance", "stop", a])
+    assert r.returncode == 0, r.stderr
+    assert f"Stopping {a} instance of {inst_image} (PID={entries[a]['pid']})" in r.stderr
+    assert not alive(entries[a]["pid"])
+    assert "got TERM" in open(entries[a]["logOutPath"]).read()  # SIGTERM reached the payload
+    assert [e["instance"] for e in listing(who)] == [b]
+    r = who.run(["instance", "stop", "--all"])
+    assert r.returncode == 0, r.stderr
+    assert listing(who) == []
+    assert not alive(entries[b]["pid"])
+    assert_nothing_left(inst_image, timeout=5)
+
+
+def test_list_json_empty_and_table(who, inst_image, stop_all):
+    assert who.run(["instance", "list", "--json"]).stdout == '{\n    "instances": []\n}\n'
+    name = _name("tbl")
+    start(who, inst_image, name)
+    table = who.run(["instance", "list"]).stdout.splitlines()
+    assert table[0].split() == ["INSTANCE", "NAME", "PID", "IP", "IMAGE"]
+    assert table[1].split()[0] == name and table[1].split()[-1] == inst_image
+    logs = who.run(["instance", "list", "--logs", name]).stdout.splitlines()
+    assert logs[1].endswith(name + ".err") and logs[2].strip().endswith(name + ".out")
+    assert who.run(["instance", "list", "--json", "nomatch*"]).stdout.count(name) == 0
+
+
+def test_instance_run_runs_the_runscript(who, inst_image, stop_all):
+    name = _name("run")
+    result = who.run(["instance", "run", inst_image, name, "p", "q"])
+    assert result.returncode == 0, result.stderr
+    entry = next(e for e in listing(who) if e["instance"] == name)
+    assert wait_until(lambda: "runscript args: p q" in open(entry["logOutPath"]).read(), 5)
+    assert who.run(["instance", "stop", name]).returncode == 0
+
+
+def test_pid_namespace_net_none_and_hostname(who, inst_image, stop_all):
+    name = _name("iso")
+    start(who, inst_image, name, "--pid", "--net", "--network", "none", "--hostname", "inst-host")
+    r = who.run(["exec", f"instance://{name}", "sh", "-c",
+                 "hostname; ip -o link | cut -d: -f2; ps -o pid,args | sed -n 2p"])
+    assert r.returncode == 0, r.stderr
+    host, links, first = r.stdout.splitlines()[0], r.stdout.splitlines()[1:-1], \
+        r.stdout.splitlines()[-1]
+    assert host == "inst-host"
+    assert [link.strip() for link in links] == ["lo"]
+    assert first.split()[0] == "1"   # the instance's init is pid 1 of its namespace
+    # exit status of a joined command passes through
+    assert who.run(["exec", f"instance://{name}", "sh", "-c", "exit 7"]).returncode == 7
+    entry = next(e for e in listing(who) if e["instance"] == name)
+    assert who.run(["instance", "stop", "-t", "5", name]).returncode == 0
+    assert not alive(entry["pid"])
+    assert_nothing_left(inst_image, timeout=5)
+
+
+def test_stale_entry_removed_on_next_list(who, inst_image, stop_all):
+    name = _name("stale")
+    start(who, inst_image, name, "--pid")
+    entry = next(e for e in listing(who) if e["instance"] == name)
+    os.kill(entry["pid"], signal.SIGKILL)   # the instance dies behind satchel's back
+    assert wait_until(lambda: not alive(entry["pid"]), 5)
+    assert name not in [e["instance"] for e in listing(who)]
+    record = os.path.join(who.home, ".satchel", "instances", os.uname().nodename,
+                          who.user.name if who.rootless else "root", name + ".json")
+    assert not os.path.exists(record)
+    assert_nothing_left(inst_image, timeout=5)
+    r = who.run(["exec", f"instance://{name}", "true"])
+    assert r.returncode == 255 and f"no instance found with name {name}" in r.stderr
+
+
+def test_stop_signal_timeout_and_force(who, inst_image, stop_all):
+    slow = _name("slow")
+    start(who, inst_image, slow)
+    entry = next(e for e in listing(who) if e["instance"] == slow)
+    # SIGUSR1 is forwarded to the payload (which dies of it) but does not stop the instance:
+    # after the timeout it is killed
+    began = time.monotonic()
+    r = who.run(["instance", "stop", "-s", "USR1", "-t", "1", slow])
+    assert r.returncode == 0, r.stderr
+    assert 0.9 <= time.monotonic() - began < 8
+    assert not alive(entry["pid"])
+    fast = _name("fast")
+    start(who, inst_image, fast)
+    entry = next(e for e in listing(who) if e["instance"] == fast)
+    r = who.run(["instance", "stop", "-F", fast])
+    assert r.returncode == 0 and not alive(entry["pid"])
+    assert "got TERM" not in open(entry["logOutPath"]).read()
+    assert_nothing_left(inst_image, timeout=5)
+
+
+def test_legacy_spellings(who, inst_image, stop_all):
+    name = _name("legacy")
+    r = who.run(["instance.start", inst_image, name])
+    assert r.returncode == 0, r.stderr
+    assert name in who.run(["instance.list"]).stdout
+    assert who.run(["instance.stop", "--all"]).returncode == 0
+    assert listing(who) == []
+
+
+def test_root_lists_a_users_instances(instance_user, inst_image):
+    test_user = instance_user
+    user, root = Who("user", test_user), Who("root")
+    name = _name("other")
+    try:
+        start(user, inst_image, name)
+        assert name in [e["instance"] for e in listing(root, "-u", test_user.name)]
+        assert name not in [e["instance"] for e in listing(root)]
+        r = user.run(["instance", "list", "-u", "root"])
+        assert r.returncode == 255 and "only root" in r.stderr
+        assert root.run(["instance", "stop", "-u", test_user.name, name]).returncode == 0
+        assert listing(user) == []
+    finally:
+        user.run(["instance", "stop", "--all", "-F"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["instance", "start", "IMAGE", "bad/name"], "is not a valid instance name"),
+    (["instance", "start", "IMAGE", ".."], "is not a valid instance name"),
+    (["instance", "start", "/nonexistent.sif", "x"], "not found"),
+    (["instance", "start", "instance://x", "y"], "cannot be started from another instance"),
+    (["instance", "start", "IMAGE"], "invalid args"),
+    (["instance", "stop"], "needs an instance name"),
+    (["instance", "stop", "--all", "x"], "not both"),
+    (["instance", "stop", "no-such-instance"], "no instance found with name no-such-instance"),
+    (["instance", "stop", "-s", "SIGNOPE", "x"], "invalid signal"),
+    (["instance", "stop", "-t", "soon", "x"], "invalid --timeout"),
+    (["instance", "frobnicate"], "unknown instance subcommand"),
+    (["instance", "list", "-u", "no-such-user-xyz"], "unknown user"),
+    (["exec", "instance://no-such-instance", "true"], "no instance found"),
+    (["exec", "instance://../etc", "true"], "is not a valid instance name"),
+    (["instance", "start", "--net", "IMAGE", "x"], "bridge"),
+])
+def test_bad_input_is_one_fatal_line(who, inst_image, args, message):
+    args = [inst_image if a == "IMAGE" else a for a in args]
+    r = who.run(args)
+    assert r.returncode == 255, (r.stdout, r.stderr)
+    assert r.stderr.startswith("FATAL:   ") and message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_duplicate_name_refused_and_failed_start_leaves_nothing(who, inst_image, rt_images,
+                                                                stop_all):
+    name = _name("dup")
+    start(who, inst_image, name)
+    r = who.run(["instance", "start", inst_image, name])
+    assert r.returncode == 255 and f"instance {name} already exists" in r.stderr
+    # an image without /bin/sh: the container fails before its init; no record stays behind
+    bad = _name("nosh")
+    r = who.run(["instance", "start", rt_images.nosh, bad])
+    assert r.returncode == 255
+    assert r.stderr.startswith("FATAL:   ") and "No valid /bin/sh in container" in r.stderr
+    assert bad not in [e["instance"] for e in listing(who)]
+    assert_nothing_left(rt_images.nosh, timeout=5)
