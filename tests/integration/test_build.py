@@ -197,6 +197,11 @@ def test_section_option_limits_sections(tmp_path):
     target, _ = build(tmp_path, text, "--sandbox", "--section", "files", name="sb")
     assert os.path.exists(os.path.join(target, "copied.def"))
     assert not os.path.exists(os.path.join(target, "post-ran"))
+    assert "L" not in json.load(open(os.path.join(target, ".singularity.d/labels.json")))
+    target, _ = build(tmp_path, text, "--sandbox", "--section", "post,labels", name="sb2")
+    assert os.path.exists(os.path.join(target, "post-ran"))
+    assert not os.path.exists(os.path.join(target, "copied.def"))
+    assert json.load(open(os.path.join(target, ".singularity.d/labels.json")))["L"] == "v"
     r = run_satchel(["build", "--section", "bogus", str(tmp_path / "x.sif"), str(tmp_path / "image.def")])
     assert r.returncode == 255 and "invalid --section" in r.stderr
 

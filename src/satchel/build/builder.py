@@ -297,7 +297,7 @@ def build_stage(stage, rootfs: str, workdir: str, options: BuildOptions,
         staged = scriptlet.Staged(workdir)
         run_post(rootfs, post, staged)
 
-    layout.finish(rootfs, stage, force=options.force)
+    layout.finish(rootfs, stage, force=options.force, run_section=options.run_section)
 
     test = stage.section("test")
     if (test and test.body.strip() and not options.notest and options.run_section("test")):

@@ -502,18 +502,21 @@ def build_date_labels(now: float | None = None) -> dict[str, str]:
     return {"org.label-schema.build-date": build_date, "org.opencontainers.image.created": rfc3339}
 
 
-def finish(rootfs: str, definition, force: bool = False, now: float | None = None) -> dict:
+def finish(rootfs: str, definition, force: bool = False, now: float | None = None,
+           run_section=None) -> dict:
     """Write the definition's metadata into the image after %post; return the labels written.
 
     %help, labels.json, Singularity (+ bootstrap_history), %environment, %startscript,
-    %runscript, %test - in Apptainer's order.
+    %runscript, %test - in Apptainer's order. `run_section(name)` (from --section) says which
+    of help, labels, environment, startscript, runscript and test are applied (default: all).
     """
     from satchel import log
-    has_help = bool(definition.script("help").strip())
+    wanted = run_section or (lambda _name: True)
+    has_help = wanted("help") and bool(definition.script("help").strip())
     if has_help:
         write_file(rootfs, HELP_FILE, definition.script("help").strip("\n") + "\n", 0o644)
 
-    labels = compute_labels(rootfs, definition, has_help, force, now)
+    labels = compute_labels(rootfs, definition, has_help, force, now, wanted("labels"))
     write_file(rootfs, SD + "/labels.json", go_json(labels, indent="\t"), 0o644)
 
     previous = host_path(rootfs, SD + "/Singularity")
@@ -528,18 +531,19 @@ def finish(rootfs: str, definition, force: bool = False, now: float | None = Non
     write_file(rootfs, SD + "/Singularity", definition.full_raw, 0o644)
 
     environment = definition.script("environment")
-    if environment.strip():
+    if environment.strip() and wanted("environment"):
         append_file(rootfs, ENV_DIR + "/90-environment.sh", "\n" + environment.rstrip("\n") + "\n")
     for name, path in (("startscript", SD + "/startscript"), ("runscript", SD + "/runscript"),
                        ("test", SD + "/test")):
         section = definition.section(name)
-        if section is not None and section.body.strip():
+        if section is not None and section.body.strip() and wanted(name):
             write_file(rootfs, path, script_file(section), 0o755)
     log.debug(f"wrote /.singularity.d metadata into {rootfs}")
     return labels
 
 
-def compute_labels(rootfs: str, definition, has_help: bool, force: bool, now: float | None) -> dict:
+def compute_labels(rootfs: str, definition, has_help: bool, force: bool, now: float | None,
+                   with_definition_labels: bool = True) -> dict:
     """Labels as Apptainer computes them: the image's, %post's $APPTAINER_LABELS, the build's,
     then %labels (an existing label changes only with --force)."""
     from satchel import __version__, log
@@ -565,7 +569,7 @@ def compute_labels(rootfs: str, definition, has_help: bool, force: bool, now: fl
         labels["org.label-schema.usage.singularity.deffile." + key] = value
     labels["org.opencontainers.image.architecture"] = arch
     labels["org.label-schema.build-arch"] = arch
-    for key, value in definition.labels.items():
+    for key, value in (definition.labels.items() if with_definition_labels else ()):
         if key in labels and labels[key] != value and not force:
             log.warning(f"label {key} already exists and --force is not set: not overwriting")
             continue
