@@ -129,3 +129,14 @@ def test_build_docker_as_unprivileged_user(test_images, test_user, user_tmp):
     assert result.returncode == 0, result.stderr
     run = run_satchel(["exec", sif, "cat", "/posted"], user=test_user)
     assert run.stdout == "built-on-top\n", run.stderr
+
+
+@pytest.mark.parametrize("kind", ["docker-archive", "oci-archive"])
+def test_build_from_single_colon_local_source(exports, tmp_path, kind):
+    """`satchel build OUT.sif docker-archive:FILE` (Apptainer's spelling, no //) builds the image."""
+    sif = tmp_path / "built.sif"
+    result = run_satchel(["build", str(sif), f"{kind}:{exports[kind]}"],
+                         env={"APPTAINER_CACHEDIR": str(tmp_path / "cache")}, timeout=180)
+    assert result.returncode == 0, result.stderr
+    run = run_satchel(["exec", str(sif), "cat", "/etc/os-release"])
+    assert "Satchel Test OS" in run.stdout, run.stderr

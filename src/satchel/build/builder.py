@@ -35,7 +35,8 @@ class BuildOptions:
     def __init__(self, sandbox=False, force=False, fakeroot=False, notest=False, sections=None,
                  update=False, build_args=None, build_arg_file=None, warn_unused_build_args=False,
                  mksquashfs_args="", tmpdir=None, fix_perms=False, ignore_subuid=False,
-                 nohttps=False, disable_cache=False, authfile=None, docker_login=False):
+                 nohttps=False, disable_cache=False, authfile=None, docker_login=False,
+                 arch=None, docker_username=None, docker_password=None):
         self.sandbox = sandbox
         self.force = force
         self.fakeroot = fakeroot
@@ -53,6 +54,9 @@ class BuildOptions:
         self.disable_cache = disable_cache
         self.authfile = authfile
         self.docker_login = docker_login
+        self.arch = arch  # registry platform choice, read by the OCI agent
+        self.docker_username = docker_username
+        self.docker_password = docker_password
         self.user_umask = 0o022  # the caller's umask, for the mode of the new SIF
 
     def run_section(self, name: str) -> bool:
@@ -96,6 +100,9 @@ def _looks_like_image(path: str) -> bool:
     return True
 
 
+_SINGLE_COLON_TRANSPORTS = ("docker-archive", "oci-archive", "oci", "docker-daemon")
+
+
 def load_source(source: str, options: BuildOptions) -> list[deffile.Definition]:
     """SOURCE -> stages: a definition file, a URI (docker://x), a SIF/SquashFS or a sandbox."""
     if os.path.isdir(source):
@@ -114,6 +121,10 @@ def load_source(source: str, options: BuildOptions) -> list[deffile.Definition]:
         return stages
     if "://" in source:
         return [deffile.from_uri(source)]
+    transport, sep, rest = source.partition(":")
+    if sep and transport in _SINGLE_COLON_TRANSPORTS and rest:
+        # Apptainer's spelling for local OCI sources: docker-archive:FILE, oci-archive:FILE, oci:DIR
+        return [deffile.from_uri(f"{transport}://{rest}")]
     raise BuildError(f"build source {source} not found: not a definition file, image, "
                      "sandbox directory or URI")
 

@@ -39,6 +39,13 @@ SPECS = {
             o.Opt("--disable-cache", "disable_cache", help="do not use cache or create cache"),
             o.Opt("--authfile", "authfile", o.VALUE, help="docker-style auth file to use for registries"),
             o.Opt("--docker-login", "docker_login", help="login to a Docker Repository interactively"),
+            o.Opt("--docker-username", "docker_username", o.VALUE,
+                  env=("APPTAINER_DOCKER_USERNAME", "SINGULARITY_DOCKER_USERNAME"),
+                  help="username for Docker Repository authentication"),
+            o.Opt("--docker-password", "docker_password", o.VALUE,
+                  env=("APPTAINER_DOCKER_PASSWORD", "SINGULARITY_DOCKER_PASSWORD"),
+                  help="password for Docker Repository authentication"),
+            o.Opt("--arch", "arch", o.VALUE, help="architecture to pull from a registry (e.g. arm64)"),
         ),
         min_args=2, max_args=2,
         examples=("  satchel build image.sif image.def\n"
@@ -66,7 +73,8 @@ def run(name: str, parsed) -> int:
         mksquashfs_args=parsed.mksquashfs_args, tmpdir=parsed.tmpdir, fix_perms=parsed.fix_perms,
         ignore_subuid=parsed.ignore_subuid, nohttps=parsed.nohttps,
         disable_cache=parsed.disable_cache, authfile=parsed.authfile,
-        docker_login=parsed.docker_login)
+        docker_login=parsed.docker_login, arch=parsed.arch,
+        docker_username=parsed.docker_username, docker_password=parsed.docker_password)
     target, source = parsed.args
     build(target, source, options)
     return 0
