@@ -297,3 +297,15 @@ def test_duplicate_name_refused_and_failed_start_leaves_nothing(who, inst_image,
     assert r.stderr.startswith("FATAL:   ") and "No valid /bin/sh in container" in r.stderr
     assert bad not in [e["instance"] for e in listing(who)]
     nothing_left(rt_images.nosh)
+
+
+def test_start_that_is_never_ready_is_killed_and_forgotten(who, inst_image, stop_all):
+    # a start whose container is not up in time (here: an impossible deadline) must not leave
+    # an unrecorded instance running
+    name = _name("late")
+    r = who.run(["instance", "start", inst_image, name],
+                env={"SATCHEL_INSTANCE_READY_TIMEOUT": "0.001"})
+    assert r.returncode == 255
+    assert r.stderr.startswith("FATAL:   ") and "was not ready" in r.stderr
+    assert name not in [e["instance"] for e in listing(who)]
+    nothing_left(inst_image)

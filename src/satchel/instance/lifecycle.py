@@ -24,6 +24,16 @@ from satchel.errors import ContainerError, InstanceError, SatchelError, UsageErr
 from satchel.instance import state
 
 DEFAULT_STOP_TIMEOUT = 10
+# the container is up in well under a second; a start still not ready after this is stuck
+# (an unresponsive file system under the image, a hung FUSE server) and is killed
+def _ready_timeout() -> float:
+    try:
+        return max(0.0, float(os.environ.get("SATCHEL_INSTANCE_READY_TIMEOUT") or 60))
+    except ValueError:
+        return 60.0
+
+
+READY_TIMEOUT = _ready_timeout()
 _POLL = 0.02
 
 
@@ -89,11 +99,18 @@ def _launch(registry, name, image, opts, config, args, command, prog, host, buil
         for fd in (write_fd, out_fd, err_fd):
             if fd >= 0:
                 os.close(fd)
+    out_log, err_log = registry.log_paths(name)
     try:
-        line = _read_line(read_fd)
+        line = _read_line(read_fd, READY_TIMEOUT)
+    except BaseException:  # interrupted, or never ready: no unrecorded instance may stay
+        _abort(child)
+        raise
     finally:
         os.close(read_fd)
-    out_log, err_log = registry.log_paths(name)
+    if line is None:
+        _abort(child)
+        raise InstanceError(f"instance {name} was not ready after {READY_TIMEOUT:.0f}s: "
+                            "stopped it", hint=f"see {err_log}")
     if not line.startswith("ok "):
         _reap_if_child(child)
         if line.startswith("error "):
@@ -154,14 +171,38 @@ def _report(fd: int, message: str, hint: str) -> None:
         pass
 
 
-def _read_line(fd: int) -> str:
+def _read_line(fd: int, timeout: float) -> str | None:
+    """One line from the instance, or None if none came within `timeout` seconds."""
+    import select
+
+    deadline = time.monotonic() + timeout
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
     data = b""
     while not data.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(left * 1000):
+            return None
         chunk = os.read(fd, 4096)
         if not chunk:
             break
         data += chunk
     return data.decode(errors="replace").rstrip("\n")
+
+
+def _abort(child: int) -> None:
+    """Kill a half-started instance: its process, then anything left in its mount namespace."""
+    import signal
+
+    ns_inode = mount_namespace(child)
+    host_ns = mount_namespace(os.getpid())
+    try:
+        os.kill(child, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _reap_if_child(child)
+    if ns_inode is not None and ns_inode != host_ns:
+        _kill_namespace(ns_inode)
 
 
 def _reap_if_child(pid: int) -> None:
@@ -226,6 +267,23 @@ def namespace_members(ns_inode: int, uid: int | None) -> list[int]:
     return found
 
 
+def _kill_namespace(ns_inode: int) -> None:
+    """SIGKILL every process (of ours; all, for root) still in the mount namespace."""
+    import signal
+
+    owner = None if os.getuid() == 0 else os.getuid()
+    for _ in range(50):
+        members = namespace_members(ns_inode, owner)
+        if not members:
+            return
+        for pid in members:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(_POLL)
+
+
 def _wait_gone(record: state.Record, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while state.is_alive(record):
@@ -258,17 +316,7 @@ def stop(registry: state.Registry, record: state.Record, signum: int | None = No
             pass
         _wait_gone(record, 5)
     if ns_inode is not None and ns_inode != host_ns:
-        owner = None if os.getuid() == 0 else os.getuid()
-        for _ in range(50):
-            members = namespace_members(ns_inode, owner)
-            if not members:
-                break
-            for pid in members:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(_POLL)
+        _kill_namespace(ns_inode)
     if state.is_alive(record):
         raise InstanceError(f"instance {record.name} (pid {record.pid}) did not stop")
     registry.remove(record.name)
