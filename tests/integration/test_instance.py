@@ -23,6 +23,11 @@ echo "startscript stderr" >&2
 trap 'echo "got TERM"; exit 0' TERM
 while :; do sleep 1; done
 """
+ORPHANS_SCRIPT = """#!/bin/sh
+# three double-forked children: their parent exits at once, so they are orphans
+for i in 1 2 3; do (sleep 2 &); done
+exec sleep 1000
+"""
 RUN_SCRIPT = """#!/bin/sh
 echo "runscript args: $*"
 exec sleep 1000
@@ -46,6 +51,36 @@ def inst_image(image_dir):
     image = os.path.join(base, "inst.sif")
     make_sif(tree, image)
     return image
+
+
+@pytest.fixture(scope="module")
+def orphans_image(inst_image):
+    base = os.path.dirname(inst_image)
+    tree = os.path.join(base, "tree")
+    path = os.path.join(tree, ".singularity.d", "startscript")
+    with open(path, "w") as fh:
+        fh.write(ORPHANS_SCRIPT)
+    image = os.path.join(base, "orphans.sif")
+    make_sif(tree, image)
+    return image
+
+
+def children_states(parent: int) -> list[tuple[int, str, str]]:
+    """(pid, state, comm) of every process whose parent is `parent`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                raw = fh.read()
+        except OSError:
+            continue
+        comm = raw[raw.index("(") + 1:raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2:].split()
+        if int(fields[1]) == parent:
+            found.append((int(entry), fields[0], comm))
+    return found
 
 
 @pytest.fixture(params=["user", "root"])
@@ -309,3 +344,18 @@ def test_start_that_is_never_ready_is_killed_and_forgotten(who, inst_image, stop
     assert r.stderr.startswith("FATAL:   ") and "was not ready" in r.stderr
     assert name not in [e["instance"] for e in listing(who)]
     nothing_left(inst_image)
+
+
+def test_init_adopts_and_reaps_orphans(who, orphans_image, stop_all):
+    name = _name("orph")
+    start(who, orphans_image, name)
+    init = next(e for e in listing(who) if e["instance"] == name)["pid"]
+    # the double-forked sleeps are reparented to the instance's init (child subreaper)...
+    assert wait_until(lambda: sum(1 for _, _, comm in children_states(init)
+                                  if comm == "sleep") == 4, 5), children_states(init)
+    # ...and reaped by it when they exit: no zombie stays, the payload goes on
+    assert wait_until(lambda: [c for c in children_states(init)] and
+                      all(st != "Z" for _, st, _ in children_states(init)) and
+                      len(children_states(init)) == 1, 8), children_states(init)
+    assert who.run(["instance", "stop", name]).returncode == 0
+    nothing_left(orphans_image)
