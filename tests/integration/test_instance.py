@@ -359,3 +359,14 @@ def test_init_adopts_and_reaps_orphans(who, orphans_image, stop_all):
                       len(children_states(init)) == 1, 8), children_states(init)
     assert who.run(["instance", "stop", name]).returncode == 0
     nothing_left(orphans_image)
+
+
+def test_shell_and_test_join_too(who, inst_image, stop_all):
+    name = _name("sh")
+    start(who, inst_image, name, "--hostname", "joined-shell")
+    r = who.run(["shell", f"instance://{name}"], input=b"hostname\nexit 3\n")
+    assert r.returncode == 3 and r.stdout == "joined-shell\n", r.stderr
+    r = who.run(["test", f"instance://{name}"])
+    assert r.returncode == 0 and "No test script found" in r.stderr
+    assert who.run(["instance", "stop", name]).returncode == 0
+    nothing_left(inst_image)
