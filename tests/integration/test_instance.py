@@ -370,3 +370,13 @@ def test_shell_and_test_join_too(who, inst_image, stop_all):
     assert r.returncode == 0 and "No test script found" in r.stderr
     assert who.run(["instance", "stop", name]).returncode == 0
     nothing_left(inst_image)
+
+
+def test_pid_file(who, inst_image, stop_all):
+    name = _name("pidf")
+    pid_file = os.path.join(who.tmp(), "inst.pid")
+    start(who, inst_image, name, "--pid-file", pid_file)
+    entry = next(e for e in listing(who) if e["instance"] == name)
+    with open(pid_file) as fh:
+        assert int(fh.read()) == entry["pid"]
+    assert who.run(["instance", "stop", name]).returncode == 0
