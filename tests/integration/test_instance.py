@@ -380,3 +380,11 @@ def test_pid_file(who, inst_image, stop_all):
     with open(pid_file) as fh:
         assert int(fh.read()) == entry["pid"]
     assert who.run(["instance", "stop", name]).returncode == 0
+
+
+def test_unwritable_pid_file_takes_the_instance_down(who, inst_image, stop_all):
+    name = _name("badpid")
+    r = who.run(["instance", "start", "--pid-file", "/proc/no/such/file", inst_image, name])
+    assert r.returncode == 255 and "--pid-file" in r.stderr and "Traceback" not in r.stderr
+    assert name not in [e["instance"] for e in listing(who)]
+    nothing_left(inst_image)

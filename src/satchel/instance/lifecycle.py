@@ -128,9 +128,13 @@ def _launch(registry, name, image, opts, config, args, command, prog, host, buil
         started=int(time.time()), rootless=plan.rootless, namespaces=list(plan.namespaces),
         pid_namespace="pid" in plan.namespaces, log_out=out_log, log_err=err_log,
         command=command, args=args, ip="")
-    registry.save(record)
-    if pid_file:
-        _write_pid_file(pid_file, child)
+    try:
+        registry.save(record)
+        if pid_file:
+            _write_pid_file(pid_file, child)
+    except BaseException:  # running but unrecorded would be a leak: take it down again
+        _abort(child)
+        raise
     return record
 
 
