@@ -144,6 +144,8 @@ def prepare(name: str, argv: list[str]) -> FuseServer:
             if command != b"x":
                 os._exit(3)  # the launcher died or gave up: no server
             os.close(read_fd)
+            os.closerange(3, fd)  # only the fuse fd (and stdio) goes to the server
+            os.closerange(fd + 1, 65536)
             os.set_inheritable(fd, True)
             os.execv(argv[0], argv)
         except BaseException:

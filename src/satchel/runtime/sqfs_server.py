@@ -86,6 +86,14 @@ class Session:
         return self.fuse.fuse_session_loop(self.session)
 
 
+def _close_other_fds(keep) -> None:
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 65536)
+
+
 def _take_fd(message: bytes) -> int:
     """From "x PID FD": a copy of the launcher's /dev/fuse fd, by pidfd_getfd(2)."""
     parts = message.split()
@@ -122,6 +130,7 @@ def run_daemon(image: str, offset: int, go_fd: int, ack_fd: int,
         for std in (0, 1, 2):
             os.dup2(null, std)
         os.close(null)
+        _close_other_fds((go_fd, ack_fd))  # the caller's pipes must not wait for us
         os.chdir("/")
         try:
             session = Session(image, offset)
