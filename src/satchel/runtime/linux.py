@@ -1,9 +1,10 @@
-"""The Linux system calls the runtime needs and Python's os module lacks, through ctypes.
+"""The Linux system calls the runtime needs and Python's os module lacks (through cfunc.py,
+a sliver of ctypes on _ctypes: `import ctypes` alone would cost ~7 ms per launch).
 
 Every wrapper checks its result and raises ContainerError naming the operation, the path and
 the errno text ("mount tmpfs on /x: Operation not permitted"), so the executor can stay a flat
-list of calls. `import ctypes` costs ~3 ms, so this module is imported only when a container is
-actually being set up (never by `-h`, option parsing or the plan).
+list of calls. This module is imported only when a container is actually being set up (never
+by `-h`, option parsing or the plan).
 
 Nothing here may start a thread: unshare(CLONE_NEWUSER) fails with EINVAL in a multi-threaded
 process.
@@ -11,12 +12,14 @@ process.
 
 from __future__ import annotations
 
-import ctypes
 import os
+import struct
 
 from satchel.errors import ContainerError
+from satchel.runtime.cfunc import (Library, c_char_p, c_int, c_long, c_size_t, c_uint, c_ulong,
+                                   c_void_p, char_buffer, get_errno)
 
-_libc = ctypes.CDLL(None, use_errno=True)
+_lib = Library(None)
 
 # <linux/sched.h>
 CLONE_NEWNS = 0x00020000
@@ -68,47 +71,26 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
-_libc.unshare.argtypes = (ctypes.c_int,)
-_libc.unshare.restype = ctypes.c_int
-_libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                        ctypes.c_char_p)
-_libc.mount.restype = ctypes.c_int
-_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
-_libc.umount2.restype = ctypes.c_int
-_libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                        ctypes.c_ulong)
-_libc.prctl.restype = ctypes.c_int
-_libc.sethostname.argtypes = (ctypes.c_char_p, ctypes.c_size_t)
-_libc.sethostname.restype = ctypes.c_int
-_libc.syscall.restype = ctypes.c_long
-
-
-class _MountAttr(ctypes.Structure):
-    _fields_ = (("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64))
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = (("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32))
-
-
-_libc.capset.argtypes = (ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData))
-_libc.capset.restype = ctypes.c_int
-_libc.socket.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int)
-_libc.socket.restype = ctypes.c_int
-_libc.ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
-_libc.ioctl.restype = ctypes.c_int
-_libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
-_libc.setns.restype = ctypes.c_int
+_unshare = _lib.function("unshare", (c_int,))
+_setns = _lib.function("setns", (c_int, c_int))
+_mount = _lib.function("mount", (c_char_p, c_char_p, c_char_p, c_ulong, c_char_p))
+_umount2 = _lib.function("umount2", (c_char_p, c_int))
+_prctl = _lib.function("prctl", (c_int, c_ulong, c_ulong, c_ulong, c_ulong))
+_sethostname = _lib.function("sethostname", (c_char_p, c_size_t))
+_capset = _lib.function("capset", (c_char_p, c_char_p))
+_socket = _lib.function("socket", (c_int, c_int, c_int))
+_ioctl = _lib.function("ioctl", (c_int, c_ulong, c_void_p))
+_syscall = _lib.function("syscall", None, c_long)  # variadic: arguments typed at each call
+# struct mount_attr { u64 attr_set, attr_clr, propagation, userns_fd; }
+_MOUNT_ATTR = struct.Struct("=QQQQ")
+# struct __user_cap_header_struct { u32 version; int pid; } and two
+# struct __user_cap_data_struct { u32 effective, permitted, inheritable; }
+_CAP_HEADER = struct.Struct("=Ii")
+_CAP_DATA_ZERO = bytes(2 * 12)
 
 
 def _fail(what: str) -> ContainerError:
-    err = ctypes.get_errno()
+    err = get_errno()
     return ContainerError(f"{what}: {os.strerror(err)}")
 
 
@@ -120,8 +102,8 @@ def unshare(names) -> None:
     flags = 0
     for name in names:
         flags |= NAMESPACE_FLAGS[name]
-    if _libc.unshare(flags) != 0:
-        err = ctypes.get_errno()
+    if _unshare(flags) != 0:
+        err = get_errno()
         hint = None
         if "user" in names and err in (1, 28):  # EPERM, ENOSPC
             hint = ("unprivileged user namespaces may be disabled: check "
@@ -131,18 +113,18 @@ def unshare(names) -> None:
 
 
 def setns(fd: int, nstype: str, what: str) -> None:
-    if _libc.setns(fd, NAMESPACE_FLAGS[nstype]) != 0:
+    if _setns(fd, NAMESPACE_FLAGS[nstype]) != 0:
         raise _fail(what)
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int,
           data: str | None, what: str) -> None:
-    if _libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)) != 0:
+    if _mount(_b(source), _b(target), _b(fstype), flags, _b(data)) != 0:
         raise _fail(f"{what} ({target})")
 
 
 def umount_detach(target: str, what: str) -> None:
-    if _libc.umount2(_b(target), MNT_DETACH) != 0:
+    if _umount2(_b(target), MNT_DETACH) != 0:
         raise _fail(f"{what} ({target})")
 
 
@@ -152,14 +134,12 @@ def mount_setattr(target: str, attr_set: int, attr_clr: int, recursive: bool, wh
 
     With dirfd (an O_PATH fd of a mount's root) and target "", the mount the fd names.
     """
-    attr = _MountAttr(attr_set, attr_clr, 0, 0)
+    attr = _MOUNT_ATTR.pack(attr_set, attr_clr, 0, 0)
     flags = AT_RECURSIVE if recursive else 0
     if dirfd is not None:
         flags |= AT_EMPTY_PATH
-    res = _libc.syscall(ctypes.c_long(SYS_mount_setattr),
-                        ctypes.c_int(AT_FDCWD if dirfd is None else dirfd),
-                        ctypes.c_char_p(_b(target)), ctypes.c_uint(flags), ctypes.byref(attr),
-                        ctypes.c_size_t(ctypes.sizeof(attr)))
+    res = _syscall(c_long(SYS_mount_setattr), c_int(AT_FDCWD if dirfd is None else dirfd),
+                   c_char_p(_b(target)), c_uint(flags), c_char_p(attr), c_size_t(len(attr)))
     if res != 0:
         raise _fail(f"{what} ({target})" if target else what)
 
@@ -174,15 +154,15 @@ def pivot_root(new_root: str) -> None:
     number = _SYS_PIVOT_ROOT.get(os.uname().machine)
     if number is None:
         raise ContainerError(f"pivot_root: unknown system call number on {os.uname().machine}")
-    if _libc.syscall(ctypes.c_long(number), ctypes.c_char_p(b"."), ctypes.c_char_p(b".")) != 0:
+    if _syscall(c_long(number), c_char_p(b"."), c_char_p(b".")) != 0:
         raise _fail(f"pivot_root into {new_root}")
-    if _libc.umount2(b".", MNT_DETACH) != 0:
+    if _umount2(b".", MNT_DETACH) != 0:
         raise _fail("detaching the host root after pivot_root")
     os.chdir("/")
 
 
 def prctl(option: int, arg: int, what: str) -> None:
-    if _libc.prctl(option, arg, 0, 0, 0) != 0:
+    if _prctl(option, arg, 0, 0, 0) != 0:
         raise _fail(what)
 
 
@@ -192,12 +172,12 @@ def set_parent_death_signal(signum: int) -> None:
 
 def allow_ptracer(pid: int) -> None:
     """Let process pid use pidfd_getfd on us under Yama ptrace_scope=1 (no Yama: no-op)."""
-    _libc.prctl(PR_SET_PTRACER, pid, 0, 0, 0)  # EINVAL without Yama: nothing to allow
+    _prctl(PR_SET_PTRACER, pid, 0, 0, 0)  # EINVAL without Yama: nothing to allow
 
 
 def sethostname(name: str) -> None:
     raw = name.encode()
-    if _libc.sethostname(raw, len(raw)) != 0:
+    if _sethostname(raw, len(raw)) != 0:
         raise _fail(f"setting the hostname to {name!r}")
 
 
@@ -208,9 +188,7 @@ IFF_UP = 0x1
 _AF_INET, _SOCK_DGRAM, _SOCK_CLOEXEC = 2, 2, 0o2000000
 
 
-class _IfReqFlags(ctypes.Structure):
-    _fields_ = (("name", ctypes.c_char * 16), ("flags", ctypes.c_short),
-                ("_pad", ctypes.c_char * 22))
+_IFREQ_FLAGS = struct.Struct("=16sh22x")  # struct ifreq: name, then ifr_flags in the union
 
 
 def interface_up(name: str) -> None:
@@ -218,17 +196,19 @@ def interface_up(name: str) -> None:
 
     In a new network namespace only `lo` exists, down; bringing it up needs CAP_NET_ADMIN
     over the namespace, which its creator holds (inside its user namespace if non-root).
-    The socket module is not imported for this: ctypes is already loaded.
+    The socket module is not imported for this: libc is already at hand.
     """
-    sock = _libc.socket(_AF_INET, _SOCK_DGRAM | _SOCK_CLOEXEC, 0)
+    sock = _socket(_AF_INET, _SOCK_DGRAM | _SOCK_CLOEXEC, 0)
     if sock < 0:
         raise _fail(f"opening a socket to configure {name}")
     try:
-        req = _IfReqFlags(name.encode(), 0)
-        if _libc.ioctl(sock, SIOCGIFFLAGS, ctypes.byref(req)) != 0:
+        req = char_buffer(_IFREQ_FLAGS.size)
+        req.raw = _IFREQ_FLAGS.pack(name.encode(), 0)
+        if _ioctl(sock, SIOCGIFFLAGS, req) != 0:
             raise _fail(f"reading the flags of network interface {name}")
-        req.flags |= IFF_UP
-        if _libc.ioctl(sock, SIOCSIFFLAGS, ctypes.byref(req)) != 0:
+        _, flags = _IFREQ_FLAGS.unpack(req.raw)
+        req.raw = _IFREQ_FLAGS.pack(name.encode(), flags | IFF_UP)
+        if _ioctl(sock, SIOCSIFFLAGS, req) != 0:
             raise _fail(f"bringing up network interface {name}")
     finally:
         os.close(sock)
@@ -251,17 +231,16 @@ def drop_all_capabilities() -> None:
     """
     prctl(PR_SET_NO_NEW_PRIVS, 1, "setting no_new_privs")
     for cap in range(last_capability() + 1):
-        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            err = ctypes.get_errno()
+        if _prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            err = get_errno()
             if err != 22:  # EINVAL: a capability this kernel does not know
                 raise ContainerError(f"dropping capability {cap} from the bounding set: "
                                      f"{os.strerror(err)}")
-    if _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
-        err = ctypes.get_errno()
+    if _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
+        err = get_errno()
         if err != 22:  # kernels before 4.3 have no ambient set
             raise ContainerError(f"clearing the ambient capabilities: {os.strerror(err)}")
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    if _libc.capset(ctypes.byref(header), data) != 0:
+    header = _CAP_HEADER.pack(_LINUX_CAPABILITY_VERSION_3, 0)
+    if _capset(header, _CAP_DATA_ZERO) != 0:
         raise _fail("clearing capabilities (capset)")
 

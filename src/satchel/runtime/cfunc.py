@@ -1,0 +1,80 @@
+"""The few ctypes pieces the runtime needs, built on the _ctypes extension directly.
+
+`import ctypes` costs ~7 ms on the machines we measure (its __init__ defines dozens of types,
+the endianness helpers, the loaders); `import _ctypes`, the C extension under it, ~1 ms. The
+launcher calls a dozen libc functions with ints, strings and small buffers, so it defines just
+those C types here, the same way ctypes does (subclasses of _ctypes._SimpleCData with a
+`_type_` code), and function pointers with use_errno semantics. Keep this module tiny; code
+that needs structures or callbacks (sqfs_server.py, in its own process) uses ctypes itself.
+"""
+
+from __future__ import annotations
+
+import _ctypes
+import os
+
+get_errno = _ctypes.get_errno
+
+
+class c_int(_ctypes._SimpleCData):
+    _type_ = "i"
+
+
+class c_uint(_ctypes._SimpleCData):
+    _type_ = "I"
+
+
+class c_short(_ctypes._SimpleCData):
+    _type_ = "h"
+
+
+class c_long(_ctypes._SimpleCData):
+    _type_ = "l"
+
+
+class c_ulong(_ctypes._SimpleCData):
+    _type_ = "L"
+
+
+class c_char(_ctypes._SimpleCData):
+    _type_ = "c"
+
+
+class c_char_p(_ctypes._SimpleCData):
+    _type_ = "z"
+
+
+class c_void_p(_ctypes._SimpleCData):
+    _type_ = "P"
+
+
+c_size_t = c_ulong  # LP64: every Linux the runtime supports
+
+
+class _Function(_ctypes.CFuncPtr):
+    """A C function called with errno saved for get_errno() (ctypes' use_errno=True)."""
+
+    _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+    _restype_ = c_int
+
+
+class Library:
+    """A loaded shared object (None: the program itself, i.e. libc's symbols)."""
+
+    def __init__(self, name: str | None = None):
+        self._name = name
+        self._handle = _ctypes.dlopen(name, os.RTLD_LOCAL)
+
+    def function(self, name: str, argtypes=None, restype=c_int):
+        func = _Function((name, self))
+        if argtypes is not None:
+            func.argtypes = tuple(argtypes)
+        func.restype = restype
+        return func
+
+
+def char_buffer(size: int):
+    """A zeroed, writable char[size] (pass it where the C function takes a pointer)."""
+    array_type = type(f"c_char_Array_{size}", (_ctypes.Array,), {"_type_": c_char,
+                                                               "_length_": size})
+    return array_type()
