@@ -5,7 +5,8 @@ the endianness helpers, the loaders); `import _ctypes`, the C extension under it
 launcher calls a dozen libc functions with ints, strings and small buffers, so it defines just
 those C types here, the same way ctypes does (subclasses of _ctypes._SimpleCData with a
 `_type_` code), and function pointers with use_errno semantics. Keep this module tiny; code
-that needs structures or callbacks (sqfs_server.py, in its own process) uses ctypes itself.
+that would need structures or callbacks should pack them with struct into char_buffer()s,
+as sqfs_server.py does for libfuse's.
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ class Library:
         self._name = name
         self._handle = _ctypes.dlopen(name, os.RTLD_LOCAL)
 
+    def address(self, name: str) -> int:
+        """The address of a symbol (OSError if the library has none by that name)."""
+        return _ctypes.dlsym(self._handle, name)
+
     def function(self, name: str, argtypes=None, restype=c_int):
         func = _Function((name, self))
         if argtypes is not None:
@@ -73,8 +78,14 @@ class Library:
         return func
 
 
-def char_buffer(size: int):
-    """A zeroed, writable char[size] (pass it where the C function takes a pointer)."""
+def char_buffer(size: int, content: bytes = b""):
+    """A writable char[size], zeroed then filled with content (pass it as a pointer)."""
     array_type = type(f"c_char_Array_{size}", (_ctypes.Array,), {"_type_": c_char,
                                                                "_length_": size})
-    return array_type()
+    buffer = array_type()
+    if content:
+        buffer.raw = content + bytes(size - len(content))
+    return buffer
+
+
+address_of = _ctypes.addressof  # address of a buffer's memory

@@ -55,10 +55,14 @@ class Executor:
 
     def run(self) -> None:
         debug = log.debug_enabled()
+        if debug:  # each operation with the time since apply() began, for profiling launches
+            import time
+            clock, started = time.perf_counter, time.perf_counter()
         for op in self.plan.ops:
             if debug:
-                log.debug(f"{op.kind}: {op.source or ''} -> {op.destination or ''} "
-                          f"{','.join(op.flags)} {op.data if op.kind != 'exec' else ''}")
+                log.debug(f"[+{(clock() - started) * 1000:6.2f} ms] {op.kind}: "
+                          f"{op.source or ''} -> {op.destination or ''} {','.join(op.flags)} "
+                          f"{op.data if op.kind not in ('exec', 'exec_child') else ''}")
             getattr(self, "op_" + op.kind)(op)
 
     # -- namespaces --------------------------------------------------------------------------

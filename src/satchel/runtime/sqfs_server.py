@@ -4,8 +4,9 @@ Starting the squashfuse_ll program costs an exec, the dynamic linking of seven l
 the opening of the image, all between the mount and the first lookup, i.e. on the critical
 path of every launch. Charliecloud avoids that by linking libsquashfuse_ll into ch-run. Here a
 process forked from the launcher (before the container's mount namespace exists, so it lives in
-the host's) loads libsquashfuse_ll and libfuse3 with ctypes and opens the image *while* the
-launcher builds its namespaces; once the mount exists it only has to start the FUSE loop.
+the host's) loads libsquashfuse_ll and libfuse3 (through runtime/cfunc.py rather than ctypes,
+whose import alone costs ~7 ms) and opens the image *while* the launcher builds its
+namespaces; once the mount exists it only has to start the FUSE loop.
 The C code does all the serving: no Python runs while requests are answered.
 
 The handler table is libfuse 3's `struct fuse_lowlevel_ops`, filled the way squashfuse_ll's
@@ -16,8 +17,11 @@ exec'ing the squashfuse_ll program ("squashfuse mode = program" forces that).
 
 from __future__ import annotations
 
-import ctypes
 import os
+import struct
+
+from satchel.runtime.cfunc import (Library, address_of, c_char_p, c_int, c_long, c_size_t,
+                                   c_uint, c_ulong, c_void_p, char_buffer, get_errno)
 
 LIBSQUASHFUSE = "libsquashfuse_ll.so.0"
 LIBFUSE = "libfuse3.so.3"
@@ -36,9 +40,8 @@ _HANDLERS = {
 }
 
 
-class _FuseArgs(ctypes.Structure):
-    _fields_ = (("argc", ctypes.c_int), ("argv", ctypes.POINTER(ctypes.c_char_p)),
-                ("allocated", ctypes.c_int))
+# struct fuse_args { int argc; char **argv; int allocated; }
+_FUSE_ARGS = struct.Struct("@iPi")
 
 
 class LibraryMissing(Exception):
@@ -50,40 +53,35 @@ class Session:
 
     def __init__(self, image: str, offset: int):
         try:
-            self.lib = ctypes.CDLL(LIBSQUASHFUSE, use_errno=True)
-            self.fuse = ctypes.CDLL(LIBFUSE, use_errno=True)
-            for name in _HANDLERS.values():
-                getattr(self.lib, name)
-        except (OSError, AttributeError) as err:
+            lib = Library(LIBSQUASHFUSE)
+            fuse = Library(LIBFUSE)
+            handlers = {slot: lib.address(name) for slot, name in _HANDLERS.items()}
+        except OSError as err:
             raise LibraryMissing(str(err)) from None
-        self.lib.sqfs_ll_open.argtypes = (ctypes.c_char_p, ctypes.c_size_t)
-        self.lib.sqfs_ll_open.restype = ctypes.c_void_p
-        self.fuse.fuse_session_new.argtypes = (ctypes.POINTER(_FuseArgs), ctypes.c_void_p,
-                                               ctypes.c_size_t, ctypes.c_void_p)
-        self.fuse.fuse_session_new.restype = ctypes.c_void_p
-        self.fuse.fuse_session_mount.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
-        self.fuse.fuse_session_mount.restype = ctypes.c_int
-        self.fuse.fuse_session_loop.argtypes = (ctypes.c_void_p,)
-        self.fuse.fuse_session_loop.restype = ctypes.c_int
+        sqfs_ll_open = lib.function("sqfs_ll_open", (c_char_p, c_size_t), c_void_p)
+        session_new = fuse.function("fuse_session_new", (c_void_p, c_void_p, c_size_t,
+                                                         c_void_p), c_void_p)
+        self._mount = fuse.function("fuse_session_mount", (c_void_p, c_char_p))
+        self._loop = fuse.function("fuse_session_loop", (c_void_p,))
 
-        self.ll = self.lib.sqfs_ll_open(os.fsencode(image), offset)
+        self.ll = sqfs_ll_open(os.fsencode(image), offset)
         if not self.ll:
             raise OSError(f"cannot open the SquashFS file system in {image} at offset {offset}")
-        self.ops = (ctypes.c_void_p * _OPS_SLOTS)()
-        for slot, name in _HANDLERS.items():
-            self.ops[slot] = ctypes.cast(getattr(self.lib, name), ctypes.c_void_p)
-        self.argv = (ctypes.c_char_p * 2)(b"squashfuse_ll", None)
-        self.args = _FuseArgs(1, self.argv, 0)
-        self.session = self.fuse.fuse_session_new(ctypes.byref(self.args), self.ops,
-                                                  ctypes.sizeof(self.ops), self.ll)
+        # every buffer below stays referenced by self: libfuse keeps pointers into args
+        self.ops = char_buffer(8 * _OPS_SLOTS, struct.pack(
+            f"{_OPS_SLOTS}P", *(handlers.get(slot, 0) for slot in range(_OPS_SLOTS))))
+        self.progname = char_buffer(16, b"squashfuse_ll")
+        self.argv = char_buffer(16, struct.pack("PP", address_of(self.progname), 0))
+        self.args = char_buffer(_FUSE_ARGS.size, _FUSE_ARGS.pack(1, address_of(self.argv), 0))
+        self.session = session_new(self.args, self.ops, 8 * _OPS_SLOTS, self.ll)
         if not self.session:
             raise OSError("fuse_session_new failed")
 
     def serve(self, fd: int) -> int:
         """Attach to the mounted /dev/fuse fd and answer requests until the mount goes away."""
-        if self.fuse.fuse_session_mount(self.session, f"/dev/fd/{fd}".encode()) != 0:
+        if self._mount(self.session, f"/dev/fd/{fd}".encode()) != 0:
             return 1
-        return self.fuse.fuse_session_loop(self.session)
+        return self._loop(self.session)
 
 
 def _close_other_fds(keep) -> None:
@@ -100,16 +98,14 @@ def _take_fd(message: bytes) -> int:
     if len(parts) != 3 or parts[0] != b"x":
         raise OSError("no mount")
     pid, fd = int(parts[1]), int(parts[2])
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    pidfd = libc.syscall(ctypes.c_long(_SYS_PIDFD_OPEN), ctypes.c_int(pid), ctypes.c_uint(0))
+    syscall = Library(None).function("syscall", None, c_long)
+    pidfd = syscall(c_long(_SYS_PIDFD_OPEN), c_int(pid), c_uint(0))
     if pidfd < 0:
-        raise OSError(f"pidfd_open: {os.strerror(ctypes.get_errno())}")
+        raise OSError(f"pidfd_open: {os.strerror(get_errno())}")
     try:
-        copy = libc.syscall(ctypes.c_long(_SYS_PIDFD_GETFD), ctypes.c_int(pidfd),
-                            ctypes.c_int(fd), ctypes.c_uint(0))
+        copy = syscall(c_long(_SYS_PIDFD_GETFD), c_int(pidfd), c_int(fd), c_uint(0))
         if copy < 0:
-            raise OSError(f"pidfd_getfd: {os.strerror(ctypes.get_errno())}")
+            raise OSError(f"pidfd_getfd: {os.strerror(get_errno())}")
     finally:
         os.close(pidfd)
     return copy
@@ -124,8 +120,8 @@ def run_daemon(image: str, offset: int, go_fd: int, ack_fd: int,
     """
     try:
         os.setsid()  # out of the launcher's session: terminal signals are the payload's
-        libc = ctypes.CDLL(None)
-        libc.prctl(_PR_SET_NAME, ctypes.c_char_p(PROCESS_NAME), 0, 0, 0)
+        prctl = Library(None).function("prctl", (c_int, c_char_p, c_ulong, c_ulong, c_ulong))
+        prctl(_PR_SET_NAME, PROCESS_NAME, 0, 0, 0)
         null = os.open(os.devnull, os.O_RDWR)
         for std in (0, 1, 2):
             os.dup2(null, std)
