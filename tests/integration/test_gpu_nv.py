@@ -116,3 +116,21 @@ def test_nv_as_root(debian_sif, fake_driver):
     seen, result = probe(debian_sif, fake_driver, None, ["--nv"], ["libcuda.so.1"],
                          ["/dev/nvidia0"])
     assert seen == {"libcuda.so.1": "101", "/dev/nvidia0": "ENXIO"}, result.stdout
+
+
+def test_settings_from_satchel_conf(debian_sif, fake_driver, test_user, user_tmp):
+    """The admin's way: keys in satchel.conf (SATCHEL_CONFIG), no SATCHEL_* overrides."""
+    from satchel.runtime.config import default_config_path
+    conf = os.path.join(user_tmp, "satchel.conf")
+    with open(default_config_path()) as src, open(conf, "w") as dst:
+        dst.write(src.read())
+        dst.write(f"\nld cache path = {fake_driver.cache}\n"
+                  f"gpu device dir = {fake_driver.devdir}\n"
+                  f"gpu binary path = {fake_driver.bindir}\n")
+    args = ["exec", "--nv", debian_sif, fake_driver.probe, "libcuda.so.1", "--", "/dev/nvidia1"]
+    result = run_satchel(args, user=test_user, env={"SATCHEL_CONFIG": conf})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["libcuda.so.1=101", "/dev/nvidia1=ENXIO"]
+    smi = run_satchel(["exec", "--nv", debian_sif, "nvidia-smi"], user=test_user,
+                      env={"SATCHEL_CONFIG": conf})
+    assert smi.stdout.startswith("fake nvidia-smi")
