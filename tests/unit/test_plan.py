@@ -376,3 +376,15 @@ def test_early_server_matches_the_plan():
     assert P.early_server(cfg, SIF, 0) is None          # root: loop device
     assert P.early_server(cfg, SANDBOX, 1000) is None   # nothing to serve
     assert P.early_server(Config.parse("squashfuse mode = program\n"), SIF, 1000) is None
+
+
+def test_prefetch_first_reads():
+    p = plan(args=["/opt/app", "x"])
+    op = p.ops[index(p, P.PREFETCH)]
+    assert op.data == ("/bin/sh", "/opt/app")
+    assert index(p, P.FUSE_WAIT) < index(p, P.PREFETCH) < index(p, P.ENSURE_MOUNTPOINT)
+    assert plan(command="run", args=[]).ops[index(plan(command="run", args=[]), P.PREFETCH)] \
+        .data == ("/bin/sh", "/.singularity.d/runscript")
+    assert plan(args=["ls"]).ops[index(plan(args=["ls"]), P.PREFETCH)].data == ("/bin/sh",)
+    assert P.PREFETCH not in kinds(plan(config=Config.parse("prefetch = no\n")))
+    assert P.PREFETCH not in kinds(plan(FakeHost(uid=0, gid=0)))  # kernel SquashFS: no FUSE
