@@ -114,8 +114,9 @@ class Executor:
         from satchel.runtime import fuse
 
         argv = list(op.data)
-        argv[0] = fuse.find_program(argv[0], self.plan.environ)
-        if "builtin" in op.flags:
+        builtin = "builtin" in op.flags  # the program is only its fallback then
+        argv[0] = fuse.find_program(argv[0], os.environ, required=not builtin)
+        if builtin:
             image = self.plan.image
             server = self.early
             if server is None or (server.image, server.offset) != (image.path, image.fs_offset):

@@ -94,8 +94,11 @@ class FuseServer:
             self.fd = -1
 
 
-def find_program(name: str, environ) -> str:
-    """Absolute path of a server program: as given if it has a '/', else searched on PATH."""
+def find_program(name: str, environ, required: bool = True) -> str:
+    """Absolute path of a server program: as given if it has a '/', else searched on PATH.
+
+    required=False (a fallback that may never run): the bare name if it is not found.
+    """
     if "/" in name:
         return name
     search = environ.get("PATH") or "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
@@ -103,6 +106,8 @@ def find_program(name: str, environ) -> str:
         candidate = os.path.join(directory or ".", name)
         if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
             return candidate
+    if not required:
+        return name
     raise ContainerError(f"{name} not found on PATH: it is needed to mount images without "
                          "privilege", hint="install squashfuse (Debian: apt install squashfuse)")
 

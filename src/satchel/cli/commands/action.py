@@ -194,7 +194,7 @@ def run(name: str, parsed) -> int:
         server_argv = early_server(config, image, os.getuid())
         if server_argv is not None:  # start it now: it opens the image while we plan
             from satchel.runtime import fuse
-            server_argv[0] = fuse.find_program(server_argv[0], os.environ)
+            server_argv[0] = fuse.find_program(server_argv[0], os.environ, required=False)
             early = fuse.start_builtin("image", image.path, image.fs_offset, server_argv)
     opts = to_run_options(name, parsed)
     if image is None:
