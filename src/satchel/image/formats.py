@@ -22,8 +22,11 @@ SIF_MAGIC = b"SIF_MAGIC\0"
 SIF_MAGIC_OFFSET = 32
 SIMG_LAUNCH = b"#!/usr/bin/env run-singularity"
 # superblock: magic, inodes, mkfs_time, block_size, fragments (5 x u32), compression, block_log,
-# flags, no_ids, major, minor (6 x u16), root_inode, bytes_used (2 x u64)
-_SUPER = struct.Struct("<4sIIIIHHHHHHQQ")
+# flags, no_ids, major, minor (6 x u16), root_inode, bytes_used, then the starts of the id,
+# xattr id, inode, directory, fragment and export tables (8 x u64; absent tables are all ones)
+_SUPER = struct.Struct("<4sIIIIHHHHHHQQQQQQQQ")
+_TABLES = ("id", "xattr id", "inode", "directory", "fragment", "export")
+_ABSENT = 0xFFFFFFFFFFFFFFFF
 _COMPRESSORS = {1: "gzip", 2: "lzma", 3: "lzo", 4: "xz", 5: "lz4", 6: "zstd"}
 _FS_NAMES = {2: "ext3", 3: "archive", 4: "raw", 5: "encrypted squashfs"}
 
@@ -132,4 +135,14 @@ def _squashfs_size(full: str, shown: str, offset: int, available: int) -> int:
     if bytes_used > available:
         raise ImageError(f"corrupt image {shown}: SquashFS needs {bytes_used} bytes, the "
                          f"file holds {available} (truncated?)")
+    block_size, block_log = fields[3], fields[6]
+    if block_size != 1 << block_log or not 4096 <= block_size <= 1 << 20:
+        raise ImageError(f"corrupt image {shown}: SquashFS block size {block_size}")
+    for name, start in zip(_TABLES, fields[13:]):
+        if start != _ABSENT and start >= bytes_used and not (name == "xattr id" and start == 0):
+            raise ImageError(f"corrupt image {shown}: SquashFS {name} table at {start} lies "
+                             f"past the file system's end ({bytes_used})")
+    if fields[15] == _ABSENT or fields[16] == _ABSENT or fields[15] > fields[16]:
+        raise ImageError(f"corrupt image {shown}: SquashFS inode and directory tables are "
+                         "out of order")
     return available
