@@ -297,3 +297,17 @@ def test_overlay_directory_persists(who, busybox_sif):
     assert r.stdout == "absent\n"
     assert os.path.exists(os.path.join(overlay, "upper", "etc", "kept"))
     assert_nothing_left(busybox_sif)
+
+
+def test_debug_prints_the_plan_as_json(who, busybox_sif):
+    import json
+    r = who.run(["-d", "exec", busybox_sif, "true"])
+    assert r.returncode == 0, r.stderr
+    text = r.stderr.split("container plan: ", 1)[1]
+    doc, _ = json.JSONDecoder().raw_decode(text)
+    kinds = [op["op"] for op in doc["operations"]]
+    assert doc["rootless"] is who.rootless
+    assert kinds[-1] == "exec" and "pivot_root" in kinds
+    assert ("mount_squashfs_fuse" in kinds) is who.rootless
+    assert ("mount_squashfs_loop" in kinds) is not who.rootless
+    assert "] pivot_root:" in r.stderr  # each operation logged as it is applied
