@@ -109,3 +109,17 @@ def test_srun_without_pmix_fails_loudly(slurm, private_mpi_image, test_user, use
     assert parse_ranks(proc.stdout) == []
     assert "direct launched" in proc.stderr or "PMI" in proc.stderr, proc.stderr
     assert wait_no_leftovers(private_mpi_image) == []
+
+
+def test_srun_pmix_across_two_nodes(slurm_multinode, private_mpi_image, test_user, user_tmp):
+    """Two slurmds in their own network namespaces: ranks on different "nodes" talk over TCP
+    through the fabric bridge, each in its own container."""
+    slurm_multinode.wait_idle()
+    proc = slurm_multinode.run(["srun", "--mpi=pmix", "--kill-on-bad-exit=1", "-N", "2", "-n",
+                                "4", SATCHEL, "exec", private_mpi_image, "/opt/app"],
+                               user=test_user, cwd=user_tmp, timeout=120)
+    assert proc.returncode == 0, proc.stderr + slurm_multinode.logs()
+    ranks = parse_ranks(proc.stdout)
+    check_world(ranks, 4, parents=("slurmstepd",))
+    assert sorted(r["host"] for r in ranks) == ["satnode1"] * 2 + ["satnode2"] * 2
+    assert wait_no_leftovers(private_mpi_image) == []

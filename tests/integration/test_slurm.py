@@ -164,3 +164,12 @@ def test_scancel_term_memory_accounting_and_cleanup(slurm, job_image, test_user,
     assert not os.path.exists(f"/proc/{pid}") or \
         open(f"/proc/{pid}/comm").read().strip() != "memhog"
     assert wait_gone(job_image) == []
+
+
+def test_srun_containers_on_two_nodes(slurm_multinode, job_image, test_user, user_tmp):
+    """One task per node (own network namespace and hostname): the container sees its node."""
+    slurm_multinode.wait_idle()
+    r = slurm_multinode.run(["srun", "-N2", "-n2", "-l", SATCHEL, "exec", job_image, "hostname"],
+                            user=test_user, cwd=user_tmp, check=True)
+    assert sorted(r.stdout.splitlines()) == ["0: satnode1", "1: satnode2"]
+    assert wait_gone(job_image) == []

@@ -15,6 +15,12 @@ Choices, each forced by this kind of machine (issue 5, "Facts"):
 - DefMemPerCPU is set, or one job takes the whole node's memory and the next one waits.
 - One node with CPUs=4 on a 2-core machine (SlurmdParameters=config_overrides) so 4 MPI ranks
   fit in one allocation.
+- `slurm_multinode`: two "nodes" on this one machine, each slurmd in its own network namespace
+  (joined by veth pairs to a bridge in a third, "fabric" namespace where slurmctld and the
+  clients run) and its own hostname (`unshare --uts`). Entered with `nsenter --net=` and not
+  `ip netns exec`, which remounts /sys and hides the cgroup tree. No Slurm core pinning
+  (task/none), and each node has its own spool (PMIx) directory, or ranks collide. Nothing of
+  the host's own network changes; the namespaces go away at teardown.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ def _cgroup_v1_freezer() -> bool:
 
 SLURM_CONF = """\
 ClusterName=satchel
-SlurmctldHost={host}(127.0.0.1)
+SlurmctldHost={host}({ctld_addr})
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
 SlurmUser=root
@@ -76,9 +82,11 @@ ReturnToService=2
 SlurmdParameters=config_overrides
 KillWait=5
 InactiveLimit=0
-NodeName={node} NodeAddr=127.0.0.1 NodeHostname={host} CPUs=4 RealMemory=8000 State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+{nodes}PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
+NODE_LINE = ("NodeName={name} NodeAddr={addr} NodeHostname={hostname} CPUs={cpus} "
+             "RealMemory=8000 State=UNKNOWN\n")
+FABRIC_NET = "10.213.0"  # private addresses inside our own network namespaces only
 
 CGROUP_CONF = """\
 CgroupPlugin=cgroup/v1
@@ -95,7 +103,10 @@ class SlurmCluster:
         self.root = root
         self.conf = os.path.join(root, "slurm.conf")
         self.node = NODE
+        self.nodes = [NODE]
         self.procs: list[subprocess.Popen] = []
+        self.netns: list[str] = []      # namespaces we made (multi-node), deleted at teardown
+        self.prefix: list[str] = []     # how clients reach the controller (nsenter, or none)
 
     @property
     def env(self) -> dict:
@@ -110,6 +121,7 @@ class SlurmCluster:
             cwd = cwd or user.home
         else:
             full_env = dict(os.environ, **self.env, **(env or {}))
+        argv = self.prefix + argv  # nsenter (as root) first, then setpriv drops to the user
         proc = subprocess.run(argv, env=full_env, cwd=cwd, capture_output=True, text=True,
                               timeout=timeout)
         if check and proc.returncode != 0:
@@ -150,15 +162,15 @@ class SlurmCluster:
         raise AssertionError(f"job {job_id} not running after {timeout}s: {info}")
 
     def wait_idle(self, timeout: float = 30) -> None:
-        """Wait until the node has no allocation left (the previous test's job is gone)."""
+        """Wait until no node has an allocation left (the previous test's job is gone)."""
         deadline = time.monotonic() + timeout
-        state = ""
+        states: list[str] = []
         while time.monotonic() < deadline:
-            state = self.run(["sinfo", "-h", "-n", self.node, "-o", "%T"]).stdout.strip()
-            if state == "idle":
+            states = self.run(["sinfo", "-h", "-N", "-o", "%T"]).stdout.split()
+            if states and all(state == "idle" for state in states):
                 return
             time.sleep(0.1)
-        raise AssertionError(f"node {self.node} is {state!r}, not idle, after {timeout}s")
+        raise AssertionError(f"nodes are {states!r}, not idle, after {timeout}s")
 
     def logs(self) -> str:
         out = []
@@ -170,6 +182,8 @@ class SlurmCluster:
 
 
 def _start(cluster: SlurmCluster, argv: list[str], logname: str) -> subprocess.Popen:
+    """Start a daemon in the foreground; nsenter/unshare exec into it, so the Popen's pid is
+    the daemon's own."""
     log = open(os.path.join(cluster.root, "log", logname), "w")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             env=dict(os.environ, **cluster.env), start_new_session=True)
@@ -196,35 +210,108 @@ def _stop(cluster: SlurmCluster) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+    for name in reversed(cluster.netns):
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
 
 
-def start_cluster(root: str) -> SlurmCluster:
-    """Generate the configuration under root and start munged, slurmctld and slurmd."""
+def _ip(*args: str) -> None:
+    subprocess.run(["ip"] + list(args), check=True, capture_output=True, timeout=30)
+
+
+def _make_fabric(cluster: SlurmCluster, tag: str, count: int) -> list[str]:
+    """The fabric namespace (bridge, FABRIC_NET.1) and one namespace per node (.11, .12, ...),
+    each joined to the bridge by a veth pair. Returns the node addresses."""
+    fabric = f"satfab-{tag}"
+    _ip("netns", "add", fabric)
+    cluster.netns.append(fabric)
+    _ip("-n", fabric, "link", "set", "lo", "up")
+    _ip("-n", fabric, "link", "add", "br0", "type", "bridge")
+    _ip("-n", fabric, "addr", "add", f"{FABRIC_NET}.1/24", "dev", "br0")
+    _ip("-n", fabric, "link", "set", "br0", "up")
+    addrs = []
+    for number in range(1, count + 1):
+        ns, addr = f"satn{number}-{tag}", f"{FABRIC_NET}.{10 + number}"
+        _ip("netns", "add", ns)
+        cluster.netns.append(ns)
+        _ip("-n", ns, "link", "set", "lo", "up")
+        _ip("link", "add", f"vh{number}", "netns", fabric, "type", "veth", "peer", "name", "eth0",
+            "netns", ns)
+        _ip("-n", fabric, "link", "set", f"vh{number}", "master", "br0")
+        _ip("-n", fabric, "link", "set", f"vh{number}", "up")
+        _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+        _ip("-n", ns, "link", "set", "eth0", "up")
+        addrs.append(addr)
+    cluster.prefix = ["nsenter", f"--net=/run/netns/{fabric}"]
+    return addrs
+
+
+def _node_conf(cluster: SlurmCluster, name: str) -> str:
+    """A node's own configuration directory: the same slurm.conf and cgroup.conf, plus an
+    mpi.conf giving its PMIx client directories their own base. Two slurmds on one machine
+    otherwise both create /tmp/spmix_appdir_<uid>_<step> and the second step fails (EEXIST)."""
+    conf_dir = os.path.join(cluster.root, f"conf-{name}")
+    pmix_dir = os.path.join(cluster.root, f"pmix-{name}")
+    for path in (conf_dir, pmix_dir):
+        os.makedirs(path, exist_ok=True)
+        os.chmod(path, 0o755)
+    for conf in ("slurm.conf", "cgroup.conf"):
+        shutil.copy(os.path.join(cluster.root, conf), os.path.join(conf_dir, conf))
+    with open(os.path.join(conf_dir, "mpi.conf"), "w") as fh:
+        fh.write(f"PMIxCliTmpDirBase={pmix_dir}\n")
+    return os.path.join(conf_dir, "slurm.conf")
+
+
+def start_cluster(root: str, nodes: int = 1) -> SlurmCluster:
+    """Generate the configuration under root and start munged, slurmctld and the slurmds:
+    one node on loopback, or `nodes` nodes in network namespaces (see the module docstring)."""
     cluster = SlurmCluster(root)
-    for sub in ("state", "log", f"spool/{NODE}"):
-        os.makedirs(os.path.join(root, sub), exist_ok=True)
     os.chmod(root, 0o755)
-    key = os.path.join(root, "munge.key")
-    with open(key, "wb") as fh:
-        fh.write(os.urandom(1024))
-    os.chmod(key, 0o400)
-    v1 = _cgroup_v1_freezer()
-    with open(cluster.conf, "w") as fh:
-        fh.write(SLURM_CONF.format(host=socket.gethostname(), ctld_port=_free_port(),
-                                   slurmd_port=_free_port(), dir=root, node=NODE,
-                                   proctrack="proctrack/cgroup" if v1 else "proctrack/linuxproc"))
-    with open(os.path.join(root, "cgroup.conf"), "w") as fh:
-        fh.write(CGROUP_CONF if v1 else CGROUP_CONF.replace("cgroup/v1", "autodetect"))
-    os.chmod(cluster.conf, 0o644)
+    try:
+        if nodes == 1:
+            names, addrs, hostnames = [NODE], ["127.0.0.1"], [socket.gethostname()]
+            ctld_addr, cpus = "127.0.0.1", 4
+        else:
+            names = [f"satnode{i}" for i in range(1, nodes + 1)]
+            addrs = _make_fabric(cluster, os.path.basename(root)[-8:], nodes)
+            hostnames, ctld_addr, cpus = names, f"{FABRIC_NET}.1", 2
+        cluster.nodes, cluster.node = names, names[0]
+        for sub in ["state", "log"] + [f"spool/{n}" for n in names]:
+            os.makedirs(os.path.join(root, sub), exist_ok=True)
+        key = os.path.join(root, "munge.key")
+        with open(key, "wb") as fh:
+            fh.write(os.urandom(1024))
+        os.chmod(key, 0o400)
+        v1 = _cgroup_v1_freezer()
+        node_lines = "".join(NODE_LINE.format(name=n, addr=a, hostname=h, cpus=cpus)
+                             for n, a, h in zip(names, addrs, hostnames))
+        with open(cluster.conf, "w") as fh:
+            fh.write(SLURM_CONF.format(
+                host=socket.gethostname(), ctld_addr=ctld_addr, ctld_port=_free_port(),
+                slurmd_port=_free_port(), dir=root, nodes=node_lines,
+                proctrack="proctrack/cgroup" if v1 else "proctrack/linuxproc"))
+        with open(os.path.join(root, "cgroup.conf"), "w") as fh:
+            fh.write(CGROUP_CONF if v1 else CGROUP_CONF.replace("cgroup/v1", "autodetect"))
+        os.chmod(cluster.conf, 0o644)
+    except (OSError, subprocess.SubprocessError) as err:
+        _stop(cluster)
+        raise RuntimeError(f"cannot set up the Slurm test cluster: {err}") from None
     sock = os.path.join(root, "munge.socket")
     _start(cluster, ["munged", "--foreground", "--force", f"--socket={sock}",
                      f"--key-file={key}", f"--pid-file={root}/munged.pid",
                      f"--seed-file={root}/munged.seed"], "munged.out")
     _wait_for(lambda: os.path.exists(sock), 10, "munged socket", cluster)
-    _start(cluster, ["slurmctld", "-D", "-i", "-f", cluster.conf], "slurmctld.out")
-    _start(cluster, ["slurmd", "-D", "-N", NODE, "-f", cluster.conf], "slurmd.out")
-    _wait_for(lambda: cluster.run(["sinfo", "-h", "-o", "%T"], timeout=10).stdout.strip()
-              == "idle", 30, "node idle", cluster)
+    _start(cluster, cluster.prefix + ["slurmctld", "-D", "-i", "-f", cluster.conf],
+           "slurmctld.out")
+    for number, name in enumerate(names, 1):
+        if nodes == 1:
+            argv = ["slurmd", "-D", "-N", name, "-f", cluster.conf]
+        else:
+            argv = ["nsenter", f"--net=/run/netns/{cluster.netns[number]}", "unshare", "--uts",
+                    "sh", "-c", f'hostname {name} && exec slurmd -D -N {name} -f "$0"',
+                    _node_conf(cluster, name)]
+        _start(cluster, argv, f"slurmd-{name}.out")
+    _wait_for(lambda: cluster.run(["sinfo", "-h", "-N", "-o", "%T"], timeout=10).stdout.split()
+              == ["idle"] * nodes, 30, "nodes idle", cluster)
     return cluster
 
 
@@ -246,12 +333,24 @@ def _wait_for(ready, timeout: float, what: str, cluster: SlurmCluster) -> None:
 @pytest.fixture(scope="session")
 def slurm(test_user):
     """A running single-node Slurm; the non-root test user submits to it."""
+    yield from _cluster_fixture(1)
+
+
+@pytest.fixture(scope="session")
+def slurm_multinode(test_user):
+    """Two Slurm nodes on this machine, each in its own network namespace and UTS hostname."""
+    if not shutil.which("ip") or not shutil.which("nsenter"):
+        pytest.fail("ip/nsenter missing: run ./scripts/install-deps")
+    yield from _cluster_fixture(2)
+
+
+def _cluster_fixture(nodes: int):
     missing = [tool for tool in REQUIRED if not shutil.which(tool)]
     if missing:
         pytest.fail(f"Slurm tools missing ({' '.join(missing)}): run ./scripts/install-deps")
     root = tempfile.mkdtemp(prefix="satchel-slurm-", dir="/tmp")
     try:
-        cluster = start_cluster(root)
+        cluster = start_cluster(root, nodes)
     except RuntimeError as err:
         shutil.rmtree(root, ignore_errors=True)
         pytest.fail(str(err))
