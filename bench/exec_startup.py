@@ -141,7 +141,8 @@ def main() -> int:
     def ratio(a, b, goal):
         if a in med and b in med:
             r = med[a] / med[b]
-            print(f"  {a} / {b} = {r:.2f}x   (goal <= {goal}x: {'met' if r <= goal else 'NOT met'})")
+            verdict = "met" if r <= goal else "NOT met"
+            print(f"  {a} / {b} = {r:.2f}x   (goal <= {goal}x: {verdict})")
     ratio("satchel-sif", "ch-run-sqfs", 1.0)
     ratio("satchel-dir", "ch-run-dir", 3.0)
     ratio("satchel-dir", "bwrap-dir", 3.0)
