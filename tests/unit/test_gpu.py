@@ -200,6 +200,15 @@ def test_no_driver_is_one_warning_and_nothing_bound(fake_driver, tmp_path):
     assert result.warnings[0].startswith("--nv: no NVIDIA driver libraries found")
 
 
+def test_generic_libraries_alone_are_no_driver(fake_driver, tmp_path):
+    # rocmliblist names libdrm too; a host with libdrm but no ROCm has no ROCm driver
+    custom = tmp_path / "rocm.conf"
+    custom.write_text("libnotadriver.so\nlibhsa-runtime64.so.9\n")
+    result = binds("rocm", fake_driver, {"SATCHEL_ROCMLIBLIST": str(custom)})
+    assert result.libraries == [] and result.devices == []
+    assert len(result.warnings) == 1 and "no AMD ROCm driver" in result.warnings[0]
+
+
 def test_absent_cache_file_is_no_driver(fake_driver, tmp_path):
     result = binds("rocm", fake_driver, {"SATCHEL_LDCACHE": str(tmp_path / "none")})
     assert result.libraries == [] and len(result.warnings) == 1
@@ -295,3 +304,12 @@ def test_gpu_module_imports_no_heavy_stdlib(fake_driver_nodev):
     loaded = set(out.split())
     assert "satchel.hpc.gpu" in loaded
     assert not loaded & set(HEAVY), loaded & set(HEAVY)
+
+
+def test_rocm_on_a_host_with_only_libdrm(fake_driver):
+    if not any(n.startswith("libdrm.so.") for n, _ in ldcache.lookup(
+            ldcache.read_bytes("/etc/ld.so.cache"), ["libdrm.so"])):
+        pytest.skip("this host has no libdrm")
+    result = binds("rocm", fake_driver, {"SATCHEL_LDCACHE": "/etc/ld.so.cache"})
+    assert result.libraries == [] and result.devices == [] and result.binaries == []
+    assert len(result.warnings) == 1 and result.warnings[0].startswith("--rocm: no AMD ROCm")

@@ -46,6 +46,12 @@ _KINDS = {
     "nv": ("--nv", "NVIDIA", "nvliblist path", "SATCHEL_NVLIBLIST"),
     "rocm": ("--rocm", "AMD ROCm", "rocmliblist path", "SATCHEL_ROCMLIBLIST"),
 }
+# The driver counts as present only if one of its own libraries is: the lists also name
+# generic ones (libdrm for ROCm) that many hosts without the driver have.
+_DRIVER_MARKERS = {
+    "nv": ("libcuda.so", "libnvidia-ml.so"),
+    "rocm": ("libhsa-runtime64.so", "libamdhip64.so", "libhsakmt.so"),
+}
 
 
 class GpuBinds:
@@ -258,7 +264,7 @@ def gpu_binds(kind: str, config, environ=None) -> GpuBinds:
     else:
         result.devices = rocm_devices(devdir)
 
-    if not result.libraries:
+    if not any(_is_marker(path, kind) for path in result.libraries):
         # One line, and the container still runs: a job script with --nv must not die on a
         # login node or a CPU-only partition.
         result = GpuBinds()
@@ -269,6 +275,11 @@ def gpu_binds(kind: str, config, environ=None) -> GpuBinds:
         result.warnings.append(f"{flag}: {vendor} driver libraries found but no {where} "
                                f"devices in {devdir}; GPUs will not be usable inside")
     return result
+
+
+def _is_marker(path: str, kind: str) -> bool:
+    name = os.path.basename(path)
+    return any(name == m or name.startswith(m + ".") for m in _DRIVER_MARKERS[kind])
 
 
 def _devices_disabled(environ) -> bool:
