@@ -37,3 +37,10 @@ def test_debian_glibc_program_and_dynamic_loader(who, debian_sif):
     r = who.run(["exec", debian_sif, "ls", "-ld", "/usr/lib", "/proc/self/root"])
     assert r.returncode == 0, r.stderr
     assert "/usr/lib" in r.stdout
+
+
+def test_debian_ptys_in_a_batch_job(who, debian_sif):
+    # no terminal attached: a private devpts instance whose ptmx the container can open
+    r = who.run(["exec", debian_sif, "script", "-qc", "tty; id -u", "/dev/null"], input=b"")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.replace("\r", "").split("\n")[:2] == ["/dev/pts/0", str(who.uid)]

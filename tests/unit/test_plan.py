@@ -20,11 +20,11 @@ class FakeHost(HostInfo):
     __slots__ = ("paths", "writable")
 
     def __init__(self, uid=1000, gid=1000, cwd="/work/project", environ=None, paths=None,
-                 writable=()):
+                 writable=(), terminal=False):
         super().__init__(uid, gid, [gid, 50], "alice" if uid else "root",
                          "/home/alice" if uid else "/root", "/bin/bash", "Alice", cwd,
                          environ if environ is not None else {"USER": "alice", "TERM": "xterm"},
-                         "node1", {gid: "alice", 50: "staff"})
+                         "node1", {gid: "alice", 50: "staff"}, terminal)
         self.paths = {"/home/alice": "dir", "/root": "dir", "/tmp": "dir", "/var/tmp": "dir",
                       "/work/project": "dir", "/etc/hosts": "file", "/etc/localtime": "file",
                       "/etc/resolv.conf": "file", "/data": "dir", "/data/f.txt": "file"}
@@ -130,7 +130,7 @@ def test_default_mounts():
     p = plan()
     b = binds(p)
     for pair in [("/proc", "/proc"), ("/sys", "/sys"), ("/home/alice", "/home/alice"),
-                 ("/tmp", "/tmp"), ("/var/tmp", "/var/tmp"), ("/dev/pts", "/dev/pts"),
+                 ("/tmp", "/tmp"), ("/var/tmp", "/var/tmp"),
                  ("/usr/share/zoneinfo/UTC", "/etc/localtime"), ("/etc/hosts", "/etc/hosts"),
                  ("/etc/resolv.conf", "/etc/resolv.conf"),
                  (SESSION + "/files/passwd", "/etc/passwd"),
@@ -388,3 +388,17 @@ def test_prefetch_first_reads():
     assert plan(args=["ls"]).ops[index(plan(args=["ls"]), P.PREFETCH)].data == ("/bin/sh",)
     assert P.PREFETCH not in kinds(plan(config=Config.parse("prefetch = no\n")))
     assert P.PREFETCH not in kinds(plan(FakeHost(uid=0, gid=0)))  # kernel SquashFS: no FUSE
+
+
+def test_dev_pts_follows_the_terminal():
+    batch = plan()
+    op = batch.ops[index(batch, P.MOUNT_DEVPTS)]
+    assert op.destination == "/dev/pts" and "newinstance" in op.data and "ptmxmode=0666" in op.data
+    assert ("/dev/pts", "/dev/pts") not in binds(batch)
+    interactive = plan(FakeHost(terminal=True))
+    assert ("/dev/pts", "/dev/pts") in binds(interactive)
+    assert P.MOUNT_DEVPTS not in kinds(interactive)
+    for p in (batch, interactive):
+        link = p.ops[index(p, P.SYMLINK, destination="/dev/ptmx")]
+        assert link.source == "pts/ptmx"
+    assert P.MOUNT_DEVPTS not in kinds(plan(no_mount=["devpts"]))

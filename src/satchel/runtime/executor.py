@@ -227,6 +227,10 @@ class Executor:
         linux.mount(op.source, self.target(op), None, MS_BIND, None,
                     f"binding device {op.source}")
 
+    def op_mount_devpts(self, op) -> None:
+        linux.mount("devpts", self.target(op), "devpts", _mount_flags(op), op.data,
+                    "mounting a devpts instance")
+
     def op_symlink(self, op) -> None:
         parent, _, name = op.destination.rpartition("/")
         host = underlay.resolve_existing(self.root, parent or "/") + "/" + name

@@ -16,11 +16,11 @@ class HostInfo:
     """Facts about the caller. Path questions (path_kind, realpath) go to the real file system."""
 
     __slots__ = ("uid", "gid", "groups", "user", "home", "shell", "gecos", "cwd", "environ",
-                 "hostname", "group_names")
+                 "hostname", "group_names", "terminal")
 
     def __init__(self, uid: int, gid: int, groups, user: str, home: str, shell: str,
                  gecos: str, cwd: str | None, environ: dict, hostname: str,
-                 group_names: dict | None = None):
+                 group_names: dict | None = None, terminal: bool = False):
         self.uid = uid
         self.gid = gid
         self.groups = tuple(groups)
@@ -32,6 +32,7 @@ class HostInfo:
         self.environ = dict(environ)
         self.hostname = hostname
         self.group_names = dict(group_names or {})  # gid -> name, for the caller's groups
+        self.terminal = terminal  # stdin, stdout or stderr is a terminal
 
     @classmethod
     def gather(cls) -> "HostInfo":
@@ -51,7 +52,8 @@ class HostInfo:
         except OSError:  # the directory was removed under us
             cwd = None
         return cls(uid, gid, groups, user, home or "/", shell or "/bin/sh", gecos, cwd,
-                   os.environ, os.uname().nodename, _group_names(groups))
+                   os.environ, os.uname().nodename, _group_names(groups),
+                   any(os.isatty(fd) for fd in (0, 1, 2)))
 
     # -- questions about host paths; FakeHost answers them from a table --------------------
     def path_kind(self, path: str) -> str | None:

@@ -37,6 +37,7 @@ MOUNT_OVERLAY_FUSE = "mount_overlay_fuse"  # source: server name; data: uid, gid
 ENSURE_MOUNTPOINT = "ensure_mountpoint"  # data: "dir" | "file"; underlay if missing
 BIND = "bind"                      # flags: rec, ro
 BIND_DEV_NODE = "bind_dev_node"    # a host device node onto a file in the /dev tmpfs
+MOUNT_DEVPTS = "mount_devpts"      # a new devpts instance (ptys openable by the container)
 SYMLINK = "symlink"                # source: link target
 WRITE_FILE = "write_file"          # data: text
 GEN_PASSWD = "gen_passwd"          # destination: host file; data: (entry line, uid, name)
@@ -338,7 +339,7 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
         if dev_mode in ("yes", "true") and not contain:
             p.bind("/dev", "/dev", "dir")
         else:
-            _minimal_dev(p, devpts="devpts" not in no_mount
+            _minimal_dev(p, terminal=host.terminal, devpts="devpts" not in no_mount
                          and config.get_bool("mount devpts", True))
 
     if config.get_bool("mount hostfs", False) and "hostfs" not in no_mount:
@@ -559,13 +560,26 @@ def early_server(config, image, uid: int):
     return [server, "-f", "-o", f"offset={image.fs_offset}", image.path, "/dev/fd/{fd}"]
 
 
-def _minimal_dev(p: _Plan, devpts: bool) -> None:
+def _minimal_dev(p: _Plan, devpts: bool, terminal: bool) -> None:
+    """tmpfs /dev with the usual nodes bound from the host, a pts directory, shm, fd links.
+
+    /dev/pts: with the caller on a terminal, the host's devpts is bound so that terminal stays
+    what it is inside (tty, ttyname(), ssh, sudo prompts); the host's /dev/pts/ptmx is usually
+    mode 000, though, so a non-root container cannot open new ptys then. Without a terminal
+    (batch jobs, pipes) nothing needs the host's ptys, and a new devpts instance with an
+    openable ptmx serves programs that create their own (script, expect, tmux, Jupyter).
+    """
     p.tmpfs("/dev", "mode=0755,size=512k")
     for name in DEV_NODES:
         p.ensure("/dev/" + name, "file")
         p.add(BIND_DEV_NODE, "/dev/" + name, "/dev/" + name, ("root",))
-    if devpts:
+    if devpts and terminal:
         p.bind("/dev/pts", "/dev/pts", "dir", rec=False)
+        p.add(SYMLINK, "pts/ptmx", "/dev/ptmx", ("root",))
+    elif devpts:
+        p.ensure("/dev/pts", "dir")
+        p.add(MOUNT_DEVPTS, "devpts", "/dev/pts", ("root", "nosuid", "noexec"),
+              "newinstance,ptmxmode=0666,mode=0620")
         p.add(SYMLINK, "pts/ptmx", "/dev/ptmx", ("root",))
     p.tmpfs("/dev/shm", "mode=1777")
     p.add(SYMLINK, "/proc/self/fd", "/dev/fd", ("root",))
