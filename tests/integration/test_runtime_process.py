@@ -195,3 +195,13 @@ def test_squashfuse_program_mode(who, busybox_sif):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
     assert_nothing_left(busybox_sif)
+
+
+@pytest.mark.parametrize("extra", [[], ["--writable-tmpfs"]], ids=["plain", "overlay"])
+def test_payload_has_no_stray_children(who, busybox_sif, extra):
+    """Every helper (FUSE server starters) is reaped before exec: the payload's only child is
+    the one it starts itself."""
+    r = who.run(["exec", *extra, busybox_sif, "sh", "-c",
+                 "sleep 0.3; cat /proc/$$/task/$$/children; echo"])
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.split()) == 1, r.stdout  # just the cat
