@@ -242,6 +242,12 @@ run prog --nv "$IMAGE" /opt/gpu_check
 run libs --nv "$IMAGE" ls /.singularity.d/libs
 run plain "$IMAGE" /opt/gpu_check
 [ "$RC" = 3 ] && grep -q "^NO-GPU" "$WORK/plain.out" || fail "without --nv the program must see no GPU"
+# GPU selection: the first GPU by CUDA_VISIBLE_DEVICES, and none by NVIDIA_VISIBLE_DEVICES
+export CUDA_VISIBLE_DEVICES=0; run cvd0 --nv "$IMAGE" /opt/gpu_check; unset CUDA_VISIBLE_DEVICES
+[ "$RC" = 0 ] && grep -q "^KERNEL-OK" "$WORK/cvd0.out" || fail "CUDA_VISIBLE_DEVICES=0 with --nv"
+export NVIDIA_VISIBLE_DEVICES=none; run nvdnone --nv "$IMAGE" /opt/gpu_check; unset NVIDIA_VISIBLE_DEVICES
+[ "$RC" = 3 ] && grep -q "^NO-GPU" "$WORK/nvdnone.out" || fail "NVIDIA_VISIBLE_DEVICES=none must hide the GPUs"
 if [ "$FAILED" = yes ]; then exit 1; fi
-say "PASSED: nvidia-smi and a CUDA kernel ran in the container with --nv, and not without it"
+say "PASSED: nvidia-smi and a CUDA kernel ran in the container with --nv, not without it, and"
+say "        CUDA_VISIBLE_DEVICES / NVIDIA_VISIBLE_DEVICES chose the GPUs"
 exit 0
