@@ -175,8 +175,8 @@ class JoinTarget:
 
 
 def default_session_dir() -> str:
-    from satchel.runtime import session
-    return posixpath.dirname(session.__file__)
+    """runtime/session/, shipped as a package (see its __init__); found without importing it."""
+    return posixpath.join(posixpath.dirname(posixpath.abspath(__file__)), "session")
 
 
 def _clean(path: str) -> str:
