@@ -402,3 +402,10 @@ def test_dev_pts_follows_the_terminal():
         link = p.ops[index(p, P.SYMLINK, destination="/dev/ptmx")]
         assert link.source == "pts/ptmx"
     assert P.MOUNT_DEVPTS not in kinds(plan(no_mount=["devpts"]))
+
+
+def test_default_session_dir_ships_with_satchel():
+    import os
+    path = P.default_session_dir()
+    assert os.path.isdir(path) and os.path.isfile(os.path.join(path, "__init__.py"))
+    assert path.endswith("/satchel/runtime/session")
