@@ -200,16 +200,30 @@ def test_no_mount_options(who, busybox_sif):
 
 
 def test_minimal_dev(who, busybox_sif):
-    r = who.run(["exec", busybox_sif, "sh", "-c",
-                 "ls /dev; echo x > /dev/null; head -c 4 /dev/zero | wc -c; "
-                 "touch /dev/shm/s && echo shm-ok"])
-    assert r.returncode == 0, r.stderr
-    names = r.stdout.split()
-    for name in ("null", "zero", "full", "random", "urandom", "tty", "pts", "ptmx", "shm",
-                 "fd", "stdin", "stdout", "stderr"):
-        assert name in names
-    assert "sda" not in names and "vda" not in names and "mem" not in names
-    assert names[-2:] == ["4", "shm-ok"]
+    shm_name = f"satchel-test-shm-{os.getpid()}-{who.name}"
+    try:
+        r = who.run(["exec", busybox_sif, "sh", "-c",
+                     "ls /dev; echo x > /dev/null; head -c 4 /dev/zero | wc -c; "
+                     f"touch /dev/shm/{shm_name} && echo shm-ok"])
+        assert r.returncode == 0, r.stderr
+        names = r.stdout.split()
+        for name in ("null", "zero", "full", "random", "urandom", "tty", "pts", "ptmx", "shm",
+                     "fd", "stdin", "stdout", "stderr"):
+            assert name in names
+        assert "sda" not in names and "vda" not in names and "mem" not in names
+        assert names[-2:] == ["4", "shm-ok"]
+        # the host's /dev/shm (MPI ranks in separate containers meet there) ...
+        assert os.path.exists(f"/dev/shm/{shm_name}")
+        # ... but a private one under --contain
+        r = who.run(["exec", "--contain", busybox_sif, "sh", "-c",
+                     f"ls /dev/shm; touch /dev/shm/{shm_name}-c && echo shm-ok"])
+        assert r.returncode == 0, r.stderr
+        assert shm_name not in r.stdout and r.stdout.split()[-1] == "shm-ok"
+        assert not os.path.exists(f"/dev/shm/{shm_name}-c")
+    finally:
+        for suffix in ("", "-c"):
+            if os.path.exists(f"/dev/shm/{shm_name}{suffix}"):
+                os.unlink(f"/dev/shm/{shm_name}{suffix}")
 
 
 @pytest.mark.parametrize("flag", ["--pid", "-p", "--containall"])

@@ -409,3 +409,10 @@ def test_default_session_dir_ships_with_satchel():
     path = P.default_session_dir()
     assert os.path.isdir(path) and os.path.isfile(os.path.join(path, "__init__.py"))
     assert path.endswith("/satchel/runtime/session")
+
+
+def test_dev_shm_is_the_hosts_unless_contained():
+    """MPI ranks, each in its own container, share memory through the host's /dev/shm."""
+    assert ("/dev/shm", "/dev/shm") in binds(plan())
+    contained = plan(contain=True)
+    assert ("/dev/shm", "/dev/shm") not in binds(contained)

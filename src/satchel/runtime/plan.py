@@ -340,7 +340,7 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
             p.bind("/dev", "/dev", "dir")
         else:
             _minimal_dev(p, terminal=host.terminal, devpts="devpts" not in no_mount
-                         and config.get_bool("mount devpts", True))
+                         and config.get_bool("mount devpts", True), contain=contain)
 
     if config.get_bool("mount hostfs", False) and "hostfs" not in no_mount:
         warnings.append("mount hostfs is not supported: ignored")
@@ -560,8 +560,12 @@ def early_server(config, image, uid: int):
     return [server, "-f", "-o", f"offset={image.fs_offset}", image.path, "/dev/fd/{fd}"]
 
 
-def _minimal_dev(p: _Plan, devpts: bool, terminal: bool) -> None:
+def _minimal_dev(p: _Plan, devpts: bool, terminal: bool, contain: bool = False) -> None:
     """tmpfs /dev with the usual nodes bound from the host, a pts directory, shm, fd links.
+
+    /dev/shm is the host's unless --contain: ranks of one MPI job on a node each run their own
+    container and meet in /dev/shm (Open MPI's shared-memory transport), as they do under
+    Apptainer, whose default binds the host's whole /dev.
 
     /dev/pts: with the caller on a terminal, the host's devpts is bound so that terminal stays
     what it is inside (tty, ttyname(), ssh, sudo prompts); the host's /dev/pts/ptmx is usually
@@ -581,7 +585,10 @@ def _minimal_dev(p: _Plan, devpts: bool, terminal: bool) -> None:
         p.add(MOUNT_DEVPTS, "devpts", "/dev/pts", ("root", "nosuid", "noexec"),
               "newinstance,ptmxmode=0666,mode=0620")
         p.add(SYMLINK, "pts/ptmx", "/dev/ptmx", ("root",))
-    p.tmpfs("/dev/shm", "mode=1777")
+    if contain:
+        p.tmpfs("/dev/shm", "mode=1777")
+    else:
+        p.bind("/dev/shm", "/dev/shm", "dir", rec=False)
     p.add(SYMLINK, "/proc/self/fd", "/dev/fd", ("root",))
     for number, name in enumerate(("stdin", "stdout", "stderr")):
         p.add(SYMLINK, f"/proc/self/fd/{number}", "/dev/" + name, ("root",))
