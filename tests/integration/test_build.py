@@ -102,8 +102,8 @@ def test_busybox_layout_in_sif(busybox_sif):
                  "/tmp", "/home", "/etc/passwd", "/etc/group", "/etc/hosts", "/etc/resolv.conf",
                  "/bin/busybox", "/bin/sh", "/usr/bin/env", "/etc/satchel-release"):
         assert path in files, path
-    assert files["/usr/local/bin/suid-busybox"][0] == "-rwsr-xr-x"
-    assert files["/usr/local/bin/suid-busybox"][1] == "0/0"
+    assert files["/usr/local/bin/busybox-suid"][0] == "-rwsr-xr-x"
+    assert files["/usr/local/bin/busybox-suid"][1] == "0/0"
     assert files["/tmp"][0] == "drwxrwxrwt"
     assert "/.post.script" not in files and "/.build.labels" not in files
     assert "SATCHEL_POST_ENV" in cat(busybox_sif, "/.singularity.d/env/91-environment.sh")
@@ -112,7 +112,7 @@ def test_busybox_layout_in_sif(busybox_sif):
 def test_busybox_sandbox(busybox_sandbox):
     assert os.path.isfile(os.path.join(busybox_sandbox, "etc", "satchel-release"))
     assert os.readlink(os.path.join(busybox_sandbox, "bin", "sh")) == "busybox"
-    st = os.stat(os.path.join(busybox_sandbox, "usr", "local", "bin", "suid-busybox"))
+    st = os.stat(os.path.join(busybox_sandbox, "usr", "local", "bin", "busybox-suid"))
     assert st.st_mode & 0o4000 and st.st_uid == 0
 
 
@@ -359,7 +359,7 @@ def test_localimage_from_sif_and_sandbox(tmp_path, busybox_sif, busybox_sandbox)
         assert labels["org.label-schema.usage.singularity.deffile.bootstrap"] == "localimage"
         assert "SATCHEL_TEST_ENV" in cat(target, "/.singularity.d/env/90-environment.sh")
         assert cat(target, "/.singularity.d/bootstrap_history/Singularity0").startswith("# The busybox")
-        assert listing(target)["/usr/local/bin/suid-busybox"][0] == "-rwsr-xr-x"
+        assert listing(target)["/usr/local/bin/busybox-suid"][0] == "-rwsr-xr-x"
 
 
 def test_image_as_source_converts(tmp_path, busybox_sif, busybox_sandbox):

@@ -5,7 +5,7 @@
   user can run them. The image has /bin/busybox with applet links, /etc/satchel-release,
   %environment (SATCHEL_TEST_ENV), a %post addition to the environment (SATCHEL_POST_ENV),
   a runscript that echoes its arguments, labels, help, a %test, and
-  /usr/local/bin/suid-busybox: a setuid-root busybox copy (`suid-busybox id -u` prints 0 only if
+  /usr/local/bin/busybox-suid: a setuid-root busybox copy (`busybox-suid id -u` prints 0 only if
   setuid bits take effect in the container).
 - `debian_sif`: Debian bookworm minbase from debootstrap (tests/data/debian.def), built once and
   cached across runs under $SATCHEL_TEST_CACHE (default /var/tmp/satchel-test-cache), rebuilt

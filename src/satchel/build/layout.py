@@ -15,7 +15,7 @@
         labels.json                           labels (org.label-schema.* + %labels)
         Singularity                           the definition file (older ones: bootstrap_history/)
     /singularity, /.run, /.exec, /.shell, /.test, /environment   compatibility links
-    /proc /sys /dev /tmp /home /root /var/tmp, /etc/{hosts,resolv.conf,passwd,group}
+    /proc /sys /dev /tmp /home /root /var/tmp, /etc/{hosts,resolv.conf,passwd,group,localtime}
 
 The scripts' behaviour follows Apptainer's (public sources, internal/pkg/build/sources); the
 text is satchel's. Every write goes through fsutil.secure_join: a rootfs from another image
@@ -220,7 +220,7 @@ BASE_FILES = (  # (path, mode, content): written when missing, or always with ov
     (SD + "/startscript", 0o755, DEFAULT_STARTSCRIPT),
 )
 
-MOUNT_POINT_FILES = ("/etc/hosts", "/etc/resolv.conf", "/etc/passwd", "/etc/group")
+MOUNT_POINT_FILES = ("/etc/hosts", "/etc/resolv.conf", "/etc/passwd", "/etc/group", "/etc/localtime")
 
 COMPAT_LINKS = (  # (link in /, target)
     ("/singularity", ".singularity.d/runscript"),
