@@ -71,8 +71,8 @@ def load_command(name: str):
     if module_path is None:
         raise UsageError(f"unknown command {name!r} for satchel",
                          hint="run 'satchel help' for the list of commands")
-    import importlib
-    return importlib.import_module(module_path)
+    __import__(module_path)  # importlib itself costs ~0.5 ms on the exec path
+    return sys.modules[module_path]
 
 
 def general_help(prog: str) -> str:
