@@ -93,6 +93,13 @@ def make_dirs_in_root(root: str, path: str, mode: int = 0o755) -> str:
     return host
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
 def _temp_name(path: str) -> str:
     return f"{path}.tmp-{os.urandom(4).hex()}"
 
@@ -109,10 +116,7 @@ def atomic_write(path: str, data: bytes | str, mode: int = 0o644, fsync: bool = 
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            _write_all(fd, data)
             os.fchmod(fd, mode)
             if fsync:
                 os.fsync(fd)
@@ -143,10 +147,7 @@ def write_new_file(path: str, data: bytes | str, mode: int = 0o644) -> None:
         os.unlink(path)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        _write_all(fd, data)
         os.fchmod(fd, mode)
     finally:
         os.close(fd)
