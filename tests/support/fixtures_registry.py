@@ -338,6 +338,14 @@ class TestImages:
         return self.items[repo_tag].manifest.digest
 
 
+def require_registry() -> None:
+    """A missing registry is a broken test setup, not a reason to skip: CI installs it
+    (scripts/install-deps), and a skip would silently drop every OCI test."""
+    if not os.access(REGISTRY_BIN, os.X_OK):
+        pytest.fail(f"{REGISTRY_BIN} missing: run ./scripts/install-deps "
+                    "(Debian package docker-registry)")
+
+
 @pytest.fixture(scope="session")
 def registry_workdir():
     path = tempfile.mkdtemp(prefix="satchel-registry-", dir="/tmp")
@@ -348,8 +356,7 @@ def registry_workdir():
 
 @pytest.fixture(scope="session")
 def oci_registry(registry_workdir):
-    if not os.access(REGISTRY_BIN, os.X_OK):
-        pytest.skip("docker-registry is not installed (Debian package docker-registry)")
+    require_registry()
     workdir = os.path.join(registry_workdir, "plain")
     os.makedirs(workdir)
     registry = Registry(workdir)
@@ -380,8 +387,7 @@ def registry_ca(registry_workdir) -> str:
 @pytest.fixture(scope="session")
 def auth_registry(registry_workdir, registry_ca):
     """TLS + htpasswd registry holding busybox:latest (pushed with credentials)."""
-    if not os.access(REGISTRY_BIN, os.X_OK):
-        pytest.skip("docker-registry is not installed")
+    require_registry()
     workdir = os.path.join(registry_workdir, "auth")
     os.makedirs(workdir)
     htpasswd = os.path.join(workdir, "htpasswd")
@@ -399,8 +405,7 @@ def auth_registry(registry_workdir, registry_ca):
 @pytest.fixture(scope="session")
 def token_registry(registry_workdir):
     """Plain-HTTP registry with Bearer-token auth from a TokenServer in this process."""
-    if not os.access(REGISTRY_BIN, os.X_OK):
-        pytest.skip("docker-registry is not installed")
+    require_registry()
     workdir = os.path.join(registry_workdir, "token")
     os.makedirs(workdir)
     tokens = TokenServer(workdir, service="satchel-test-registry", issuer="satchel-test-issuer")
