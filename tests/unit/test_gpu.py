@@ -306,10 +306,21 @@ def test_gpu_module_imports_no_heavy_stdlib(fake_driver_nodev):
     assert not loaded & set(HEAVY), loaded & set(HEAVY)
 
 
-def test_rocm_on_a_host_with_only_libdrm(fake_driver):
-    if not any(n.startswith("libdrm.so.") for n, _ in ldcache.lookup(
-            ldcache.read_bytes("/etc/ld.so.cache"), ["libdrm.so"])):
-        pytest.skip("this host has no libdrm")
-    result = binds("rocm", fake_driver, {"SATCHEL_LDCACHE": "/etc/ld.so.cache"})
+def test_rocm_on_a_host_with_only_libdrm(fake_driver, tmp_path):
+    # a host of its own with libdrm and libdrm_amdgpu in its linker cache and no ROCm (the
+    # host's /etc/ld.so.cache may or may not list libdrm: the test must not depend on it)
+    from support.fixtures_gpu import _compile_lib
+    libdir = tmp_path / "lib"
+    libdir.mkdir()
+    for soname in ("libdrm.so.2", "libdrm_amdgpu.so.1"):
+        _compile_lib(str(libdir), soname, 7)
+    conf, cache = tmp_path / "ld.so.conf", tmp_path / "ld.so.cache"
+    conf.write_text(f"{libdir}\n")
+    subprocess.run(["ldconfig", "-i", "-X", "-C", str(cache), "-f", str(conf)], check=True,
+                   capture_output=True)
+    listed = {n for n, _ in ldcache.lookup(ldcache.read_bytes(str(cache)),
+                                           ["libdrm.so", "libdrm_amdgpu.so"])}
+    assert listed == {"libdrm.so.2", "libdrm_amdgpu.so.1"}  # the generic libraries are there
+    result = binds("rocm", fake_driver, {"SATCHEL_LDCACHE": str(cache)})
     assert result.libraries == [] and result.devices == [] and result.binaries == []
     assert len(result.warnings) == 1 and result.warnings[0].startswith("--rocm: no AMD ROCm")
