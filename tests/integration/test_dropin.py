@@ -115,8 +115,13 @@ def test_net_none_loopback_only_and_up(test_user, dropin_dir, busybox_sif):
         "exec", "--net", "--network", "none", "--network-args", '"portmap=8080:80/tcp"',
         busybox_sif, "sh", "-c",
         "ip -o link | cut -d: -f2; ip -o link show lo | grep -c UP; "
-        "(nc -l -p 4567 > /tmp/nc.$$ &) ; sleep 0.3; echo ping | nc 127.0.0.1 4567; "
-        "sleep 0.3; cat /tmp/nc.$$; rm -f /tmp/nc.$$"])
+        # no fixed sleeps (a loaded machine starts the listener late): retry the connection
+        # until the listener takes it, then wait until what it received is on disk
+        "(nc -l -p 4567 > /tmp/nc.$$ &); i=0; "
+        "until echo ping | nc 127.0.0.1 4567 2>/dev/null; do "
+        "i=$((i+1)); [ $i -ge 200 ] && break; sleep 0.05; done; "
+        "i=0; until [ -s /tmp/nc.$$ ]; do i=$((i+1)); [ $i -ge 200 ] && break; sleep 0.05; done; "
+        "cat /tmp/nc.$$; rm -f /tmp/nc.$$"])
     assert r.returncode == 0, r.stderr
     lines = [line.strip() for line in r.stdout.splitlines()]
     assert lines == ["lo", "1", "ping"]
