@@ -87,6 +87,15 @@ def cpu_seconds(text: str) -> float:
     return seconds + (int(days) * 86400 if days else 0)
 
 
+def _complete_line(path: str) -> bool:
+    """Whether `path` holds a whole line (written up to its newline)."""
+    try:
+        with open(path) as fh:
+            return fh.read().endswith("\n")
+    except FileNotFoundError:
+        return False
+
+
 def write_script(path: str, body: str) -> str:
     with open(path, "w") as fh:
         fh.write("#!/bin/sh\n" + body)
@@ -138,10 +147,9 @@ def test_scancel_term_memory_accounting_and_cleanup(slurm, job_image, test_user,
     job = slurm.run(["sbatch", "--parsable", "--mem=1000", "-o", f"{user_tmp}/hog.out", script],
                     user=test_user, cwd=user_tmp, check=True).stdout.strip()
     deadline = time.monotonic() + 60
-    while not os.path.exists(ready) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert os.path.exists(ready), slurm.logs()
-    time.sleep(0.2)
+    while not _complete_line(ready) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the file exists before memhog has written (and closed) its line
+    assert _complete_line(ready), slurm.logs()
     pid = int(open(ready).read().split()[0])
     # the payload is the step's own process: satchel exec'd into it (same PID Slurm started)
     assert open(f"/proc/{pid}/comm").read().strip() == "memhog"
