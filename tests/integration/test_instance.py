@@ -7,13 +7,16 @@ check it: no squashfuse server, mount or loop device of the image, and the insta
 processes gone.
 """
 
+import glob
 import json
 import os
+import pwd
 import signal
 import time
 
 import pytest
 
+from support.fixtures_clients import INSTANCE_USER
 from support.fixtures_runtime import (Who, assert_nothing_left, busybox_tree, make_sif,
                                       wait_until)
 
@@ -93,6 +96,25 @@ def who(request):
         identity = Who("root")
     yield identity
     identity.cleanup()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def remove_own_instance_logs():
+    """An instance's logs outlive it (as with Apptainer), and every name here is new: without
+    this, each run of the module leaves ~60 more log files (and their ~/.singularity twins) in
+    the homes of root and satchel-inst. Only this process's names (see _name) are removed."""
+    yield
+    marker = f"-{os.getpid()}-"
+    homes = ["/root"]
+    try:
+        homes.append(pwd.getpwnam(INSTANCE_USER).pw_dir)
+    except KeyError:
+        pass
+    for home in homes:
+        for flavour in (".apptainer", ".singularity"):
+            pattern = os.path.join(home, flavour, "instances", "logs", "*", "*", f"*{marker}*")
+            for path in glob.glob(pattern):
+                os.unlink(path)
 
 
 def _name(tag: str) -> str:
