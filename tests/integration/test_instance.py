@@ -28,7 +28,7 @@ while :; do sleep 1; done
 """
 ORPHANS_SCRIPT = """#!/bin/sh
 # three double-forked children: their parent exits at once, so they are orphans
-for i in 1 2 3; do (sleep 2 &); done
+for i in 1 2 3; do (sleep 999 &); done
 exec sleep 1000
 """
 RUN_SCRIPT = """#!/bin/sh
@@ -368,17 +368,36 @@ def test_start_that_is_never_ready_is_killed_and_forgotten(who, inst_image, stop
     nothing_left(inst_image)
 
 
+def _sleep_children(init: int) -> dict[int, str]:
+    """pid -> argument of the live `sleep N` children of init."""
+    found = {}
+    for pid, state, comm in children_states(init):
+        if comm != "sleep" or state == "Z":
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                found[pid] = fh.read().split(b"\0")[1].decode()
+        except (OSError, IndexError):
+            continue
+    return found
+
+
 def test_init_adopts_and_reaps_orphans(who, orphans_image, stop_all):
     name = _name("orph")
     start(who, orphans_image, name)
     init = next(e for e in listing(who) if e["instance"] == name)["pid"]
     # the double-forked sleeps are reparented to the instance's init (child subreaper)...
-    assert wait_until(lambda: sum(1 for _, _, comm in children_states(init)
-                                  if comm == "sleep") == 4, 5), children_states(init)
-    # ...and reaped by it when they exit: no zombie stays, the payload goes on
-    assert wait_until(lambda: [c for c in children_states(init)] and
+    assert wait_until(lambda: sorted(_sleep_children(init).values()) ==
+                      ["1000", "999", "999", "999"], 10), children_states(init)
+    # ...and reaped by it when they die (killed here: no time window to race against): no
+    # zombie stays, the payload goes on
+    for pid, arg in _sleep_children(init).items():
+        if arg == "999":
+            os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: len(children_states(init)) == 1 and
                       all(st != "Z" for _, st, _ in children_states(init)) and
-                      len(children_states(init)) == 1, 8), children_states(init)
+                      list(_sleep_children(init).values()) == ["1000"], 10), \
+        children_states(init)
     assert who.run(["instance", "stop", name]).returncode == 0
     nothing_left(orphans_image)
 
