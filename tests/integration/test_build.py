@@ -391,6 +391,33 @@ def test_quiet_silences_steps(tmp_path):
     assert "done in" in r.stderr and "Build complete" in r.stderr
 
 
+def test_message_levels(tmp_path):
+    """-q keeps warnings, -s only errors, -v adds VERBOSE lines; the FATAL line always shows
+    (its hint only above -s)."""
+    deffile = tmp_path / "w.def"
+    deffile.write_text("Bootstrap: busybox\nOSVersion: 12\n")  # warns: the key is unused
+    warning = ("WARNING: header key 'osversion' is not used by the busybox bootstrap agent "
+               "and is ignored")
+    for flag in ("-q", "--quiet"):
+        r = run_satchel([flag, "build", "--force", str(tmp_path / "q.sif"), str(deffile)])
+        assert r.returncode == 0, r.stderr
+        assert r.stderr.splitlines() == [warning]
+    for flag in ("-s", "--silent"):
+        r = run_satchel([flag, "build", "--force", str(tmp_path / "s.sif"), str(deffile)])
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+    r = run_satchel(["--verbose", "build", "--force", str(tmp_path / "v.sif"), str(deffile)])
+    assert r.returncode == 0, r.stderr
+    assert warning in r.stderr and "INFO:    " in r.stderr and "VERBOSE: " in r.stderr
+    assert "VERBOSE: " not in run_satchel(["build", "--force", str(tmp_path / "d.sif"),
+                                          str(deffile)]).stderr
+    # an error: the FATAL line and its hint; under -s the FATAL line alone
+    fatal = f"FATAL:   build target {tmp_path / 's.sif'} already exists\n"
+    r = run_satchel(["build", str(tmp_path / "s.sif"), str(deffile)])
+    assert r.returncode == 255 and r.stderr == fatal + "         hint: use --force to replace it\n"
+    r = run_satchel(["-s", "build", str(tmp_path / "s.sif"), str(deffile)])
+    assert r.returncode == 255 and r.stderr == fatal
+
+
 def test_mksquashfs_args_choose_compression(tmp_path):
     target, _ = build(tmp_path, "Bootstrap: busybox\n", "--mksquashfs-args", "-comp gzip")
     part = partition(target)

@@ -18,9 +18,42 @@ def test_version_flag():
 
 
 def test_version_command_prints_number():
+    from satchel import __version__
     r = run_satchel(["version"])
     assert r.returncode == 0
-    assert r.stdout.strip()[0].isdigit()
+    assert r.stdout == f"{__version__}\n"  # the number alone, as `apptainer version` prints it
+    assert run_satchel(["--version"]).stdout == f"satchel version {__version__}\n"
+
+
+def test_help_for_one_command():
+    for args in (["help", "exec"], ["exec", "--help"], ["--help", "exec"]):
+        r = run_satchel(args)
+        assert r.returncode == 0, (args, r.stderr)
+        assert r.stdout.startswith("Usage:\n  satchel exec "), args
+        assert "--bind" in r.stdout and "--contain" in r.stdout, args
+    r = run_satchel(["help", "no-such-command"])
+    assert r.returncode == 255 and r.stderr.startswith("FATAL:   unknown command")
+
+
+@pytest.mark.parametrize("flag", ["-d", "--debug"])
+def test_traceback_only_under_debug(tmp_path, flag):
+    missing = str(tmp_path / "missing.sif")
+    plain = run_satchel(["inspect", missing])
+    assert plain.returncode == 255
+    assert plain.stderr == f"FATAL:   image {missing} not found: no such file or directory\n"
+    debug = run_satchel([flag, "inspect", missing])
+    assert debug.returncode == 255
+    assert debug.stderr.startswith("Traceback (most recent call last):")
+    assert debug.stderr.splitlines()[-1] == plain.stderr.rstrip("\n")
+
+
+@pytest.mark.parametrize("flags", [["-s"], ["--silent"], ["-q"], ["--quiet"], ["-v"],
+                                   ["--verbose"]])
+def test_level_flags_never_hide_the_fatal_line(tmp_path, flags):
+    missing = str(tmp_path / "missing.sif")
+    r = run_satchel(flags + ["inspect", missing])
+    assert r.returncode == 255
+    assert r.stderr == f"FATAL:   image {missing} not found: no such file or directory\n"
 
 
 def test_help_lists_commands():
