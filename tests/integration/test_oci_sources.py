@@ -140,3 +140,71 @@ def test_build_from_single_colon_local_source(exports, tmp_path, kind):
     assert result.returncode == 0, result.stderr
     run = run_satchel(["exec", str(sif), "cat", "/etc/os-release"])
     assert "Satchel Test OS" in run.stdout, run.stderr
+
+
+@pytest.mark.parametrize("kind", ["docker-archive", "oci-archive", "oci"])
+def test_pull_local_sources_as_unprivileged_user(exports, test_user, user_tmp, kind):
+    uri = {"docker-archive": f"docker-archive:{exports['docker-archive']}",
+           "oci-archive": f"oci-archive:{exports['oci-archive']}",
+           "oci": f"oci:{exports['oci']}:v1"}[kind]
+    sif = os.path.join(user_tmp, "local.sif")
+    result = run_satchel(["pull", sif, uri], user=test_user,
+                         env={"APPTAINER_CACHEDIR": os.path.join(user_tmp, "cache")}, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert os.stat(sif).st_uid == test_user.uid
+    run = run_satchel(["exec", sif, "cat", "/etc/os-release"], user=test_user)
+    assert "Satchel Test OS" in run.stdout, run.stderr
+    assert sorted(os.listdir(user_tmp)) in (["local.sif"], ["cache", "local.sif"])
+
+
+@pytest.fixture
+def truncated_sources(tmp_path):
+    """The same one-layer image as an OCI layout, an oci-archive and a docker-archive (written
+    by skopeo), each with its layer cut in half: a download or copy that stopped early."""
+    import io
+    import shutil
+    import tarfile
+    from support.fixtures_registry import busybox_layer
+    from satchel.oci import writer
+    layer = writer.compress_layer(busybox_layer().tar_bytes(), "gzip")
+    intact = str(tmp_path / "intact")
+    writer.write_layout(intact, {"v1": writer.Image([layer], {"Cmd": ["/bin/sh"]})})
+    docker = str(tmp_path / "docker.tar")
+    subprocess.run(["skopeo", "copy", "--quiet", f"oci:{intact}:v1",
+                    f"docker-archive:{docker}:cut:v1"], check=True, capture_output=True,
+                   timeout=120)
+    layout = str(tmp_path / "layout")
+    shutil.copytree(intact, layout)
+    blob = os.path.join(layout, "blobs", "sha256", layer.digest.split(":", 1)[1])
+    os.chmod(blob, 0o644)
+    os.truncate(blob, len(layer.data) // 2)
+    archive = str(tmp_path / "oci.tar")
+    subprocess.run(["tar", "-C", layout, "-cf", archive, "."], check=True)
+    cut_docker = str(tmp_path / "docker-cut.tar")
+    with tarfile.open(docker) as src, tarfile.open(cut_docker, "w") as out:
+        cut = 0
+        for member in src.getmembers():
+            data = src.extractfile(member).read() if member.isfile() else None
+            if data is not None and member.size > 100000:  # the layer
+                data, cut = data[:member.size // 2], cut + 1
+                member.size = len(data)
+            out.addfile(member, io.BytesIO(data) if data is not None else None)
+    assert cut == 1
+    shutil.rmtree(intact)
+    os.unlink(docker)
+    return {"oci": f"oci:{layout}:v1", "oci-archive": f"oci-archive:{archive}",
+            "docker-archive": f"docker-archive:{cut_docker}"}
+
+
+@pytest.mark.parametrize("kind", ["oci", "oci-archive", "docker-archive"])
+def test_truncated_layer_is_one_fatal_line_and_no_image(truncated_sources, tmp_path, kind):
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_satchel(["pull", str(out / "cut.sif"), truncated_sources[kind]],
+                         env={"APPTAINER_CACHEDIR": str(tmp_path / "cache")}, cwd=str(out),
+                         timeout=180)
+    assert result.returncode == 255, result.stderr
+    fatal = [l for l in result.stderr.splitlines() if l.startswith("FATAL:")]
+    assert len(fatal) == 1 and "truncated" in fatal[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert os.listdir(out) == []  # no image, no temporary file or work directory
