@@ -68,9 +68,12 @@ def evil_registry(oci_registry, registry_workdir):
 def escape_dir():
     os.makedirs(ESCAPE, exist_ok=True)
     os.chmod(ESCAPE, 0o777)
-    yield ESCAPE
-    assert os.listdir(ESCAPE) == [], f"something escaped into {ESCAPE}: {os.listdir(ESCAPE)}"
-    shutil.rmtree(ESCAPE)
+    try:
+        yield ESCAPE
+        escaped = os.listdir(ESCAPE)
+        assert escaped == [], f"something escaped into {ESCAPE}: {escaped}"
+    finally:
+        shutil.rmtree(ESCAPE, ignore_errors=True)  # even when the check fails
 
 
 def host_untouched():
