@@ -55,9 +55,19 @@ def test_cache_as_user(test_images, test_user, user_tmp):
     assert "There are 2 container file(s)" in listing.stdout, listing.stderr
     clean = run_satchel(["cache", "clean", "-f"], user=test_user, env=env)
     assert clean.returncode == 0 and "Removed 11 cache entries" in clean.stderr
-    # the default location is under the user's home
-    default = run_satchel(["cache", "list"], user=test_user)
+    # without APPTAINER_CACHEDIR the cache is under the user's home ($HOME/.satchel/cache;
+    # a home of the test's own, so nothing is left in satchel-test's real one)
+    home = os.path.join(user_tmp, "home")
+    os.mkdir(home)
+    os.chown(home, test_user.uid, test_user.gid)
+    pulled = run_satchel(["pull", "--nohttps", os.path.join(user_tmp, "default.sif"),
+                          test_images.uri("busybox:latest")], user=test_user,
+                         env={"HOME": home}, timeout=180)
+    assert pulled.returncode == 0, pulled.stderr
+    assert len(os.listdir(os.path.join(home, ".satchel", "cache", "oci-tmp"))) == 1
+    default = run_satchel(["cache", "list"], user=test_user, env={"HOME": home})
     assert default.returncode == 0, default.stderr
+    assert "There are 1 container file(s)" in default.stdout
 
 
 @pytest.mark.parametrize("args, needle", [
