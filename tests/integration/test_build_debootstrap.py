@@ -58,23 +58,58 @@ def test_debootstrap_honours_osversion_and_mirror(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["bad.def"]
 
 
-@pytest.mark.skipif(not os.environ.get("SATCHEL_TEST_FAKEROOT_DEBOOTSTRAP"),
-                    reason="~100 s and the network: set SATCHEL_TEST_FAKEROOT_DEBOOTSTRAP=1")
-def test_debootstrap_as_non_root_user(test_user, user_tmp):
-    """debootstrap under --fakeroot: package files keep their owners (_apt is 42)."""
-    deffile = os.path.join(user_tmp, "debian.def")
-    with open(os.path.join(os.path.dirname(__file__), "..", "data", "debian.def")) as src, \
-            open(deffile, "w") as dst:
-        dst.write(src.read())
-    target = os.path.join(user_tmp, "debian.sif")
-    r = run_satchel(["build", "--fakeroot", target, deffile], user=test_user, timeout=1200)
-    assert r.returncode == 0, r.stderr[-3000:]
+@pytest.fixture(scope="module")
+def fakeroot_debian_sif(test_user):
+    """tests/data/debian.def built by satchel-test with --fakeroot, cached like `debian_sif`
+    (key: the definition's content): a fresh CI machine always builds it (~45 s, network),
+    a development machine once per change of the definition."""
+    import fcntl
+    import hashlib
+    import shutil
+    import tempfile
+    from support.fixtures_images import DEBIAN_DEF, cache_dir
+    with open(DEBIAN_DEF, "rb") as fh:
+        key = hashlib.sha256(fh.read()).hexdigest()[:16]
+    directory = cache_dir()
+    path = os.path.join(directory, f"debian-fakeroot-{key}.sif")
+    with open(os.path.join(directory, ".debian-fakeroot.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(path):
+            for stale in os.listdir(directory):
+                if stale.startswith("debian-fakeroot-") and stale.endswith(".sif"):
+                    os.unlink(os.path.join(directory, stale))
+            work = tempfile.mkdtemp(prefix="satchel-frdeb-", dir="/var/tmp")
+            try:
+                os.chown(work, test_user.uid, test_user.gid)
+                deffile = os.path.join(work, "debian.def")
+                shutil.copyfile(DEBIAN_DEF, deffile)
+                target = os.path.join(work, "debian.sif")
+                r = run_satchel(["build", "--fakeroot", target, deffile], user=test_user,
+                                timeout=1200)
+                assert r.returncode == 0, r.stderr[-3000:]
+                assert os.stat(target).st_uid == test_user.uid
+                assert sorted(os.listdir(work)) == ["debian.def", "debian.sif"]
+                shutil.move(target, path)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        os.chmod(path, 0o755)
+    return path
+
+
+def test_debootstrap_as_non_root_user(fakeroot_debian_sif, test_user):
+    """debootstrap under --fakeroot: package files keep their owners (_apt is 42), setuid
+    programs stay setuid root, the image runs for its builder."""
+    target = fakeroot_debian_sif
     with sif.SIFFile.open(target) as f:
         offset = f.primary_partition().offset
     listing = subprocess.run(["unsquashfs", "-lln", "-o", str(offset), target],
                              capture_output=True, text=True, check=True).stdout
-    owners = {line.split()[5]: line.split()[1] for line in listing.splitlines()
-              if len(line.split()) >= 6}
-    assert owners["squashfs-root/var/cache/apt/archives/partial"] == "42/0"
-    assert owners["squashfs-root/opt/owned"] == "1000/1000"
-    assert owners["squashfs-root/usr/bin/su"] == "0/0"
+    entries = {line.split()[5]: line.split()[:2] for line in listing.splitlines()
+               if len(line.split()) >= 6}
+    assert entries["squashfs-root/var/cache/apt/archives/partial"][1] == "42/0"
+    assert entries["squashfs-root/opt/owned"][1] == "1000/1000"
+    assert entries["squashfs-root/usr/bin/su"] == ["-rwsr-xr-x", "0/0"]
+    r = run_satchel(["exec", target, "sh", "-c", "id -u; cat /etc/debian_version"],
+                    user=test_user)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0] == str(test_user.uid) and r.stdout.split()[1].startswith("12")
