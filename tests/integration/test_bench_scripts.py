@@ -1,0 +1,58 @@
+"""The bench/ scripts the issues ask for, at the smallest scale: each runs to the end and
+prints the comparison it exists for. Timings on a shared 2-core machine are noise, so nothing
+here judges them (the figures are measured by hand, see README); this only keeps the scripts
+from rotting unnoticed. test_pfs_bench.py and test_gpu_check_script.py cover the other two.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BENCH = os.path.join(ROOT, "bench")
+
+pytestmark = pytest.mark.slow
+
+
+def bench(argv: list[str], timeout: float = 300) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    return proc.stdout
+
+
+def test_exec_startup_bench(busybox_sif, test_user):
+    out = bench(["/usr/bin/python3", os.path.join(BENCH, "exec_startup.py"), "--runs", "2",
+                 "--warmup", "0", "--sif", busybox_sif, "--user", test_user.name])
+    for label in ("satchel-sif", "ch-run-sqfs", "satchel-dir", "ch-run-dir", "bwrap-dir"):
+        assert f"  {label} " in out, out
+    assert "satchel-sif / ch-run-sqfs = " in out and "satchel-dir / ch-run-dir = " in out
+
+
+def test_build_sif_bench(busybox_sandbox):
+    out = bench([sys.executable, os.path.join(BENCH, "build_sif.py"), "--runs", "1",
+                 "--rootfs", busybox_sandbox])
+    assert "median satchel build:" in out and "median mksquashfs alone:" in out
+    assert "ratio: " in out and "(goal <= 1.2)" in out
+
+
+def test_pull_bench(tmp_path):
+    out = bench([sys.executable, os.path.join(BENCH, "pull_bench.py"), "--runs", "1",
+                 "--layers", "2", "--layer-mb", "1"])
+    assert "download: satchel / skopeo = " in out
+    assert "pull to SIF: satchel / (skopeo + tar + mksquashfs) = " in out
+
+
+def test_mpi_pingpong_bench(mpi_image, test_user, tmp_path):
+    results = tmp_path / "pingpong.json"
+    bench([sys.executable, os.path.join(BENCH, "mpi_pingpong", "compare.py"), "--image",
+           mpi_image, "--rounds", "1", "--trials", "1", "--user", test_user.name, "--json",
+           str(results)])
+    summary = json.loads(results.read_text())["summary"]
+    for key in ("latency_8B_us", "bandwidth_1MiB_MBps"):
+        assert summary[key]["bare"] > 0 and summary[key]["container"] > 0, summary
