@@ -89,7 +89,7 @@ def test_shell_on_a_real_pty(who, busybox_sif):
 
 def test_shell_prompt_default(who, rt_images):
     # an image without 99-base.sh gets satchel's own prompt when the host exports no PS1;
-    # an exported one passes through like any other variable (as Apptainer's does)
+    # an exported one passes through like any other host variable
     r = who.run(["exec", rt_images.suid, "sh", "-c", 'echo "$PS1"'], env={"PS1": "host$ "})
     assert r.stdout == "host$ \n"  # exported on the host: passes through like any variable
     r = who.run(["exec", rt_images.suid, "sh", "-c", 'echo "$PS1"'])
