@@ -413,6 +413,19 @@ def test_shell_and_test_join_too(who, inst_image, stop_all):
     nothing_left(inst_image)
 
 
+def test_run_joins_too(who, busybox_sif, stop_all):
+    """`run instance://NAME ARGS` runs the image's runscript inside the running instance."""
+    name = _name("runj")
+    start(who, busybox_sif, name, "--hostname", "joined-run")
+    r = who.run(["run", f"instance://{name}", "one", "two words"])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "runscript args: one two words\n"
+    r = who.run(["exec", f"instance://{name}", "hostname"])
+    assert r.stdout == "joined-run\n", r.stderr  # the instance's namespaces, not new ones
+    assert who.run(["instance", "stop", name]).returncode == 0
+    nothing_left(busybox_sif)
+
+
 def test_pid_file(who, inst_image, stop_all):
     name = _name("pidf")
     pid_file = os.path.join(who.tmp(), "inst.pid")
