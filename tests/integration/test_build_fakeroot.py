@@ -168,3 +168,46 @@ def test_fakeroot_localimage_from_own_sandbox(test_user, user_tmp):
     assert files["/etc/fakeroot-file"][1] == "0/0"
     assert open(os.path.join(base, "etc", "fakeroot-file")).read() == "made-in-fakeroot\n"
     assert not os.path.exists(os.path.join(base, "opt", "owned", "new"))
+
+
+def test_files_never_write_outside_the_rootfs_as_user(test_user, user_tmp):
+    """The non-root build (a user namespace, uid 0 inside) resolves %files destinations inside
+    the image too: an image symlink to a host directory the user may write, or a `..`
+    destination, lands in the image, never in that directory."""
+    def own(path):
+        os.chown(path, test_user.uid, test_user.gid)
+        return path
+    host_dir = os.path.join(user_tmp, "host-target")  # the user may write here
+    os.mkdir(host_dir)
+    own(host_dir)
+    with open(os.path.join(user_tmp, "payload.txt"), "w") as fh:
+        fh.write("payload")
+    own(os.path.join(user_tmp, "payload.txt"))
+    escape = "/.." * 20 + host_dir
+    base_def = write_def(user_tmp, "Bootstrap: busybox\n%post\n"
+                         f"    ln -s {escape} /opt\n"
+                         "    mkdir -p /data && ln -s /../../../ /data/up\n", test_user)
+    base = os.path.join(user_tmp, "base")
+    r = run_satchel(["build", "--sandbox", base, base_def], user=test_user)
+    assert r.returncode == 0, r.stderr
+    name = os.path.basename(user_tmp)
+    final_def = os.path.join(user_tmp, "final.def")
+    with open(final_def, "w") as fh:
+        fh.write(f"Bootstrap: localimage\nFrom: {base}\n%files\n"
+                 "    payload.txt /opt/p1.txt\n"
+                 f"    payload.txt /../../../../tmp/{name}/escaped-dotdot.txt\n"
+                 f"    payload.txt /data/up{user_tmp}/escaped-up.txt\n")
+    own(final_def)
+    target = os.path.join(user_tmp, "final")
+    r = run_satchel(["build", "--sandbox", target, final_def], user=test_user)
+    assert r.returncode == 0, r.stderr
+    assert os.listdir(host_dir) == []
+    assert not os.path.exists(os.path.join(user_tmp, "escaped-dotdot.txt"))
+    assert not os.path.exists(os.path.join(user_tmp, "escaped-up.txt"))
+    inside = os.path.join(target, host_dir.lstrip("/"))
+    with open(os.path.join(inside, "p1.txt")) as fh:
+        assert fh.read() == "payload"
+    with open(os.path.join(target, "tmp", name, "escaped-dotdot.txt")) as fh:
+        assert fh.read() == "payload"
+    with open(os.path.join(target, user_tmp.lstrip("/"), "escaped-up.txt")) as fh:
+        assert fh.read() == "payload"
