@@ -94,7 +94,8 @@ def test_busybox_layout_in_sif(busybox_sif):
                  "/.singularity.d/actions/shell", "/.singularity.d/actions/start",
                  "/.singularity.d/actions/test", "/.singularity.d/env/01-base.sh",
                  "/.singularity.d/env/90-environment.sh", "/.singularity.d/env/91-environment.sh",
-                 "/.singularity.d/env/95-apps.sh", "/.singularity.d/env/99-base.sh",
+                 "/.singularity.d/env/94-appsbase.sh", "/.singularity.d/env/95-apps.sh",
+                 "/.singularity.d/env/99-base.sh",
                  "/.singularity.d/env/99-runtimevars.sh", "/.singularity.d/runscript",
                  "/.singularity.d/startscript", "/.singularity.d/test",
                  "/.singularity.d/labels.json", "/.singularity.d/Singularity",
@@ -541,3 +542,44 @@ def test_localimage_sandbox_source_is_never_modified(tmp_path, overlay):
     assert r.returncode == 0, r.stderr
     assert open(os.path.join(sandbox, "etc", "base")).read() == "base\nchanged\n"
     assert not os.path.ismount(sandbox)
+
+
+def test_squashfs_progress_bar_only_on_a_terminal(tmp_path):
+    """Conversion shows mksquashfs's progress bar on a terminal, and nothing under -q or a pipe."""
+    import pty
+    import select
+
+    definition = os.path.join(os.path.dirname(__file__), "..", "data", "busybox.def")
+
+    def on_pty(args):
+        pid, fd = pty.fork()
+        if pid == 0:
+            import fcntl
+            import struct
+            import termios
+            # a real terminal has a size; mksquashfs draws no bar on a 0-column one
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+            os.execv(SATCHEL, [SATCHEL] + args)
+        chunks = []
+        while True:
+            ready, _, _ = select.select([fd], [], [], 120)
+            if not ready:
+                break
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status), b"".join(chunks).decode(errors="replace")
+
+    code, out = on_pty(["build", str(tmp_path / "a.sif"), definition])
+    assert code == 0, out
+    assert "100%" in out and "[" in out  # mksquashfs's bar: [====...] n/n 100%
+    code, out = on_pty(["-q", "build", str(tmp_path / "b.sif"), definition])
+    assert code == 0, out
+    assert "100%" not in out
+    piped = run_satchel(["build", str(tmp_path / "c.sif"), definition])
+    assert piped.returncode == 0 and "100%" not in piped.stderr + piped.stdout

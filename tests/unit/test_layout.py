@@ -23,7 +23,7 @@ def rootfs(tmp_path):
     return str(r)
 
 
-ENV_SCRIPTS = ["01-base.sh", "90-environment.sh", "95-apps.sh", "99-base.sh", "99-runtimevars.sh"]
+ENV_SCRIPTS = ["01-base.sh", "90-environment.sh", "94-appsbase.sh", "95-apps.sh", "99-base.sh", "99-runtimevars.sh"]
 
 
 def test_prepare_creates_the_layout(rootfs):
@@ -50,7 +50,7 @@ def test_env_scripts_sort_in_apptainer_order(rootfs):
     layout.write_file(rootfs, layout.POST_ENVIRONMENT, layout.ENV_91_ENVIRONMENT, 0o755)
     names = sorted(os.listdir(os.path.join(rootfs, ".singularity.d", "env")))
     assert names == ["01-base.sh", "10-docker2singularity.sh", "90-environment.sh",
-                     "91-environment.sh", "95-apps.sh", "99-base.sh", "99-runtimevars.sh"]
+                     "91-environment.sh", "94-appsbase.sh", "95-apps.sh", "99-base.sh", "99-runtimevars.sh"]
 
 
 def test_prepare_keeps_existing_files_without_overwrite(rootfs):

@@ -405,7 +405,7 @@ def write_sif(rootfs: str, target: str, workdir: str, definition, options: Build
     squashfs_path = os.path.join(workdir, "rootfs.squashfs")
     extra = shlex.split(options.mksquashfs_args) if options.mksquashfs_args else []
     with Step("Creating SquashFS file system"):
-        squashfs.make(rootfs, squashfs_path, extra_args=extra)
+        squashfs.make(rootfs, squashfs_path, extra_args=extra, progress=squashfs.progress_wanted())
     with Step(f"Writing SIF image {target}"):
         new_sif = os.path.join(workdir, "image.sif")
         try:

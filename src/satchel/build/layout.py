@@ -213,6 +213,7 @@ BASE_FILES = (  # (path, mode, content): written when missing, or always with ov
     (SD + "/actions/test", 0o755, ACTION_TEST),
     (ENV_DIR + "/01-base.sh", 0o755, ENV_01_BASE),
     (ENV_DIR + "/90-environment.sh", 0o755, ENV_90_ENVIRONMENT),
+    (ENV_DIR + "/94-appsbase.sh", 0o755, ENV_94_APPSBASE),
     (ENV_DIR + "/95-apps.sh", 0o755, ENV_95_APPS),
     (ENV_DIR + "/99-base.sh", 0o755, ENV_99_BASE),
     (ENV_DIR + "/99-runtimevars.sh", 0o755, ENV_99_RUNTIMEVARS),

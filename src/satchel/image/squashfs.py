@@ -57,15 +57,17 @@ def mksquashfs_argv(source: str, dest: str, compression: str | None = None,
     return argv + extra
 
 
-def _run(argv: list[str], what: str) -> None:
+def _run(argv: list[str], what: str, on_terminal: bool = False) -> None:
     """Run a squashfs tool in its own process group (killed whole if we are interrupted);
-    BuildError with the tail of its output on failure."""
+    BuildError with the tail of its output on failure. With on_terminal its output (progress
+    bar, errors) goes straight to our stderr instead of being collected."""
     import signal
     import subprocess
     from satchel import log
     log.verbose("running: " + " ".join(argv))
+    output = 2 if on_terminal else subprocess.PIPE
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=output,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     except OSError as err:
         raise BuildError(f"{what}: cannot run {argv[0]}: {err.strerror}") from None
@@ -79,16 +81,34 @@ def _run(argv: list[str], what: str) -> None:
         proc.wait()
         raise
     if proc.returncode != 0:
-        text = out.decode(errors="replace").strip()[-2000:].replace("\n", " | ")
+        text = (out or b"").decode(errors="replace").strip()[-2000:].replace("\n", " | ")
         raise BuildError(f"{what}: {os.path.basename(argv[0])} failed (exit status "
                          f"{proc.returncode}){': ' + text if text else ''}")
 
 
 def make(source: str, dest: str, compression: str | None = None,
-         extra_args: list[str] | None = None, processors: int | None = None) -> None:
-    """Pack directory `source` into a new SquashFS file `dest` (owners as this process sees them)."""
-    _run(mksquashfs_argv(source, dest, compression, extra_args, processors),
-         f"while creating SquashFS image from {source}")
+         extra_args: list[str] | None = None, processors: int | None = None,
+         progress: bool = False) -> None:
+    """Pack directory `source` into a new SquashFS file `dest` (owners as this process sees them).
+
+    progress: show mksquashfs's own progress bar on stderr (callers pass True only when stderr
+    is a terminal and messages are not silenced)."""
+    argv = mksquashfs_argv(source, dest, compression, extra_args, processors)
+    if progress:
+        argv.remove("-no-progress")
+    _run(argv, f"while creating SquashFS image from {source}", on_terminal=progress)
+
+
+def progress_wanted() -> bool:
+    """A progress bar only on a terminal, and not under -q/-s."""
+    import sys
+    from satchel import log
+    if log.level() < log.INFO:
+        return False
+    try:
+        return os.isatty(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def extract(image: str, dest: str, offset: int = 0) -> None:
