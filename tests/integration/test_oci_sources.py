@@ -55,6 +55,8 @@ def test_pull_local_sources(exports, tmp_path, uri_of, marker):
     result = run_satchel(["pull", str(sif), uri_of(exports)],
                          env={"APPTAINER_CACHEDIR": str(tmp_path / "cache")}, timeout=180)
     assert result.returncode == 0, result.stderr
+    assert ".pull-" not in result.stderr  # no temporary names in what the user reads
+    assert f"Image saved to {sif}" in result.stderr
     assert read_in(sif, tmp_path, marker[0]) == marker[1]
     run = run_satchel(["exec", str(sif), "cat", "/etc/os-release"])
     assert "Satchel Test OS" in run.stdout, run.stderr

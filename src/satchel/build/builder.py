@@ -57,6 +57,7 @@ class BuildOptions:
         self.arch = arch  # registry platform choice, read by the OCI agent
         self.docker_username = docker_username
         self.docker_password = docker_password
+        self.announce = True  # the "Build complete: TARGET" line (pull turns it off)
         self.user_umask = 0o022  # the caller's umask, for the mode of the new SIF
 
     def run_section(self, name: str) -> bool:
@@ -221,7 +222,9 @@ def _build(target: str, stages: list, options: BuildOptions, fakeroot: bool) -> 
                 install_sandbox(final_rootfs, target, workdir, options)
         else:
             write_sif(final_rootfs, target, workdir, stages[-1], options)
-        log.info(f"Build complete: {target} ({time.monotonic() - started:.2f} s)")
+        done = f"Build complete: {target} ({time.monotonic() - started:.2f} s)"
+        # a pull builds into a temporary name and announces the final file itself
+        (log.info if options.announce else log.verbose)(done)
     except BaseException:
         # a second Ctrl-C (the terminal signals every process of the group) must not cut the
         # cleanup short

@@ -138,6 +138,7 @@ def _build(uri: str, target: str, fetch: FetchOptions, build_options, tmpdir: st
     from satchel.build import builder
     options = build_options or builder.BuildOptions()
     options.force = True
+    options.announce = False  # `target` is a temporary name; the caller reports the result
     if tmpdir and not options.tmpdir:
         options.tmpdir = tmpdir
     # the docker agent reads these (FetchOptions.from_options) in the build, which may run in
