@@ -409,7 +409,7 @@ def write_sif(rootfs: str, target: str, workdir: str, definition, options: Build
     extra = shlex.split(options.mksquashfs_args) if options.mksquashfs_args else []
     with Step("Creating SquashFS file system"):
         squashfs.make(rootfs, squashfs_path, extra_args=extra, progress=squashfs.progress_wanted())
-    with Step(f"Writing SIF image {target}"):
+    with Step(f"Writing SIF image {target}" if options.announce else "Writing SIF image"):
         new_sif = os.path.join(workdir, "image.sif")
         try:
             sif.create(new_sif, sif_objects(rootfs, definition, squashfs_path))
