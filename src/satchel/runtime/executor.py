@@ -121,7 +121,9 @@ class Executor:
             image = self.plan.image
             server = self.early
             if server is None or (server.image, server.offset) != (image.path, image.fs_offset):
-                server = fuse.start_builtin(op.source, image.path, image.fs_offset, argv)
+                reads = self.plan.ops_of("prefetch")
+                server = fuse.start_builtin(op.source, image.path, image.fs_offset, argv,
+                                            reads[0].data if reads else ())
             self.early = None
             server.open_device()
             self.fuse[op.source] = server
@@ -150,24 +152,18 @@ class Executor:
         server.start()
 
     def op_prefetch(self, op) -> None:
-        """Ask the kernel to read these image files ahead (asynchronous FUSE reads)."""
-        for path in op.data:
-            try:
-                host, missing = underlay.resolve(self.root, path)
-            except ContainerError:
-                continue
-            if missing:
-                continue
-            try:
-                fd = os.open(host, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-            except OSError:
-                continue
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
+        self.fuse[op.source].read_ahead(op.data, self._existing)
+
+    def op_prefetch_store(self, op) -> None:
+        self.fuse[op.source].store_read_ahead(self._existing)
+
+    def _existing(self, path: str) -> str | None:
+        """Host path of an existing container path (looked up: the kernel knows it), or None."""
+        try:
+            host, missing = underlay.resolve(self.root, path)
+        except ContainerError:
+            return None
+        return None if missing else host
 
     def op_fuse_wait(self, op) -> None:
         server = self.fuse[op.source]

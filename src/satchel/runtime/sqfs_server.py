@@ -7,7 +7,8 @@ process forked from the launcher (before the container's mount namespace exists,
 the host's) loads libsquashfuse_ll and libfuse3 (through runtime/cfunc.py rather than ctypes,
 whose import alone costs ~7 ms) and opens the image *while* the launcher builds its
 namespaces; once the mount exists it only has to start the FUSE loop.
-The C code does all the serving: no Python runs while requests are answered.
+The C code does all the serving: no Python runs while requests are answered. Meanwhile a second
+thread reads the container's first files ahead (sqfs_prefetch.py).
 
 The handler table is libfuse 3's `struct fuse_lowlevel_ops`, filled the way squashfuse_ll's
 own main() fills it (ll_main.c); libfuse copies min(sizeof, op_size) of it, so the layout is
@@ -53,8 +54,8 @@ class Session:
 
     def __init__(self, image: str, offset: int):
         try:
-            lib = Library(LIBSQUASHFUSE)
-            fuse = Library(LIBFUSE)
+            self.lib = lib = Library(LIBSQUASHFUSE)
+            self.fuse = fuse = Library(LIBFUSE)
             handlers = {slot: lib.address(name) for slot, name in _HANDLERS.items()}
         except OSError as err:
             raise LibraryMissing(str(err)) from None
@@ -82,6 +83,13 @@ class Session:
         if self._mount(self.session, f"/dev/fd/{fd}".encode()) != 0:
             return 1
         return self._loop(self.session)
+
+    def start_read_ahead(self, image: str, offset: int, paths, go_fd: int, ack_fd: int):
+        """Read `paths` ahead in a thread of this process (see sqfs_prefetch.py); returns the
+        lock to release once go_fd is the thread's to read, or None if it cannot start."""
+        from satchel.runtime import sqfs_prefetch
+        return sqfs_prefetch.start(self.lib, self.fuse, image, offset, self.session, paths,
+                                   go_fd, ack_fd)
 
 
 def _close_other_fds(keep) -> None:
@@ -111,10 +119,16 @@ def _take_fd(message: bytes) -> int:
     return copy
 
 
+def _report_error(ack_fd: int, err: Exception) -> None:
+    os.write(ack_fd, b"e" + str(err).replace("\n", " ").encode()[:400] + b"\n")
+
+
 def run_daemon(image: str, offset: int, go_fd: int, ack_fd: int,
-               fallback_argv: list[str]) -> None:
+               fallback_argv: list[str], read_ahead=()) -> None:
     """Body of the server process (never returns): open the image, report ("k<pid>" or
-    "e<reason>"), wait for the mount ("x PID FD"), take the fd, report "g", serve.
+    "e<reason>"), wait for the mount ("x PID FD"), take the fd, report "g", serve. Reports end
+    with a newline. With container paths to read ahead, the report is "gr", the read-ahead
+    thread adds its own ("l...") and the pipes are the thread's after "gr" (sqfs_prefetch.py).
 
     Without the libraries it execs fallback_argv (squashfuse_ll -f ... /dev/fd/{fd}) instead.
     """
@@ -133,20 +147,27 @@ def run_daemon(image: str, offset: int, go_fd: int, ack_fd: int,
         except LibraryMissing:
             session = None
         except OSError as err:
-            os.write(ack_fd, b"e" + str(err).encode()[:400])
+            _report_error(ack_fd, err)
             os._exit(1)
-        os.write(ack_fd, b"k%d" % os.getpid())
+        handover = None
+        if session is not None and read_ahead:
+            handover = session.start_read_ahead(image, offset, read_ahead, go_fd, ack_fd)
+        os.write(ack_fd, b"k%d\n" % os.getpid())
         message = os.read(go_fd, 128)
         if not message:
             os._exit(3)  # the launcher died or gave up before mounting
-        os.close(go_fd)
         try:
             fd = _take_fd(message)
         except (OSError, ValueError) as err:
-            os.write(ack_fd, b"e" + str(err).encode()[:400])
+            _report_error(ack_fd, err)
             os._exit(1)
-        os.write(ack_fd, b"g")
-        os.close(ack_fd)
+        if handover is not None:
+            os.write(ack_fd, b"gr\n")
+            handover.release()  # the pipes are the read-ahead thread's from now on
+        else:
+            os.write(ack_fd, b"g\n")
+            os.close(go_fd)
+            os.close(ack_fd)
         if session is None:
             os.set_inheritable(fd, True)
             argv = [a.replace("{fd}", str(fd)) for a in fallback_argv]

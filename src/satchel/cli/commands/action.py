@@ -183,7 +183,7 @@ def run(name: str, parsed) -> int:
     from satchel.image.formats import open_image
     from satchel.runtime.config import load_config
     from satchel.runtime.host import HostInfo
-    from satchel.runtime.plan import build_plan, early_server
+    from satchel.runtime.plan import build_plan, early_server, first_reads
 
     config = load_config()
     early = None
@@ -195,7 +195,9 @@ def run(name: str, parsed) -> int:
         if server_argv is not None:  # start it now: it opens the image while we plan
             from satchel.runtime import fuse
             server_argv[0] = fuse.find_program(server_argv[0], os.environ, required=False)
-            early = fuse.start_builtin("image", image.path, image.fs_offset, server_argv)
+            reads = first_reads(name, parsed.args[1:]) if config.get_bool("prefetch", True) \
+                else ()
+            early = fuse.start_builtin("image", image.path, image.fs_offset, server_argv, reads)
     opts = to_run_options(name, parsed)
     if image is None:
         opts.join = join_target(parsed.args[0])

@@ -1,0 +1,122 @@
+"""The built-in SquashFS server reads the container's first files ahead (sqfs_prefetch.py).
+
+What it lists is what the loader will open; what it stores in the page cache is byte for byte
+what a READ returns; the pages are in the kernel's cache before anything reads the file.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from support.fixtures_images import ROOT as REPO_ROOT
+from support.fixtures_users import run_satchel
+
+DEFAULT_CONF = os.path.join(REPO_ROOT, "src", "satchel", "data", "satchel.conf")
+
+
+def _listed(result) -> list[str]:
+    for line in result.stderr.splitlines():
+        if "the FUSE server reads ahead:" in line:
+            return line.split("reads ahead:", 1)[1].split()
+    raise AssertionError(f"no read-ahead line in:\n{result.stderr[-3000:]}")
+
+
+def _no_prefetch_config(directory: str) -> str:
+    path = os.path.join(directory, "satchel.conf")
+    with open(DEFAULT_CONF) as src, open(path, "w") as dst:
+        dst.write(src.read().replace("prefetch = yes", "prefetch = no"))
+    os.chmod(path, 0o644)
+    return path
+
+
+def test_busybox_read_ahead_follows_the_sh_link(test_user, busybox_sif):
+    r = run_satchel(["-d", "exec", busybox_sif, "/bin/true"], user=test_user)
+    assert r.returncode == 0, r.stderr
+    assert _listed(r) == ["/bin/busybox"]
+
+
+def test_debian_read_ahead_adds_loader_and_libraries(test_user, debian_sif):
+    r = run_satchel(["-d", "exec", debian_sif, "/usr/bin/env"], user=test_user)
+    assert r.returncode == 0, r.stderr
+    listed = _listed(r)
+    # /bin/sh -> dash, the command, then what their PT_INTERP and DT_NEEDED name, found
+    # through the image's own ld.so.cache (never the host's)
+    assert listed[:2] == ["/usr/bin/dash", "/usr/bin/env"]
+    assert "/usr/lib/x86_64-linux-gnu/libc.so.6" in listed or os.uname().machine != "x86_64"
+    assert any(p.rsplit("/", 1)[-1].startswith("ld-linux") for p in listed)
+    assert len(listed) == len(set(listed))
+
+
+def test_pages_read_ahead_are_the_image_bytes(test_user, debian_sif, user_tmp):
+    files = ["/usr/bin/dash", "/usr/bin/md5sum", "/usr/lib/x86_64-linux-gnu/libc.so.6"]
+    with_read_ahead = run_satchel(["exec", debian_sif, "/usr/bin/md5sum"] + files,
+                                  user=test_user)
+    assert with_read_ahead.returncode == 0, with_read_ahead.stderr
+    plain = run_satchel(["exec", debian_sif, "/usr/bin/md5sum"] + files, user=test_user,
+                        env={"SATCHEL_CONFIG": _no_prefetch_config(user_tmp)})
+    assert plain.returncode == 0, plain.stderr
+    assert with_read_ahead.stdout == plain.stdout
+    assert len(with_read_ahead.stdout.splitlines()) == len(files)
+
+
+def test_missing_command_and_odd_paths_are_not_read_ahead(test_user, busybox_sif):
+    r = run_satchel(["-d", "exec", busybox_sif, "/no/such/program"], user=test_user)
+    assert r.returncode == 255
+    assert _listed(r) == ["/bin/busybox"]
+    r = run_satchel(["-d", "exec", busybox_sif, "/etc/satchel-release/.."], user=test_user)
+    assert _listed(r) == ["/bin/busybox"]
+
+
+MECHANISM = textwrap.dedent("""
+    import hashlib, os, subprocess, sys, time
+    sys.path.insert(0, {src!r})
+    from satchel.image.formats import open_image
+    from satchel.runtime import fuse, linux
+
+    image = open_image({sif!r})
+    server = fuse.start_builtin("image", image.path, image.fs_offset,
+                                ["squashfuse_ll", "-f", "/dev/fd/{{fd}}"], ["/bin/sh"])
+    linux.unshare(("mount",))
+    linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE, None, "private")
+    server.open_device()
+    server.before_mount()
+    linux.mount(image.path, {mnt!r}, "fuse.squashfuse", linux.MS_RDONLY | linux.MS_NODEV,
+                fuse.mount_options(server.fd, 0, 0), "mount")
+    server.start()
+    server.wait_ready()
+    assert server.reads_ahead
+    server.store_read_ahead(lambda path: os.stat({mnt!r} + path) and None)
+    target = {mnt!r} + "/bin/busybox"
+    size = os.stat(target).st_size
+    deadline = time.monotonic() + 5
+    while True:  # fincore maps the file and asks mincore(2): it reads nothing
+        out = subprocess.run(["fincore", "--bytes", "--noheadings", "--raw", "-o", "RES",
+                              target], capture_output=True, text=True, check=True).stdout
+        if int(out) >= size or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    print(int(out), size)
+    with open(target, "rb") as fh:
+        print(hashlib.sha256(fh.read()).hexdigest())
+""")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting FUSE by hand needs root")
+@pytest.mark.skipif(shutil.which("fincore") is None, reason="util-linux fincore missing")
+def test_pages_are_cached_before_anything_reads_the_file(busybox_sif, busybox_sandbox,
+                                                         tmp_path):
+    mnt = str(tmp_path / "mnt")
+    os.mkdir(mnt)
+    script = MECHANISM.format(src=os.path.join(REPO_ROOT, "src"), sif=busybox_sif, mnt=mnt)
+    r = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    resident, size = map(int, r.stdout.splitlines()[0].split())
+    assert resident >= size > 0  # every page stored by the server, none read
+    import hashlib
+    with open(os.path.join(busybox_sandbox, "bin", "busybox"), "rb") as fh:
+        assert r.stdout.splitlines()[1] == hashlib.sha256(fh.read()).hexdigest()
