@@ -2,6 +2,7 @@
 """Container startup: `satchel exec` against ch-run and bwrap, side by side, in one run.
 
     sudo /usr/bin/python3 bench/exec_startup.py [--runs 40] [--user satchel-test] [--sif IMG]
+                                                [--compare LAUNCHER]
 
 Measures the median wall time of starting a container that runs /bin/true:
   satchel exec IMG.sif /bin/true          SIF, squashfuse (non-root) or loop device (root)
@@ -11,7 +12,9 @@ Measures the median wall time of starting a container that runs /bin/true:
   ch-run DIR -- /bin/true
   bwrap --unshare-user --ro-bind DIR / ... /bin/true
 and prints medians and the ratios the issue sets as goals (satchel SIF <= 1.0x ch-run SquashFS,
-satchel directory <= 3x ch-run directory).
+satchel directory <= 3x ch-run directory). --compare LAUNCHER adds another satchel entry script
+(say, one written by satchel.launcher for an older checkout) to the same rotation, so a change
+is measured against its baseline under the same load.
 
 Each sample is one fork + (setuid to the user) + execve + waitpid, timed with
 perf_counter_ns in this process; the commands are interleaved round-robin so that load from
@@ -87,6 +90,9 @@ def main() -> int:
     ap.add_argument("--as-root", action="store_true", help="run the containers as root")
     ap.add_argument("--sif", help="SIF image to use (default: build the busybox test image)")
     ap.add_argument("--only", help="comma-separated subset of the command labels")
+    ap.add_argument("--compare", metavar="LAUNCHER",
+                    help="another satchel entry script, measured as satchel-sif@base and "
+                         "satchel-dir@base")
     args = ap.parse_args()
 
     ids = None
@@ -112,6 +118,9 @@ def main() -> int:
             "bwrap-dir": [shutil.which("bwrap"), "--unshare-user", "--ro-bind", directory, "/",
                           "--proc", "/proc", "--dev", "/dev", "/bin/true"],
         }
+        if args.compare:
+            commands["satchel-sif@base"] = [args.compare, "exec", sif, "/bin/true"]
+            commands["satchel-dir@base"] = [args.compare, "exec", directory, "/bin/true"]
         if args.only:
             keep = args.only.split(",")
             commands = {k: v for k, v in commands.items() if k in keep}
@@ -136,7 +145,7 @@ def main() -> int:
     for label, value in med.items():
         spread = sorted(samples[label])
         q1, q3 = spread[len(spread) // 4] / 1e6, spread[3 * len(spread) // 4] / 1e6
-        print(f"  {label:12s} {value:7.1f} ms   (quartiles {q1:.1f}-{q3:.1f})")
+        print(f"  {label:16s} {value:7.1f} ms   (quartiles {q1:.1f}-{q3:.1f})")
 
     def ratio(a, b, goal):
         if a in med and b in med:
@@ -146,6 +155,10 @@ def main() -> int:
     ratio("satchel-sif", "ch-run-sqfs", 1.0)
     ratio("satchel-dir", "ch-run-dir", 3.0)
     ratio("satchel-dir", "bwrap-dir", 3.0)
+    if args.compare:
+        for kind in ("sif", "dir"):
+            a, b = f"satchel-{kind}", f"satchel-{kind}@base"
+            print(f"  {a} / {b} = {med[a] / med[b]:.2f}x   ({med[a] - med[b]:+.1f} ms)")
     return 0
 
 
