@@ -265,14 +265,27 @@ class Executor:
         self._write(op.destination, text)
 
     def _image_text(self, path: str) -> str:
+        """A small file of the image as text ("" if unreadable). os-level reads: open() would
+        add an isatty() ioctl, one more FUSE request, and the text layer."""
         host, missing = underlay.resolve(self.root, path)
         if missing:
             return ""
         try:
-            with open(host, encoding="utf-8", errors="replace") as fh:
-                return fh.read()
+            fd = os.open(host, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return ""
+        chunks = []
+        try:
+            while True:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except OSError:
+            return ""
+        finally:
+            os.close(fd)
+        return b"".join(chunks).decode("utf-8", "replace")
 
     @staticmethod
     def _write(path: str, text: str) -> None:
