@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import _ctypes
 import os
+import sys
 
 get_errno = _ctypes.get_errno
 
@@ -94,3 +95,14 @@ def char_buffer(size: int, content: bytes = b""):
 
 
 address_of = _ctypes.addressof  # address of a buffer's memory
+
+
+def callback(function, argtypes, restype=None):
+    """A C function pointer calling the Python `function` (ctypes' CFUNCTYPE(...)(function)).
+
+    Returns (keep, address): C code may call `address` as long as `keep` is referenced.
+    """
+    thunk_type = type("_Callback", (_ctypes.CFuncPtr,), {
+        "_flags_": _ctypes.FUNCFLAG_CDECL, "_restype_": restype, "_argtypes_": tuple(argtypes)})
+    keep = thunk_type(function)
+    return keep, int.from_bytes(memoryview(keep).tobytes(), sys.byteorder)

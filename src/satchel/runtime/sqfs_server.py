@@ -22,7 +22,7 @@ import os
 import struct
 
 from satchel.runtime.cfunc import (Library, address_of, c_char_p, c_int, c_long, c_size_t,
-                                   c_uint, c_ulong, c_void_p, char_buffer, get_errno)
+                                   c_uint, c_ulong, c_void_p, callback, char_buffer, get_errno)
 
 LIBSQUASHFUSE = "libsquashfuse_ll.so.0"
 LIBFUSE = "libfuse3.so.3"
@@ -43,6 +43,22 @@ _HANDLERS = {
 
 # struct fuse_args { int argc; char **argv; int allocated; }
 _FUSE_ARGS = struct.Struct("@iPi")
+_INIT_SLOT = 0
+# struct fuse_conn_info (libfuse 3): unsigned proto_major, proto_minor, max_write, max_read,
+# max_readahead, capable, want, ...
+_CONN_CAPABLE, _CONN_WANT = 20, 24
+FUSE_CAP_CACHE_SYMLINKS = 1 << 23
+
+
+def _init(userdata, conn) -> None:
+    """FUSE INIT handler: let the kernel cache symbolic links.
+
+    The image is read-only, so a link's target never changes; without the flag every path
+    through a link (Debian's /bin -> usr/bin, /lib64/ld-linux...) costs a READLINK request.
+    """
+    if c_uint.from_address(conn + _CONN_CAPABLE).value & FUSE_CAP_CACHE_SYMLINKS:
+        want = c_uint.from_address(conn + _CONN_WANT)
+        want.value |= FUSE_CAP_CACHE_SYMLINKS
 
 
 class LibraryMissing(Exception):
@@ -68,6 +84,7 @@ class Session:
         self.ll = sqfs_ll_open(os.fsencode(image), offset)
         if not self.ll:
             raise OSError(f"cannot open the SquashFS file system in {image} at offset {offset}")
+        self._init_handler, handlers[_INIT_SLOT] = callback(_init, (c_void_p, c_void_p))
         # every buffer below stays referenced by self: libfuse keeps pointers into args
         self.ops = char_buffer(8 * _OPS_SLOTS, struct.pack(
             f"{_OPS_SLOTS}P", *(handlers.get(slot, 0) for slot in range(_OPS_SLOTS))))
