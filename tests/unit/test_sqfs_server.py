@@ -41,3 +41,28 @@ def test_callback_is_callable_from_c_through_its_address():
 
     Caller(address)(7, None)
     assert seen == [(7, None)]
+
+
+def test_image_message_round_trip():
+    import os
+
+    from satchel.runtime import fuse
+
+    read_fd, write_fd = os.pipe()
+    try:
+        server = fuse.BuiltinServer("image", 0, write_fd, -1)
+        image = "/images/with space/\u00e9t\u00e9\nnewline.sif"
+        server.serve_image(image, 36864, ["squashfuse_ll", "-f", "/dev/fd/{fd}"],
+                           ("/bin/sh", "/opt/app x"))
+        assert (server.image, server.offset) == (image, 36864)
+        assert sqfs_server._read_image_message(read_fd) == (
+            image, 36864, ["squashfuse_ll", "-f", "/dev/fd/{fd}"], ["/bin/sh", "/opt/app x"])
+        server.serve_image(image, 0, ["p"], ())
+        assert sqfs_server._read_image_message(read_fd) == (image, 0, ["p"], [])
+        os.close(write_fd)
+        write_fd = -1
+        assert sqfs_server._read_image_message(read_fd) is None  # the launcher gave up
+    finally:
+        os.close(read_fd)
+        if write_fd >= 0:
+            os.close(write_fd)

@@ -121,6 +121,8 @@ class Executor:
             image = self.plan.image
             server = self.early
             if server is None or (server.image, server.offset) != (image.path, image.fs_offset):
+                if server is not None:
+                    server.cancel()
                 reads = self.plan.ops_of("prefetch")
                 server = fuse.start_builtin(op.source, image.path, image.fs_offset, argv,
                                             reads[0].data if reads else ())
@@ -352,7 +354,7 @@ class Executor:
 def apply(plan, early=None) -> None:
     """Build the container and exec its first process (does not return on success).
 
-    early: a fuse.BuiltinServer started ahead of the plan (fuse.start_builtin), adopted by
+    early: a fuse.BuiltinServer started ahead of the plan (fuse.fork_builtin), adopted by
     the plan's FUSE_PREPARE for the same image.
     """
     Executor(plan, early).run()

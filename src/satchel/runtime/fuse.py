@@ -26,6 +26,7 @@ the server.
 from __future__ import annotations
 
 import os
+import sys
 
 from satchel.errors import ContainerError
 
@@ -195,8 +196,9 @@ class BuiltinServer:
     """The built-in SquashFS server (sqfs_server.py) in a detached process, started early.
 
     It needs no user namespace and no fd to start: forked (twice, so that it is reparented
-    away from what becomes the payload) as soon as the image is known, it loads its libraries
-    and opens the image while the launcher is still building its plan and namespaces. The
+    away from what becomes the payload) as soon as the launcher starts (fork_builtin), it
+    loads its libraries while the launcher imports its modules, opens the image it is then sent
+    (serve_image) while the launcher builds its plan and namespaces, or exits if cancelled. The
     /dev/fuse fd, which only the launcher can open (inside the user namespace), is handed over
     after the mount with pidfd_getfd(2): the launcher sends "x PID FD", the server takes its
     own copy of the fd, answers "g" and serves. Only then may the launcher close its copy.
@@ -209,10 +211,10 @@ class BuiltinServer:
     __slots__ = ("name", "image", "offset", "pid", "go_fd", "ack_fd", "fd", "mountpoint",
                  "server_pid", "reads_ahead", "_received")
 
-    def __init__(self, name: str, image: str, offset: int, pid: int, go_fd: int, ack_fd: int):
+    def __init__(self, name: str, pid: int, go_fd: int, ack_fd: int):
         self.name = name
-        self.image = image
-        self.offset = offset
+        self.image = None       # set by serve_image()
+        self.offset = None
         self.pid = pid          # the short-lived middle process, reaped in wait_ready()
         self.go_fd = go_fd
         self.ack_fd = ack_fd
@@ -221,6 +223,30 @@ class BuiltinServer:
         self.server_pid = 0
         self.reads_ahead = False
         self._received = b""    # messages read from ack_fd and not consumed yet
+
+    def serve_image(self, image: str, offset: int, fallback_argv: list[str],
+                    read_ahead=()) -> None:
+        """Have the server open image[offset:]; fallback_argv (the squashfuse_ll program,
+        '{fd}' for the fd) is exec'ed if libsquashfuse_ll or libfuse3 cannot be loaded;
+        read_ahead: container paths the server reads ahead (the first files the container
+        runs)."""
+        self.image, self.offset = image, offset
+        # "i", the payload's length (4 bytes, native order), then NUL-separated: offset, image,
+        # argument count, the fallback argv, the read-ahead paths (sqfs_server reads it)
+        fields = [str(offset), image, str(len(fallback_argv))] + list(fallback_argv) + \
+            list(read_ahead)
+        payload = b"\0".join(os.fsencode(f) for f in fields)
+        message = b"i" + len(payload).to_bytes(4, sys.byteorder) + payload
+        try:
+            while message:
+                message = message[os.write(self.go_fd, message):]
+        except OSError as err:
+            raise ContainerError(f"FUSE server for {self.name}: {err.strerror}") from None
+
+    def cancel(self) -> None:
+        """No server needed after all: it exits at the end of its pipe."""
+        self._close_pipes()
+        os.waitpid(self.pid, 0)
 
     def open_device(self) -> None:
         """Open /dev/fuse (call inside the container's user namespace)."""
@@ -325,18 +351,13 @@ class BuiltinServer:
             self.fd = -1
 
 
-def start_builtin(name: str, image: str, offset: int, fallback_argv: list[str],
-                  read_ahead=()) -> BuiltinServer:
-    """Fork the built-in server for image[offset:] (see BuiltinServer); returns at once.
+def fork_builtin(name: str) -> BuiltinServer:
+    """Fork the built-in server (see BuiltinServer) before the image is known; returns at once.
 
-    fallback_argv (the squashfuse_ll program, '{fd}' for the fd) is exec'ed by the server if
-    libsquashfuse_ll or libfuse3 cannot be loaded. read_ahead: container paths the server
-    reads ahead (the first files the container runs).
+    The launcher calls this first thing, so that the server's imports and library loading
+    (~4 ms) use the other core while the launcher imports and plans; serve_image() or cancel()
+    follow.
     """
-    # imported here, before the fork: the launcher needs _ctypes (cfunc) soon anyway, and the
-    # server, which inherits it, is ready ~3 ms sooner than if it imported it itself
-    from satchel.runtime import sqfs_server
-
     go_read, go_write = os.pipe()
     ack_read, ack_write = os.pipe()
     pid = os.fork()
@@ -345,14 +366,22 @@ def start_builtin(name: str, image: str, offset: int, fallback_argv: list[str],
         os.close(ack_read)
         try:
             if os.fork() == 0:
-                sqfs_server.run_daemon(image, offset, go_read, ack_write, fallback_argv,
-                                       read_ahead)
+                from satchel.runtime import sqfs_server
+                sqfs_server.run_daemon(go_read, ack_write)
         except BaseException:
             pass
         os._exit(0)
     os.close(go_read)
     os.close(ack_write)
-    return BuiltinServer(name, image, offset, pid, go_write, ack_read)
+    return BuiltinServer(name, pid, go_write, ack_read)
+
+
+def start_builtin(name: str, image: str, offset: int, fallback_argv: list[str],
+                  read_ahead=()) -> BuiltinServer:
+    """fork_builtin() and serve_image() at once."""
+    server = fork_builtin(name)
+    server.serve_image(image, offset, fallback_argv, read_ahead)
+    return server
 
 
 def _enter_copy_of(launcher: int, ack_fd: int) -> None:

@@ -65,33 +65,42 @@ class LibraryMissing(Exception):
     """libsquashfuse_ll or libfuse3 cannot be loaded: serve with the program instead."""
 
 
-class Session:
-    """An opened image and a FUSE session for it, not yet attached to a mount."""
+class Libraries:
+    """libsquashfuse_ll and libfuse3, loaded (and their handler table filled) before the image
+    is known: the server is forked at the launcher's start and does this meanwhile."""
 
-    def __init__(self, image: str, offset: int):
+    def __init__(self):
         try:
             self.lib = lib = Library(LIBSQUASHFUSE)
             self.fuse = fuse = Library(LIBFUSE)
-            handlers = {slot: lib.address(name) for slot, name in _HANDLERS.items()}
+            self.handlers = {slot: lib.address(name) for slot, name in _HANDLERS.items()}
         except OSError as err:
             raise LibraryMissing(str(err)) from None
-        sqfs_ll_open = lib.function("sqfs_ll_open", (c_char_p, c_size_t), c_void_p)
-        session_new = fuse.function("fuse_session_new", (c_void_p, c_void_p, c_size_t,
-                                                         c_void_p), c_void_p)
-        self._mount = fuse.function("fuse_session_mount", (c_void_p, c_char_p))
-        self._loop = fuse.function("fuse_session_loop", (c_void_p,))
+        self.init_handler, self.handlers[_INIT_SLOT] = callback(_init, (c_void_p, c_void_p))
+        self.open_image = lib.function("sqfs_ll_open", (c_char_p, c_size_t), c_void_p)
+        self.session_new = fuse.function("fuse_session_new", (c_void_p, c_void_p, c_size_t,
+                                                              c_void_p), c_void_p)
+        self.mount = fuse.function("fuse_session_mount", (c_void_p, c_char_p))
+        self.loop = fuse.function("fuse_session_loop", (c_void_p,))
 
-        self.ll = sqfs_ll_open(os.fsencode(image), offset)
+
+class Session:
+    """An opened image and a FUSE session for it, not yet attached to a mount."""
+
+    def __init__(self, libraries: Libraries, image: str, offset: int):
+        self.lib, self.fuse = libraries.lib, libraries.fuse
+        self._mount, self._loop = libraries.mount, libraries.loop
+        self.ll = libraries.open_image(os.fsencode(image), offset)
         if not self.ll:
             raise OSError(f"cannot open the SquashFS file system in {image} at offset {offset}")
-        self._init_handler, handlers[_INIT_SLOT] = callback(_init, (c_void_p, c_void_p))
+        handlers = libraries.handlers
         # every buffer below stays referenced by self: libfuse keeps pointers into args
         self.ops = char_buffer(8 * _OPS_SLOTS, struct.pack(
             f"{_OPS_SLOTS}P", *(handlers.get(slot, 0) for slot in range(_OPS_SLOTS))))
         self.progname = char_buffer(16, b"squashfuse_ll")
         self.argv = char_buffer(16, struct.pack("PP", address_of(self.progname), 0))
         self.args = char_buffer(_FUSE_ARGS.size, _FUSE_ARGS.pack(1, address_of(self.argv), 0))
-        self.session = session_new(self.args, self.ops, 8 * _OPS_SLOTS, self.ll)
+        self.session = libraries.session_new(self.args, self.ops, 8 * _OPS_SLOTS, self.ll)
         if not self.session:
             raise OSError("fuse_session_new failed")
 
@@ -140,14 +149,31 @@ def _report_error(ack_fd: int, err: Exception) -> None:
     os.write(ack_fd, b"e" + str(err).replace("\n", " ").encode()[:400] + b"\n")
 
 
-def run_daemon(image: str, offset: int, go_fd: int, ack_fd: int,
-               fallback_argv: list[str], read_ahead=()) -> None:
-    """Body of the server process (never returns): open the image, report ("k<pid>" or
-    "e<reason>"), wait for the mount ("x PID FD"), take the fd, report "g", serve. Reports end
-    with a newline. With container paths to read ahead, the report is "gr", the read-ahead
-    thread adds its own ("l...") and the pipes are the thread's after "gr" (sqfs_prefetch.py).
+def _read_image_message(go_fd: int):
+    """(image, offset, fallback argv, read-ahead paths) as fuse.BuiltinServer.serve_image
+    sends them, or None if the launcher gave up."""
+    data = b""
+    while len(data) < 5 or len(data) < 5 + struct.unpack_from("=I", data, 1)[0]:
+        chunk = os.read(go_fd, 65536)
+        if not chunk:
+            return None
+        data += chunk
+    if data[:1] != b"i":
+        return None
+    fields = [os.fsdecode(f) for f in data[5:].split(b"\0")]
+    count = int(fields[2])
+    return fields[1], int(fields[0]), fields[3:3 + count], fields[3 + count:]
 
-    Without the libraries it execs fallback_argv (squashfuse_ll -f ... /dev/fd/{fd}) instead.
+
+def run_daemon(go_fd: int, ack_fd: int) -> None:
+    """Body of the server process (never returns): load the libraries, wait for the image
+    (fuse.BuiltinServer.serve_image), open it, report ("k<pid>" or "e<reason>"), wait for the mount ("x PID
+    FD"), take the fd, report "g", serve. Reports end with a newline. With container paths to
+    read ahead, the report is "gr", the read-ahead thread adds its own ("l...") and the pipes
+    are the thread's after "gr" (sqfs_prefetch.py). End of file instead of the image or the
+    mount: the launcher needs no server after all (or died), so neither do we.
+
+    Without the libraries it execs the fallback argv (squashfuse_ll -f ... /dev/fd/{fd}).
     """
     try:
         os.setsid()  # out of the launcher's session: terminal signals are the payload's
@@ -160,12 +186,20 @@ def run_daemon(image: str, offset: int, go_fd: int, ack_fd: int,
         _close_other_fds((go_fd, ack_fd))  # the caller's pipes must not wait for us
         os.chdir("/")
         try:
-            session = Session(image, offset)
+            libraries = Libraries()
         except LibraryMissing:
-            session = None
-        except OSError as err:
-            _report_error(ack_fd, err)
-            os._exit(1)
+            libraries = None
+        request = _read_image_message(go_fd)
+        if request is None:
+            os._exit(0)
+        image, offset, fallback_argv, read_ahead = request
+        session = None
+        if libraries is not None:
+            try:
+                session = Session(libraries, image, offset)
+            except OSError as err:
+                _report_error(ack_fd, err)
+                os._exit(1)
         handover = None
         if session is not None and read_ahead:
             handover = session.start_read_ahead(image, offset, read_ahead, go_fd, ack_fd)

@@ -176,8 +176,26 @@ def join_target(uri: str):
     return JoinTarget(record.name, record.pid, record.namespaces or (), record.image or "")
 
 
+def _regular_file(path: str) -> bool:
+    import os
+    import stat
+
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def run(name: str, parsed) -> int:
     import os
+
+    target = parsed.args[0]
+    early = None
+    if os.getuid() != 0 and not target.startswith("instance://") and _regular_file(target):
+        # an image file, run without privilege: a FUSE server will serve it. Forked now, it
+        # loads its libraries while we import, plan and set up (serve_image or cancel below).
+        from satchel.runtime import fuse
+        early = fuse.fork_builtin("image")
 
     from satchel import log
     from satchel.image.formats import open_image
@@ -186,18 +204,21 @@ def run(name: str, parsed) -> int:
     from satchel.runtime.plan import build_plan, early_server, first_reads
 
     config = load_config()
-    early = None
-    if parsed.args[0].startswith("instance://"):
+    if target.startswith("instance://"):
         image = None
     else:
-        image = open_image(parsed.args[0])
+        image = open_image(target)
         server_argv = early_server(config, image, os.getuid())
-        if server_argv is not None:  # start it now: it opens the image while we plan
+        if server_argv is not None:  # it opens the image while we plan
             from satchel.runtime import fuse
             server_argv[0] = fuse.find_program(server_argv[0], os.environ, required=False)
             reads = first_reads(name, parsed.args[1:]) if config.get_bool("prefetch", True) \
                 else ()
-            early = fuse.start_builtin("image", image.path, image.fs_offset, server_argv, reads)
+            early = early or fuse.fork_builtin("image")
+            early.serve_image(image.path, image.fs_offset, server_argv, reads)
+        elif early is not None:
+            early.cancel()  # the squashfuse_ll program (squashfuse mode = program)
+            early = None
     opts = to_run_options(name, parsed)
     if image is None:
         opts.join = join_target(parsed.args[0])
