@@ -33,10 +33,19 @@ def _no_prefetch_config(directory: str) -> str:
     return path
 
 
-def test_busybox_read_ahead_follows_the_sh_link(test_user, busybox_sif):
+def _env_scripts(sandbox: str) -> list[str]:
+    """The image's environment scripts, in the order the action script sources them."""
+    names = sorted(n for n in os.listdir(os.path.join(sandbox, ".singularity.d", "env"))
+                   if n.endswith(".sh"))
+    assert len(names) >= 5
+    return ["/.singularity.d/env/" + n for n in names]
+
+
+def test_busybox_read_ahead_follows_the_sh_link(test_user, busybox_sif, busybox_sandbox):
     r = run_satchel(["-d", "exec", busybox_sif, "/bin/true"], user=test_user)
     assert r.returncode == 0, r.stderr
-    assert _listed(r) == ["/bin/busybox"]
+    # /bin/sh -> busybox (the command is the same file), then what the action script sources
+    assert _listed(r) == ["/bin/busybox"] + _env_scripts(busybox_sandbox)
 
 
 def test_debian_read_ahead_adds_loader_and_libraries(test_user, debian_sif):
@@ -48,6 +57,8 @@ def test_debian_read_ahead_adds_loader_and_libraries(test_user, debian_sif):
     assert listed[:2] == ["/usr/bin/dash", "/usr/bin/env"]
     assert "/usr/lib/x86_64-linux-gnu/libc.so.6" in listed or os.uname().machine != "x86_64"
     assert any(p.rsplit("/", 1)[-1].startswith("ld-linux") for p in listed)
+    assert "/etc/ld.so.cache" in listed  # read to find the libraries, and by the loader
+    assert "/.singularity.d/env/99-base.sh" in listed
     assert len(listed) == len(set(listed))
 
 
@@ -63,12 +74,27 @@ def test_pages_read_ahead_are_the_image_bytes(test_user, debian_sif, user_tmp):
     assert len(with_read_ahead.stdout.splitlines()) == len(files)
 
 
-def test_missing_command_and_odd_paths_are_not_read_ahead(test_user, busybox_sif):
+def test_missing_command_and_odd_paths_are_not_read_ahead(test_user, busybox_sif,
+                                                         busybox_sandbox):
+    expected = ["/bin/busybox"] + _env_scripts(busybox_sandbox)
     r = run_satchel(["-d", "exec", busybox_sif, "/no/such/program"], user=test_user)
     assert r.returncode == 255
-    assert _listed(r) == ["/bin/busybox"]
+    assert _listed(r) == expected
     r = run_satchel(["-d", "exec", busybox_sif, "/etc/satchel-release/.."], user=test_user)
-    assert _listed(r) == ["/bin/busybox"]
+    assert _listed(r) == expected
+    r = run_satchel(["-d", "exec", busybox_sif, "/etc"], user=test_user)  # a directory
+    assert _listed(r) == expected
+
+
+def test_environment_scripts_read_ahead_are_sourced_as_written(test_user, debian_sif,
+                                                                user_tmp):
+    script = "cat /.singularity.d/env/*.sh | md5sum; echo ${SATCHEL_TEST_ENV:-unset}"
+    with_read_ahead = run_satchel(["exec", debian_sif, "/bin/sh", "-c", script],
+                                  user=test_user)
+    plain = run_satchel(["exec", debian_sif, "/bin/sh", "-c", script], user=test_user,
+                        env={"SATCHEL_CONFIG": _no_prefetch_config(user_tmp)})
+    assert with_read_ahead.returncode == plain.returncode == 0, with_read_ahead.stderr
+    assert with_read_ahead.stdout == plain.stdout
 
 
 MECHANISM = textwrap.dedent("""

@@ -23,13 +23,15 @@ import os
 import struct
 
 from satchel.runtime import elfdeps
-from satchel.runtime.cfunc import (Library, address_of, c_char_p, c_int, c_long, c_size_t,
-                                   c_ulong, c_void_p, char_buffer)
+from satchel.runtime.cfunc import (Library, address_of, c_char, c_char_p, c_int, c_long,
+                                   c_size_t, c_ulong, c_void_p, char_buffer)
 
 CHUNK = 128 * 1024          # bytes per read (SquashFS's default block size)
 LIMIT = 16 * 1024 * 1024    # read ahead at most this much in all
-MAX_FILES = 16              # the first reads, their ELF interpreters and libraries
+MAX_FILES = 24              # the first reads, their ELF interpreters and libraries...
 LD_SO_CACHE = "/etc/ld.so.cache"
+# ...and what the action script sources before anything else (environment.action_script)
+ENVIRONMENT_SCRIPTS = "/.singularity.d/env/*.sh"
 MAX_SYMLINKS = 40
 _S_IFMT, _S_IFDIR, _S_IFREG, _S_IFLNK = 0o170000, 0o040000, 0o100000, 0o120000
 _FUSE_ROOT_ID = 1
@@ -72,10 +74,15 @@ class ReadAhead:
         self._readlink = lib.function("sqfs_readlink", (c_void_p, c_void_p, c_void_p, c_void_p))
         self._read_range = lib.function("sqfs_read_range", (c_void_p, c_void_p, c_long,
                                                             c_void_p, c_void_p))
+        self._dir_open = lib.function("sqfs_dir_open", (c_void_p, c_void_p, c_void_p, c_long))
+        # bool sqfs_dir_next(...): only the low byte of the return register is defined
+        self._dir_next = lib.function("sqfs_dir_next", (c_void_p, c_void_p, c_void_p, c_void_p),
+                                      c_char)
+        self._name_size = lib.function("sqfs_dentry_name_size", (c_void_p,), c_size_t)
         self._store = fuse.function("fuse_lowlevel_notify_store", (c_void_p, c_ulong, c_long,
                                                                    c_void_p, c_int))
         self._poll = Library(None).function("poll", (c_void_p, c_ulong, c_int))
-        self.paths = list(paths)
+        self.paths = list(paths) + [ENVIRONMENT_SCRIPTS]
         self.files: list[_File] = []
         self.held = 0          # bytes read in all
         self.storing = False   # the launcher has looked the files up
@@ -170,6 +177,10 @@ class ReadAhead:
 
     # -- finding files in the image ------------------------------------------------------------
     def _add(self, path: str, depth: int) -> _File | None:
+        if "*" in path:
+            for match in self._glob(path):
+                self._add(match, depth)
+            return None
         if len(self.files) >= MAX_FILES:
             return None
         if path not in self.resolved:
@@ -193,7 +204,7 @@ class ReadAhead:
         origin = file.path.rsplit("/", 1)[0] or "/"
         search = [elfdeps.expand_origin(d, origin) for d in program.search]
         if self.libraries is None:
-            cache = self._resolve(LD_SO_CACHE)
+            cache = self._add(LD_SO_CACHE, 1)  # the loader reads it too
             data = b""
             while cache is not None and len(data) < 1 << 20:  # usually 5-50 KiB
                 more = self._read_at(cache, len(data), CHUNK)
@@ -212,8 +223,45 @@ class ReadAhead:
                 if candidate.startswith("/") and self._add(candidate, 1) is not None:
                     break
 
+    def _glob(self, pattern: str) -> list[str]:
+        """Paths matching DIRECTORY/*SUFFIX in the image, sorted (sh sorts its globs too)."""
+        directory, _, name_pattern = pattern.rpartition("/")
+        suffix = os.fsencode(name_pattern[1:])
+        if not name_pattern.startswith("*") or b"*" in suffix:
+            return []
+        walked = self._walk(directory)
+        if walked is None or walked[1] != _S_IFDIR:
+            return []
+        inode = walked[2]
+        state = char_buffer(256)       # sqfs_dir
+        entry = char_buffer(256)       # sqfs_dir_entry
+        name_buffer = char_buffer(512)
+        error = char_buffer(8)
+        if self._dir_open(self.ll, inode, state, 0) != 0:
+            return []
+        names = []
+        self._dentry_init(entry, name_buffer)
+        while len(names) < MAX_FILES and self._dir_next(self.ll, state, entry, error) != b"\0":
+            name = name_buffer.raw[:self._name_size(entry)]
+            if name.endswith(suffix) and not name.startswith(b"."):
+                names.append(os.fsdecode(name))
+        return [f"{directory}/{name}" for name in sorted(names)]
+
     def _resolve(self, path: str):
         """The regular file at container `path`, symbolic links followed inside the image."""
+        walked = self._walk(path)
+        if walked is None or walked[1] != _S_IFREG:
+            return None
+        stack, _, inode = walked
+        root, ident = stack[0][0], stack[-1][0]
+        # libsquashfuse_ll's node ids under libfuse 3 (64-bit fuse_ino_t, ll_inode.c): the
+        # inode id itself, except FUSE_ROOT_ID for the root and 2 for inode id 0
+        nodeid = _FUSE_ROOT_ID if ident == root else (2 if ident == 0 else ident)
+        return _File("/" + "/".join(name for _, name in stack[1:]), nodeid, inode)
+
+    def _walk(self, path: str):
+        """(stack of (inode id, name) from the root, file type, sqfs_inode) of container
+        `path`, symbolic links followed inside the image; None if it is not there."""
         root = self._root(self.ll)
         pending = [c for c in path.split("/") if c and c != "."]
         stack = [(root, "")]  # (inode id, name) from the root down
@@ -254,13 +302,12 @@ class ReadAhead:
             if pending and mode != _S_IFDIR:
                 return None
             stack.append((ident, name))
-        if mode != _S_IFREG or len(stack) < 2:
+        if len(stack) < 2:
+            return None  # the root itself: never needed here
+        if self._inode_get(self.ll, inode, stack[-1][0]) != 0:  # after a final ".."
             return None
-        ident = stack[-1][0]
-        # libsquashfuse_ll's node ids under libfuse 3 (64-bit fuse_ino_t, ll_inode.c): the
-        # inode id itself, except FUSE_ROOT_ID for the root and 2 for inode id 0
-        nodeid = _FUSE_ROOT_ID if ident == root else (2 if ident == 0 else ident)
-        return _File("/" + "/".join(name for _, name in stack[1:]), nodeid, inode)
+        mode = struct.unpack_from("=H", inode.raw, 2)[0] & _S_IFMT
+        return stack, mode, inode
 
 
 class _File:
