@@ -33,6 +33,7 @@ from satchel.errors import ContainerError
 FUSE_DEVICE = "/dev/fuse"
 _SIGKILL = 9
 _READ_AHEAD_WINDOW = 128 * 1024        # FUSE's default max_readahead
+_LIST_WAIT_MS = 100                    # the longest the launcher waits for the read-ahead list
 _READ_AHEAD_LIMIT = 64 * 1024 * 1024
 
 
@@ -325,7 +326,13 @@ class BuiltinServer:
         if not self.reads_ahead:
             return
         self.reads_ahead = False
+        from satchel.runtime import linux
         try:
+            # listed within ~3 ms of the server's start, long before this; the bound is for
+            # an image that makes reading the first blocks very slow: then go on without
+            if b"\nl" not in b"\n" + self._received and \
+                    not linux.wait_readable(self.ack_fd, _LIST_WAIT_MS):
+                return
             listed = self._message(b"l")
             if listed is not None and listed[:1] != b"e":
                 paths = [os.fsdecode(path) for path in listed.split(b"\0") if path]

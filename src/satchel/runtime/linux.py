@@ -81,6 +81,8 @@ _capset = _lib.function("capset", (c_char_p, c_char_p))
 _socket = _lib.function("socket", (c_int, c_int, c_int))
 _ioctl = _lib.function("ioctl", (c_int, c_ulong, c_void_p))
 _syscall = _lib.function("syscall", None, c_long)  # variadic: arguments typed at each call
+_poll = _lib.function("poll", (c_void_p, c_ulong, c_int))
+_POLLFD = struct.Struct("@ihh")  # struct pollfd { int fd; short events, revents; }
 # struct mount_attr { u64 attr_set, attr_clr, propagation, userns_fd; }
 _MOUNT_ATTR = struct.Struct("=QQQQ")
 # struct __user_cap_header_struct { u32 version; int pid; } and two
@@ -159,6 +161,13 @@ def pivot_root(new_root: str) -> None:
     if _umount2(b".", MNT_DETACH) != 0:
         raise _fail("detaching the host root after pivot_root")
     os.chdir("/")
+
+
+def wait_readable(fd: int, timeout_ms: int) -> bool:
+    """Whether fd has input (or end of file) within timeout_ms (poll(2); select costs an
+    import)."""
+    table = char_buffer(_POLLFD.size, _POLLFD.pack(fd, 1, 0))  # POLLIN
+    return _poll(table, 1, timeout_ms) > 0
 
 
 def prctl(option: int, arg: int, what: str) -> None:

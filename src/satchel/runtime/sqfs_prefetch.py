@@ -33,6 +33,7 @@ LD_SO_CACHE = "/etc/ld.so.cache"
 # ...and what the action script sources before anything else (environment.action_script)
 ENVIRONMENT_SCRIPTS = "/.singularity.d/env/*.sh"
 MAX_SYMLINKS = 40
+MAX_ENTRIES = 4096          # directory entries looked at for a pattern
 _S_IFMT, _S_IFDIR, _S_IFREG, _S_IFLNK = 0o170000, 0o040000, 0o100000, 0o120000
 _FUSE_ROOT_ID = 1
 # struct fuse_bufvec { size_t count, idx, off; struct fuse_buf { size_t size; int flags;
@@ -101,6 +102,9 @@ class ReadAhead:
                 entry = os.fsencode(file.path) + b"\0"
                 if b"\n" not in entry and len(listing) + len(entry) < 4000:  # atomic write
                     listing += entry
+        except BaseException:
+            self.files = []  # nothing to store: the list stays empty
+            listing = b""
         finally:
             os.write(ack_fd, b"l" + listing + b"\n")
         try:
@@ -241,7 +245,9 @@ class ReadAhead:
             return []
         names = []
         self._dentry_init(entry, name_buffer)
-        while len(names) < MAX_FILES and self._dir_next(self.ll, state, entry, error) != b"\0":
+        for _ in range(MAX_ENTRIES):  # a huge directory must not hold the list up
+            if len(names) >= MAX_FILES or self._dir_next(self.ll, state, entry, error) == b"\0":
+                break
             name = name_buffer.raw[:self._name_size(entry)]
             if name.endswith(suffix) and not name.startswith(b"."):
                 names.append(os.fsdecode(name))
