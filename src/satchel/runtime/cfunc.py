@@ -26,10 +26,6 @@ class c_uint(_ctypes._SimpleCData):
     _type_ = "I"
 
 
-class c_short(_ctypes._SimpleCData):
-    _type_ = "h"
-
-
 class c_long(_ctypes._SimpleCData):
     _type_ = "l"
 

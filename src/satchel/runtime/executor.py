@@ -29,7 +29,7 @@ def _mount_flags(op) -> int:
 
 
 class Executor:
-    __slots__ = ("plan", "root", "underlays", "fuse", "in_init", "early")
+    __slots__ = ("plan", "root", "underlays", "fuse", "in_init", "early", "ensured")
 
     def __init__(self, plan, early=None):
         self.plan = plan
@@ -39,13 +39,16 @@ class Executor:
                                             self._readonly_for_underlay)
         self.fuse = {}
         self.in_init = False
+        self.ensured = None  # (container path, host path) ENSURE_MOUNTPOINT just resolved
 
     # -- helpers -----------------------------------------------------------------------------
     def target(self, op) -> str:
         """Host path of an op's destination (container paths resolve inside the staged root)."""
-        if "root" in op.flags:
-            return underlay.resolve_existing(self.root, op.destination)
-        return op.destination
+        if "root" not in op.flags:
+            return op.destination
+        if self.ensured is not None and self.ensured[0] == op.destination:
+            return self.ensured[1]  # the operation before resolved it; nothing mounted since
+        return underlay.resolve_existing(self.root, op.destination)
 
     def _bind_for_underlay(self, source: str, target: str, recursive: bool, what: str) -> None:
         linux.mount(source, target, None, MS_BIND | (MS_REC if recursive else 0), None, what)
@@ -65,6 +68,8 @@ class Executor:
                           f"{op.source or ''} -> {op.destination or ''} {','.join(op.flags)} "
                           f"{op.data if op.kind not in ('exec', 'exec_child') else ''}")
             getattr(self, "op_" + op.kind)(op)
+            if op.kind != "ensure_mountpoint":
+                self.ensured = None
 
     # -- namespaces --------------------------------------------------------------------------
     def op_unshare(self, op) -> None:
@@ -214,7 +219,8 @@ class Executor:
         self.underlays.own_devices.add(os.stat(self.target(op)).st_dev)
 
     def op_ensure_mountpoint(self, op) -> None:
-        self.underlays.ensure(self.root, op.destination, op.data)
+        self.ensured = (op.destination,
+                        self.underlays.ensure(self.root, op.destination, op.data))
 
     def op_bind(self, op) -> None:
         flags = MS_BIND | (MS_REC if "rec" in op.flags else 0)
