@@ -167,11 +167,12 @@ def _read_image_message(go_fd: int):
 
 def run_daemon(go_fd: int, ack_fd: int) -> None:
     """Body of the server process (never returns): load the libraries, wait for the image
-    (fuse.BuiltinServer.serve_image), open it, report ("k<pid>" or "e<reason>"), wait for the mount ("x PID
-    FD"), take the fd, report "g", serve. Reports end with a newline. With container paths to
-    read ahead, the report is "gr", the read-ahead thread adds its own ("l...") and the pipes
-    are the thread's after "gr" (sqfs_prefetch.py). End of file instead of the image or the
-    mount: the launcher needs no server after all (or died), so neither do we.
+    (fuse.BuiltinServer.serve_image), open it, report ("k<pid>" or "e<reason>"), wait for the
+    mount ("x PID FD"), take the fd, report "g", serve. Reports end with a newline. With
+    container paths to read ahead, the report is "gr", the read-ahead thread adds its own
+    ("l...") and the pipes are the thread's after "gr" (sqfs_prefetch.py). End of file instead
+    of the image or the mount: the launcher needs no server after all (or died), so neither do
+    we.
 
     Without the libraries it execs the fallback argv (squashfuse_ll -f ... /dev/fd/{fd}).
     """
