@@ -8,13 +8,15 @@ lookup and read functions (those its READ handler uses) on a second handle of th
 library's caches are not thread-safe), and stores the pages into the kernel's page cache with
 FUSE_NOTIFY_STORE as soon as the kernel knows the files: the exec then finds them there.
 
-The kernel accepts a store only for an inode it has looked up, so the thread lists the files
-it reads as soon as it knows them ("l" + NUL-separated image paths without symbolic links: the
-paths asked for and the ELF interpreters their first pages name); once the image is mounted,
-the launcher looks them up and sends "s"; from then on every chunk read is stored. A store
-waits for pages that reads in flight hold locked: those are the server main thread's to answer,
-so it never waits long, and a READ of the same page returns the same bytes. Anything this code
-does not understand (a path, an ELF header) is simply not read ahead.
+The files: the paths the launcher asks for (/bin/sh, the command), the ELF interpreter and
+libraries their first pages name (found through the image's ld.so.cache, elfdeps.py), and the
+environment scripts the action script sources. The kernel accepts a store only for an inode it
+has looked up, so the thread lists the files as soon as it knows them ("l" + NUL-separated
+image paths without symbolic links); once the image is mounted, the launcher looks them up and
+sends "s"; from then on every chunk read is stored. A store waits for pages that reads in
+flight hold locked: those are the server main thread's to answer, so it never waits long, and
+a READ of the same page returns the same bytes. Anything this code does not understand (a path,
+an ELF header) is simply not read ahead.
 """
 
 from __future__ import annotations
@@ -107,8 +109,8 @@ class ReadAhead:
             listing = b""
         finally:
             os.write(ack_fd, b"l" + listing + b"\n")
+        ours = False  # the main thread reads "x" from go_fd first, then hands the pipes over
         try:
-            ours = False  # the main thread reads "x" from go_fd first, then hands it over
             while self._step():
                 ours = ours or handover.acquire(False)
                 if ours and self._readable(go_fd):
@@ -124,9 +126,11 @@ class ReadAhead:
         except BaseException:
             pass  # read-ahead is an optimization: the server's main thread serves regardless
         finally:
+            self.files = []
+            if not ours:
+                handover.acquire()  # closing them earlier would pull them from the main thread
             os.close(go_fd)
             os.close(ack_fd)
-            self.files = []
 
     # -- reading -------------------------------------------------------------------------------
     def _step(self) -> bool:
