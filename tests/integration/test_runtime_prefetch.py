@@ -146,3 +146,57 @@ def test_pages_are_cached_before_anything_reads_the_file(busybox_sif, busybox_sa
     import hashlib
     with open(os.path.join(busybox_sandbox, "bin", "busybox"), "rb") as fh:
         assert r.stdout.splitlines()[1] == hashlib.sha256(fh.read()).hexdigest()
+
+
+def test_read_ahead_thread_ends_once_it_has_stored(test_user, busybox_sif):
+    from support.fixtures_runtime import live_processes, wait_until
+    from support.fixtures_users import SATCHEL
+
+    proc = subprocess.Popen(test_user.argv([SATCHEL, "exec", busybox_sif, "sleep", "4"]),
+                            env=test_user.env(), cwd=test_user.home,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: live_processes("squashfuse_ll", busybox_sif), timeout=5)
+        server = live_processes("squashfuse_ll", busybox_sif)[0]
+        # the thread stores what it read, closes its pipes and ends; libfuse's loop serves on
+        assert wait_until(lambda: len(os.listdir(f"/proc/{server}/task")) == 1, timeout=3)
+        fds = os.listdir(f"/proc/{server}/fd")
+        assert len(fds) <= 6, fds  # stdio, /dev/fuse, two image handles: no pipe left
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
+
+
+def test_thread_that_read_everything_before_the_mount_still_ends(tmp_path):
+    """Tiny files are read before the main thread hands the pipes over: the thread waits for
+    them, then stores (refused here: nothing is mounted) and ends, closing its pipe ends."""
+    import select
+    import time
+
+    from satchel.runtime import sqfs_prefetch, sqfs_server
+
+    tree = tmp_path / "tree"
+    (tree / "bin").mkdir(parents=True)
+    (tree / "bin" / "sh").write_bytes(b"not an ELF file\n")
+    (tree / ".singularity.d" / "env").mkdir(parents=True)
+    (tree / ".singularity.d" / "env" / "01-a.sh").write_text("A=1\n")
+    image = str(tmp_path / "image.sqfs")
+    subprocess.run(["mksquashfs", str(tree), image, "-quiet", "-no-progress"], check=True)
+    libraries = sqfs_server.Libraries()
+    session = sqfs_server.Session(libraries, image, 0)
+    go_read, go_write = os.pipe()
+    ack_read, ack_write = os.pipe()
+    handover = sqfs_prefetch.start(libraries.lib, libraries.fuse, image, 0, session.session,
+                                   ["/bin/sh"], go_read, ack_write)
+    assert handover is not None
+    try:
+        assert select.select([ack_read], [], [], 5)[0]
+        assert os.read(ack_read, 4096) == b"l/bin/sh\0/.singularity.d/env/01-a.sh\0\n"
+        time.sleep(0.2)  # both files read long before this
+        handover.release()  # what the main thread does after "x"
+        os.write(go_write, b"s")
+        assert select.select([ack_read], [], [], 3)[0], "the thread never ended"
+        assert os.read(ack_read, 64) == b""  # its end of the pipe is closed
+    finally:
+        os.close(ack_read)
+        os.close(go_write)

@@ -116,7 +116,7 @@ class ReadAhead:
                 if ours and self._readable(go_fd):
                     break
             if not ours:
-                handover.acquire()
+                ours = handover.acquire()
             if os.read(go_fd, 64) != b"s":
                 return  # the launcher went on without the pages, or is gone
             self.storing = True
