@@ -158,7 +158,8 @@ def main() -> int:
     if args.compare:
         for kind in ("sif", "dir"):
             a, b = f"satchel-{kind}", f"satchel-{kind}@base"
-            print(f"  {a} / {b} = {med[a] / med[b]:.2f}x   ({med[a] - med[b]:+.1f} ms)")
+            if a in med and b in med:
+                print(f"  {a} / {b} = {med[a] / med[b]:.2f}x   ({med[a] - med[b]:+.1f} ms)")
     return 0
 
 
