@@ -34,6 +34,15 @@ def test_exec_startup_bench(busybox_sif, test_user):
     assert "satchel-sif / ch-run-sqfs = " in out and "satchel-dir / ch-run-dir = " in out
 
 
+def test_exec_startup_bench_compares_another_launcher(busybox_sif, test_user):
+    from support.fixtures_users import SATCHEL
+    out = bench(["/usr/bin/python3", os.path.join(BENCH, "exec_startup.py"), "--runs", "2",
+                 "--warmup", "0", "--sif", busybox_sif, "--user", test_user.name,
+                 "--only", "satchel-sif,satchel-sif@base", "--compare", SATCHEL])
+    assert "  satchel-sif@base " in out and "satchel-sif / satchel-sif@base = " in out, out
+    assert "satchel-dir" not in out
+
+
 def test_build_sif_bench(busybox_sandbox):
     out = bench([sys.executable, os.path.join(BENCH, "build_sif.py"), "--runs", "1",
                  "--rootfs", busybox_sandbox])
