@@ -63,8 +63,6 @@ def sandbox_with_device(busybox_sandbox, image_dir):
     return path
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (audit): a sandbox is bound without nodev, so its "
-                   "device nodes work inside, with the image's modes, even for a non-root user")
 def test_sandbox_device_nodes_grant_nothing(who, sandbox_with_device):
     r = who.run(["exec", sandbox_with_device, "sh", "-c",
                  "echo x > /evil-null && echo DEVICE-WORKS; echo done"])

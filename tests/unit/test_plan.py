@@ -118,11 +118,11 @@ def DROP_CAPS_BEFORE_EXEC(p):
     return index(p, P.DROP_CAPS) < index(p, P.EXEC)
 
 
-def test_sandbox_is_bound_read_only():
+def test_sandbox_is_bound_read_only_nosuid_nodev():
     p = plan(image=SANDBOX)
     op = p.ops[index(p, P.BIND_IMAGE_DIR)]
     assert (op.source, op.destination) == ("/imgs/sandbox", ROOT)
-    assert "ro" in op.flags and "rec" in op.flags
+    assert {"ro", "rec", "nosuid", "nodev"} <= set(op.flags)
     assert P.FUSE_PREPARE not in kinds(p)
 
 

@@ -208,9 +208,14 @@ class Executor:
     def op_bind_image_dir(self, op) -> None:
         target = self.target(op)
         linux.mount(op.source, target, None, MS_BIND | MS_REC, None, "binding the sandbox image")
-        if "ro" in op.flags:
-            linux.mount_setattr(target, linux.MOUNT_ATTR_RDONLY, 0, True,
-                                "making the sandbox image read-only")
+        attrs = 0
+        for flag, attr in (("ro", linux.MOUNT_ATTR_RDONLY), ("nosuid", linux.MOUNT_ATTR_NOSUID),
+                           ("nodev", linux.MOUNT_ATTR_NODEV)):
+            if flag in op.flags:
+                attrs |= attr
+        if attrs:
+            linux.mount_setattr(target, attrs, 0, True,
+                                "making the sandbox image " + ",".join(op.flags))
 
     def op_mount_overlay(self, op) -> None:
         lower, upper, work = op.data

@@ -288,7 +288,8 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
         p.add(MKDIR, destination=image_target)
     p.add(MKDIR, destination=session + "/files")
     if image.kind == "sandbox":
-        p.add(BIND_IMAGE_DIR, image.path, image_target, ("rec", "ro"))
+        # like the SquashFS mount: a sandbox's device nodes and setuid bits grant nothing
+        p.add(BIND_IMAGE_DIR, image.path, image_target, ("rec", "ro", "nosuid", "nodev"))
     elif rootless:
         p.add(MOUNT_SQUASHFS_FUSE, "image", image_target, ("ro", "nosuid", "nodev"),
               (host.uid, host.gid))
