@@ -117,3 +117,16 @@ def test_parser_env_default(monkeypatch):
     monkeypatch.setenv("APPTAINER_CONTAIN", "true")
     assert o.parse(spec, []).contain is True
     assert o.parse(spec, ["--contain=false"]).contain is False
+
+
+@pytest.mark.parametrize("argv", [["cache", "list", "--help"], ["cache", "clean", "-h"],
+                                  ["build", "--force", "--help"], ["exec", "-c", "--help"]])
+def test_help_flag_anywhere_among_options(argv):
+    r = run_satchel(argv)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("Usage:\n  satchel " + argv[0])
+
+
+def test_help_after_the_image_belongs_to_the_command():
+    p = o.parse(SPEC, ["img", "ls", "--help"])
+    assert p.args == ["img", "ls", "--help"]

@@ -123,7 +123,11 @@ def dispatch(prog: str, argv: list[str]) -> int:
     if rest and rest[0] in ("-h", "--help"):
         sys.stdout.write(o.format_help(spec, prog))
         return 0
-    parsed = o.parse(spec, rest)
+    try:
+        parsed = o.parse(spec, rest)
+    except o.HelpRequested:  # `satchel cache list --help`: help wherever the flag stands
+        sys.stdout.write(o.format_help(spec, prog))
+        return 0
     parsed.prog = prog
     return module.run(name, parsed)
 

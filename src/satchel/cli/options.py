@@ -20,6 +20,10 @@ FLAG, VALUE, LIST, COUNT = "flag", "value", "list", "count"
 _TRUE = ("1", "true", "yes", "on", "y", "t")
 
 
+class HelpRequested(Exception):
+    """-h/--help among a command's options (when the command defines no such option itself)."""
+
+
 class Opt:
     """One option: its names, where its value goes, how it is parsed."""
 
@@ -123,6 +127,8 @@ def parse(spec: Spec, argv: list[str], environ_defaults: bool = True) -> Parsed:
         if arg.startswith("--") and len(arg) > 2:
             name, eq, inline = arg.partition("=")
             opt = by_name.get(name)
+            if opt is None and name == "--help":
+                raise HelpRequested()
             if opt is None:
                 raise UsageError(f"unknown flag: {name}")
             if opt.kind in (FLAG, COUNT):
@@ -139,6 +145,8 @@ def parse(spec: Spec, argv: list[str], environ_defaults: bool = True) -> Parsed:
             while j < len(arg):
                 short = "-" + arg[j]
                 opt = by_name.get(short)
+                if opt is None and short == "-h":
+                    raise HelpRequested()
                 if opt is None:
                     raise UsageError(f"unknown shorthand flag: {arg[j]!r} in {arg}")
                 if opt.kind in (FLAG, COUNT):
