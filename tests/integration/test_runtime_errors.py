@@ -58,6 +58,16 @@ def test_bind_onto_root(who, busybox_sif):
     _one_fatal(r, "cannot bind onto the container's root")
 
 
+def test_bind_kind_mismatch(who, busybox_sif):
+    """A file onto a directory (or the reverse) is refused in the container's terms."""
+    r = who.run(["exec", "-B", "/etc/hostname:/etc", busybox_sif, "true"])
+    _one_fatal(r, "cannot mount a file onto /etc: it is a directory in the container")
+    assert "session" not in r.stderr  # no staging paths in what the user reads
+    r = who.run(["exec", "-B", f"{who.tmp()}:/etc/passwd", busybox_sif, "true"])
+    _one_fatal(r, "cannot mount a directory onto /etc/passwd: it is a file in the container")
+    assert_nothing_left(busybox_sif)
+
+
 def test_relative_bind_destination(who, busybox_sif):
     src = who.tmp()
     r = who.run(["exec", "-B", f"{src}:relative/dir", busybox_sif, "true"])

@@ -78,6 +78,19 @@ def _host(root: str, parts: list[str]) -> str:
     return root + "/" + "/".join(parts) if parts else root
 
 
+def _check_kind(host: str, path: str, kind: str) -> None:
+    """A directory mounts only onto a directory, anything else only onto a non-directory:
+    say so in the container's terms (mount(2) would answer ENOTDIR about a staging path)."""
+    try:
+        is_dir = stat.S_ISDIR(os.stat(host).st_mode)
+    except OSError:
+        return  # the mount itself reports what is wrong
+    if is_dir != (kind == "dir"):
+        what = "a directory" if kind == "dir" else "a file"
+        there = "a directory" if is_dir else "a file"
+        raise ContainerError(f"cannot mount {what} onto {path}: it is {there} in the container")
+
+
 def resolve_existing(root: str, path: str) -> str:
     host, missing = resolve(root, path)
     if missing:
@@ -110,6 +123,8 @@ class Underlays:
         """Make container `path` exist as a directory or file ("dir"/"file"); return host path."""
         host, missing = resolve(root, path)
         if not missing:
+            if kind in ("dir", "file"):
+                _check_kind(host, path, kind)
             return host
         container_dir = "/" + host[len(root):].lstrip("/")
         copied = not self._writable_own(host)
