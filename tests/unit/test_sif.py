@@ -403,3 +403,42 @@ def test_object_streamed_from_a_pipe(tmp_path):
     with sif.SIFFile.open(out) as f:
         assert f.read_data(1) == payload
         assert f.get(1).oci_digest == "sha256:" + hashlib.sha256(payload).hexdigest()
+
+
+def test_complete_in_place_equals_create(tmp_path):
+    """A partition already written at its offset (mksquashfs -o) + complete_in_place gives the
+    same image create() writes from a separate file, byte for byte."""
+    part = os.urandom(10000)
+    part_file = tmp_path / "part.sqfs"
+    part_file.write_bytes(part)
+
+    def objects(path):
+        return [sif.NewObject(datatype=sif.DATA_DEFFILE, data=b"bootstrap: scratch\n"),
+                sif.NewObject(datatype=sif.DATA_LABELS, data=b"{}"),
+                sif.NewObject(datatype=sif.DATA_PARTITION, path=str(path), fs_type=sif.FS_SQUASH,
+                              part_type=sif.PART_PRIMSYS, arch="amd64")]
+
+    reference = tmp_path / "created.sif"
+    sif.create(str(reference), objects(part_file), uuid=sif.NIL_UUID, created=sif.ZERO_TIME)
+
+    in_place = tmp_path / "in-place.sif"
+    offset = sif.last_object_offset(objects(in_place))
+    assert offset % 4096 == 0 and offset >= 32176
+    with open(in_place, "wb") as fh:  # what mksquashfs -o leaves: a hole, then the file system
+        fh.seek(offset)
+        fh.write(part)
+    sif.complete_in_place(str(in_place), objects(in_place), uuid=sif.NIL_UUID,
+                          created=sif.ZERO_TIME)
+    assert in_place.read_bytes() == reference.read_bytes()
+    with sif.SIFFile.open(str(in_place)) as f:
+        assert f.primary_partition().offset == offset
+        assert f.read_data(f.primary_partition().id) == part
+
+
+def test_complete_in_place_refuses_a_file_without_the_partition(tmp_path):
+    path = tmp_path / "short.sif"
+    path.write_bytes(b"\0" * 100)
+    objs = [sif.NewObject(datatype=sif.DATA_PARTITION, path=str(path), fs_type=sif.FS_SQUASH,
+                          part_type=sif.PART_PRIMSYS, arch="amd64")]
+    with pytest.raises(SIFError, match="holds no data"):
+        sif.complete_in_place(str(path), objs)

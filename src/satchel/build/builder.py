@@ -387,7 +387,8 @@ def install_sandbox(rootfs: str, target: str, workdir: str, options: BuildOption
 
 
 def sif_objects(rootfs: str, definition, squashfs_path: str):
-    """The SIF objects satchel writes, in order (see the module doc)."""
+    """The SIF objects satchel writes, in order (see the module doc); the partition, last, is
+    read from squashfs_path (or already in place: sif.complete_in_place)."""
     from satchel.image import metadata, sif
     labels_text = layout.read_file(rootfs, layout.SD + "/labels.json") or "{}"
     attributes = metadata.collect(metadata.SandboxReader(rootfs), metadata.ALL)
@@ -405,14 +406,19 @@ def sif_objects(rootfs: str, definition, squashfs_path: str):
 def write_sif(rootfs: str, target: str, workdir: str, definition, options: BuildOptions) -> None:
     import shlex
     from satchel.image import sif, squashfs
-    squashfs_path = os.path.join(workdir, "rootfs.squashfs")
     extra = shlex.split(options.mksquashfs_args) if options.mksquashfs_args else []
+    new_sif = os.path.join(workdir, "image.sif")
+    # mksquashfs writes the partition straight to its place in the new SIF (-o OFFSET); the
+    # header, descriptors and metadata objects are then written in front of it: no copy of a
+    # partition that may be gigabytes
+    objects = sif_objects(rootfs, definition, new_sif)
+    offset = sif.last_object_offset(objects)
     with Step("Creating SquashFS file system"):
-        squashfs.make(rootfs, squashfs_path, extra_args=extra, progress=squashfs.progress_wanted())
+        squashfs.make(rootfs, new_sif, extra_args=extra + ["-o", str(offset)],
+                      progress=squashfs.progress_wanted())
     with Step(f"Writing SIF image {target}" if options.announce else "Writing SIF image"):
-        new_sif = os.path.join(workdir, "image.sif")
         try:
-            sif.create(new_sif, sif_objects(rootfs, definition, squashfs_path))
+            sif.complete_in_place(new_sif, objects)
         except SatchelError as err:
             raise BuildError(f"while writing the SIF image: {err.message}") from None
         os.chmod(new_sif, 0o755 & ~options.user_umask)

@@ -728,6 +728,72 @@ def create(path: str, objects: list[NewObject], *,
     never leaves a partial image. uuid defaults to a random v4 UUID, created to now; pass
     uuid=NIL_UUID, created=ZERO_TIME for the reference's deterministic images.
     """
+    h, when = _new_header(objects, launch_script, uuid, created, descriptors_total)
+    directory, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{base}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o755)
+    except OSError as err:
+        raise _os_fail(f"could not create {path}", err) from None
+    try:
+        _write_image(fd, h, objects, when, prewritten_size=None)
+        os.close(fd)
+        fd = -1
+        os.rename(tmp, path)
+    except BaseException as err:
+        if fd >= 0:
+            os.close(fd)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(err, OSError):
+            raise _os_fail(f"writing {path}", err) from None
+        raise
+
+
+def last_object_offset(objects: list[NewObject],
+                       descriptors_total: int = DEFAULT_DESCRIPTORS) -> int:
+    """Where create()/complete_in_place() put the last of `objects`; all the others must hold
+    `data` (their sizes decide the offset)."""
+    end = DESCRIPTORS_OFFSET + descriptors_total * DESCRIPTOR_SIZE
+    for obj in objects[:-1]:
+        if obj.data is None:
+            raise SIFError("last_object_offset needs the content of every object but the last")
+        end = _align(end, obj.effective_alignment()) + len(obj.data)
+    return _align(end, objects[-1].effective_alignment())
+
+
+def complete_in_place(path: str, objects: list[NewObject], *,
+                      launch_script: str = DEFAULT_LAUNCH_SCRIPT, uuid: bytes | None = None,
+                      created: int | None = None,
+                      descriptors_total: int = DEFAULT_DESCRIPTORS) -> None:
+    """Make the file at `path` a SIF holding `objects`, where the LAST object's content is
+    already in the file at last_object_offset(objects) up to its end (mksquashfs `-o OFFSET`
+    wrote it there): header, descriptor table and the other objects are written in front.
+
+    Saves copying a partition of gigabytes into a new file. The caller owns `path` (a temporary
+    name it renames on success); the last object's `path` is ignored.
+    """
+    h, when = _new_header(objects, launch_script, uuid, created, descriptors_total)
+    offset = last_object_offset(objects, descriptors_total)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as err:
+        raise _os_fail(f"could not open {path}", err) from None
+    try:
+        size = os.fstat(fd).st_size - offset
+        if size <= 0:
+            raise SIFError(f"{path} holds no data at offset {offset} for the last object")
+        _write_image(fd, h, objects, when, prewritten_size=size)
+    except OSError as err:
+        raise _os_fail(f"writing {path}", err) from None
+    finally:
+        os.close(fd)
+
+
+def _new_header(objects: list[NewObject], launch_script: str, uuid: bytes | None,
+                created: int | None, descriptors_total: int) -> tuple[Header, int]:
     script = _raw(launch_script)
     if len(script) >= 32:
         raise SIFError(f"launch script too long ({len(script)} bytes, at most 31)")
@@ -758,39 +824,28 @@ def create(path: str, objects: list[NewObject], *,
     h.descriptors_offset = DESCRIPTORS_OFFSET
     h.descriptors_size = descriptors_total * DESCRIPTOR_SIZE
     h.data_offset = DESCRIPTORS_OFFSET + h.descriptors_size
+    return h, when
 
-    directory, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{base}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
-    try:
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o755)
-    except OSError as err:
-        raise _os_fail(f"could not create {path}", err) from None
-    try:
-        table = bytearray(h.descriptors_size)
-        end = h.data_offset
-        for slot, obj in enumerate(objects):
-            offset = _align(end, obj.effective_alignment())
+
+def _write_image(fd: int, h: Header, objects: list[NewObject], when: int,
+                 prewritten_size: int | None) -> None:
+    """Objects, descriptor table and header into fd; with prewritten_size the last object's
+    content is already in place (only its descriptor is written)."""
+    table = bytearray(h.descriptors_size)
+    end = h.data_offset
+    for slot, obj in enumerate(objects):
+        offset = _align(end, obj.effective_alignment())
+        if prewritten_size is not None and slot == len(objects) - 1:
+            size, digest = prewritten_size, None
+        else:
             size, digest = _write_object(fd, obj, offset)
-            d = _new_descriptor(obj, slot + 1, slot, end, offset, size, when, digest)
-            table[slot * DESCRIPTOR_SIZE:(slot + 1) * DESCRIPTOR_SIZE] = d.pack()
-            end = offset + size
-        h.data_size = end - h.data_offset
-        _write_all(fd, table, h.descriptors_offset)
-        _write_all(fd, h.pack(), 0)
-        os.ftruncate(fd, end)  # an empty last object past the data written still lies in the file
-        os.close(fd)
-        fd = -1
-        os.rename(tmp, path)
-    except BaseException as err:
-        if fd >= 0:
-            os.close(fd)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(err, OSError):
-            raise _os_fail(f"writing {path}", err) from None
-        raise
+        d = _new_descriptor(obj, slot + 1, slot, end, offset, size, when, digest)
+        table[slot * DESCRIPTOR_SIZE:(slot + 1) * DESCRIPTOR_SIZE] = d.pack()
+        end = offset + size
+    h.data_size = end - h.data_offset
+    _write_all(fd, table, h.descriptors_offset)
+    _write_all(fd, h.pack(), 0)
+    os.ftruncate(fd, end)  # an empty last object past the data written still lies in the file
 
 
 def _modification_time(h: Header) -> int:
