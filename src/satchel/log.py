@@ -75,3 +75,12 @@ def debug_enabled() -> bool:
 
 def verbose_enabled() -> bool:
     return _level >= VERBOSE
+
+
+def flush_outputs() -> None:
+    """Flush Python's stdout and stderr buffers (before a fork, so a child never repeats them)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken: nothing to repeat
+            pass

@@ -107,11 +107,7 @@ def run_as_fakeroot(function, announce: str | None = None, use_subids: bool = Tr
         log.info(f"{reason}: using a root-mapped user namespace (files can only be owned by "
                  "root in the image)")
     log.verbose(f"fakeroot mapping: {mapping.describe()}")
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
+    log.flush_outputs()
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
     err_r, err_w = os.pipe()

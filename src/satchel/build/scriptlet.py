@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import select
 import signal
-import sys
 
 from satchel import fsutil, log
 from satchel.build import ns
@@ -105,11 +104,7 @@ def run_in_rootfs(rootfs: str, argv: list[str], env: dict[str, str], what: str,
     if not os.path.exists(fsutil.secure_join(rootfs, "/bin/sh")):
         raise BuildError(f"{what}: the image has no /bin/sh to run the scriptlet")
     binds = staged.files if staged else {}
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
+    log.flush_outputs()
     err_r, err_w = os.pipe()
     life_r, life_w = os.pipe()
     pid = os.fork()

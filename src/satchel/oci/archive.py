@@ -100,14 +100,5 @@ def _opener(store, name: str, diff_id: str, what: str):
                 if hashed.hasher.hexdigest() != expected:
                     raise OCIError(f"{what}: layer {name} is corrupt (its content does not "
                                    f"match diff_id {diff_id})")
-            yield _Checked(hashed, check)
+            yield stream.CheckedReader(hashed, check)
     return open_layer
-
-
-class _Checked:
-    def __init__(self, reader, check):
-        self.reader = reader
-        self.verify = check
-
-    def read(self, n: int = -1) -> bytes:
-        return self.reader.read(n)

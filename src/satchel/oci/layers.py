@@ -35,11 +35,11 @@ import tarfile
 
 from satchel import log
 from satchel.errors import OCIError, os_error
+from satchel.fsutil import make_dirs_in_root, secure_join
 from satchel.oci.stream import ForwardReader
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
-MAX_SYMLINK_HOPS = 40
 _O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -126,47 +126,31 @@ class Extractor:
         return parts
 
     def _resolve_dir(self, parts: list[str], create: bool) -> str | None:
-        """Host path of the directory `parts`, following symlinks inside the root; missing
-        directories are created (create=True) or make the answer None."""
+        """Host path of the directory `parts`, following symlinks inside the root (fsutil);
+        missing directories are created (create=True) or make the answer None. Cached: a layer
+        puts many entries in one directory."""
         key = tuple(parts)
         cached = self._dirs.get(key)
         if cached is not None:
             return cached
-        pending = list(reversed(parts))
-        resolved: list[str] = []
-        hops = 0
-        while pending:
-            part = pending.pop()
-            if part in ("", "."):
-                continue
-            if part == "..":
-                if resolved:
-                    resolved.pop()
-                continue
-            host = os.path.join(self.root, *resolved, part)
-            try:
-                st = os.lstat(host)
-            except FileNotFoundError:
-                if not create:
+        where = "/" + "/".join(parts)
+        try:
+            if create:
+                host = make_dirs_in_root(self.root, where)
+            else:
+                host = secure_join(self.root, where)
+                if not stat.S_ISDIR(os.lstat(host).st_mode):
                     return None
-                os.mkdir(host, 0o755)
-                resolved.append(part)
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                hops += 1
-                if hops > MAX_SYMLINK_HOPS:
-                    raise OCIError(f"layer {self._layer}: too many levels of symbolic links "
-                                   f"in /{'/'.join(parts)}")
-                target = os.readlink(host)
-                if target.startswith("/"):
-                    resolved = []
-                pending.extend(reversed(target.split("/")))
-                continue
-            if not stat.S_ISDIR(st.st_mode):
-                raise OCIError(f"layer {self._layer}: /{'/'.join(resolved + [part])} is not a "
-                               f"directory, but the layer puts files in it")
-            resolved.append(part)
-        host = os.path.join(self.root, *resolved)
+        except (FileNotFoundError, NotADirectoryError):
+            if not create:
+                return None
+            raise OCIError(f"layer {self._layer}: {where} is not a directory, but the layer "
+                           "puts files in it") from None
+        except OSError as err:
+            if err.errno != errno.ELOOP:
+                raise
+            raise OCIError(f"layer {self._layer}: too many levels of symbolic links in "
+                           f"{where}") from None
         self._dirs[key] = host
         return host
 

@@ -119,14 +119,5 @@ def _opener(store, desc: mt.Descriptor, what: str):
                 if tap.count != desc.size or tap.hasher.hexdigest() != desc.digest.hex:
                     raise OCIError(f"{what}: layer {desc.digest} is corrupt (digest or size "
                                    "mismatch)")
-            yield _Checked(decoded, check)
+            yield stream.CheckedReader(decoded, check)
     return open_layer
-
-
-class _Checked:
-    def __init__(self, reader, check):
-        self.reader = reader
-        self.verify = check
-
-    def read(self, n: int = -1) -> bytes:
-        return self.reader.read(n)

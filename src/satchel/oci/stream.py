@@ -45,6 +45,18 @@ class TapReader:
             pass
 
 
+class CheckedReader:
+    """A layer stream for extraction: read() from `reader`; verify() (called once extraction
+    has consumed it) drains the rest and raises OCIError if digest or size do not match."""
+
+    def __init__(self, reader, check):
+        self.reader = reader
+        self.verify = check
+
+    def read(self, n: int = -1) -> bytes:
+        return self.reader.read(n)
+
+
 class _Prefixed:
     """`head` (bytes already read to sniff the format) followed by the rest of `raw`."""
 
