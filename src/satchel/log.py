@@ -42,6 +42,10 @@ def _emit(prefix: str, message: str) -> None:
 
 
 def fatal_line(message: str) -> None:
+    """The one FATAL line: newlines and other control characters that reached the message from
+    user input (a path, an option value) are shown escaped, never as line breaks."""
+    if not message.isprintable():
+        message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
     _emit("FATAL:   ", message)
 
 

@@ -70,6 +70,15 @@ def test_unknown_command_is_one_fatal_line():
     assert "Traceback" not in r.stderr
 
 
+def test_control_characters_from_input_stay_on_the_fatal_line(tmp_path):
+    """A newline or tab in a path the user gave is shown escaped: the error stays one line."""
+    missing = str(tmp_path / "two\nlines\tand tab.sif")
+    r = run_satchel(["exec", missing, "true"])
+    assert r.returncode == 255
+    escaped = missing.replace("\n", "\\n").replace("\t", "\\t")
+    assert r.stderr == f"FATAL:   image {escaped} not found: no such file or directory\n"
+
+
 def test_unknown_global_flag():
     r = run_satchel(["--bogus", "version"])
     assert r.returncode == 255
