@@ -12,24 +12,10 @@ import subprocess
 
 import pytest
 
+from support.corpus import CORPUS, GOLDEN, IMAGES, golden_path, golden_source, goldens
 from support.fixtures_users import SATCHEL, run_satchel
 
 from satchel.image import sif
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CORPUS = os.path.join(ROOT, "..", "shared", "sif-testdata")
-IMAGES = os.path.join(CORPUS, "images")
-GOLDEN = os.path.join(CORPUS, "golden")
-INFO_SOURCES = {  # sif-testdata/README.md: which object each Info golden shows
-    "GenericJSON": ("one-object-generic-json.sif", "1"),
-    "DataPartitionSquashFS": ("two-groups-signed-pgp.sif", "2"),
-    "DataSignature": ("two-groups-signed-pgp.sif", "4"),
-}
-
-
-def kebab(name: str) -> str:
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "-", name).lower()
-
 
 def satchel(args, stdout=subprocess.PIPE, user=None):
     """Run satchel, returning (rc, stdout bytes, stderr text)."""
@@ -43,16 +29,10 @@ def satchel(args, stdout=subprocess.PIPE, user=None):
 
 def golden_cases():
     cases = []
-    for kind in ("Header", "List", "Info"):
-        for fname in sorted(os.listdir(os.path.join(GOLDEN, kind))):
-            name = fname[:-len(".golden")]
-            if kind == "Info":
-                image, ident = INFO_SOURCES[name]
-                args = ["info", ident, os.path.join(IMAGES, image)]
-            else:
-                args = [kind.lower(), os.path.join(IMAGES, kebab(name) + ".sif")]
-            cases.append(pytest.param(args, os.path.join(GOLDEN, kind, fname),
-                                      id=f"{kind}/{name}"))
+    for kind, name in goldens():
+        image, ident = golden_source(kind, name)
+        args = ["info", str(ident), image] if kind == "Info" else [kind.lower(), image]
+        cases.append(pytest.param(args, golden_path(kind, name), id=f"{kind}/{name}"))
     return cases
 
 

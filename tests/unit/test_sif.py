@@ -10,12 +10,11 @@ import shutil
 
 import pytest
 
+from support.corpus import CORPUS, IMAGES
+
 from satchel.errors import SIFError
 from satchel.image import sif
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CORPUS = os.path.join(ROOT, "..", "shared", "sif-testdata")
-IMAGES = os.path.join(CORPUS, "images")
 
 
 def image(name: str) -> str:
@@ -29,7 +28,8 @@ ALL_IMAGES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(IMAGES, 
 
 
 def test_corpus_present():
-    assert len(ALL_IMAGES) >= 21
+    assert len(ALL_IMAGES) >= 21, f"the reference SIF corpus is missing or incomplete: {IMAGES} " \
+        "(../shared/sif-testdata beside the checkout, or $SATCHEL_SIF_CORPUS)"
 
 
 @pytest.mark.parametrize("name", ALL_IMAGES)

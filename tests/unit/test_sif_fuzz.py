@@ -14,14 +14,14 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from support.corpus import IMAGES, read_image
+
 from satchel.errors import SIFError
 from satchel.image import sif, sif_print
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-IMAGES = os.path.join(ROOT, "..", "shared", "sif-testdata", "images")
 SEEDS = ["one-group-signed-pgp.sif", "two-groups-signed-dsse.sif", "one-object-oci-blob.sif",
          "one-object-time.sif", "empty-launch-script.sif"]
-SEED_BYTES = {name: open(os.path.join(IMAGES, name), "rb").read() for name in SEEDS}
+SEED_BYTES = {name: read_image(name) for name in SEEDS if os.path.exists(os.path.join(IMAGES, name))}
 TABLE_END = 4096 + 48 * 585  # 32176
 
 

@@ -1,52 +1,24 @@
 """siftool-compatible printers: goldens, and the general rules behind them on made-up files."""
 
 import datetime
-import os
 import re
 import struct
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from support.corpus import golden_path, golden_source, goldens
+
 from satchel.errors import SIFError
 from satchel.image import sif, sif_print
 from satchel.image.sif_print import _tabwrite, go_time_string, readable_size
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CORPUS = os.path.join(ROOT, "..", "shared", "sif-testdata")
-GOLDEN = os.path.join(CORPUS, "golden")
-# Info goldens name an object, not an image (see sif-testdata/README.md)
-INFO_SOURCES = {
-    "GenericJSON": ("one-object-generic-json.sif", 1),
-    "DataPartitionSquashFS": ("two-groups-signed-pgp.sif", 2),
-    "DataSignature": ("two-groups-signed-pgp.sif", 4),
-}
-
-
-def kebab(name: str) -> str:
-    """OneGroupSignedPGP -> one-group-signed-pgp (how the corpus names images)."""
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "-", name).lower()
-
-
-def goldens():
-    out = []
-    for kind in ("Header", "List", "Info"):
-        for fname in sorted(os.listdir(os.path.join(GOLDEN, kind))):
-            out.append((kind, fname[:-len(".golden")]))
-    return out
-
-
-def golden_source(kind, name):
-    if kind == "Info":
-        image, ident = INFO_SOURCES[name]
-        return os.path.join(CORPUS, "images", image), ident
-    return os.path.join(CORPUS, "images", kebab(name) + ".sif"), None
 
 
 @pytest.mark.parametrize("kind,name", goldens())
 def test_printer_matches_golden(kind, name):
     path, ident = golden_source(kind, name)
-    with open(os.path.join(GOLDEN, kind, name + ".golden"), "rb") as fh:
+    with open(golden_path(kind, name), "rb") as fh:
         want = fh.read()
     with sif.SIFFile.open(path) as f:
         got = {"Header": lambda: sif_print.header_text(f),
