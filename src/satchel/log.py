@@ -88,3 +88,13 @@ def flush_outputs() -> None:
             stream.flush()
         except (OSError, ValueError):  # closed or broken: nothing to repeat
             pass
+
+
+def progress_wanted() -> bool:
+    """Progress bars (downloads, mksquashfs) only on a terminal, and not under -q/-s."""
+    if level() < INFO:
+        return False
+    try:
+        return os.isatty(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False

@@ -415,7 +415,7 @@ def write_sif(rootfs: str, target: str, workdir: str, definition, options: Build
     offset = sif.last_object_offset(objects)
     with Step("Creating SquashFS file system"):
         squashfs.make(rootfs, new_sif, extra_args=extra + ["-o", str(offset)],
-                      progress=squashfs.progress_wanted())
+                      progress=log.progress_wanted())
     with Step(f"Writing SIF image {target}" if options.announce else "Writing SIF image"):
         try:
             sif.complete_in_place(new_sif, objects)

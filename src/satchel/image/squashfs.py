@@ -99,18 +99,6 @@ def make(source: str, dest: str, compression: str | None = None,
     _run(argv, f"while creating SquashFS image from {source}", on_terminal=progress)
 
 
-def progress_wanted() -> bool:
-    """A progress bar only on a terminal, and not under -q/-s."""
-    import sys
-    from satchel import log
-    if log.level() < log.INFO:
-        return False
-    try:
-        return os.isatty(sys.stderr.fileno())
-    except (AttributeError, OSError, ValueError):
-        return False
-
-
 def extract(image: str, dest: str, offset: int = 0) -> None:
     """Unpack the SquashFS file system at `offset` in `image` into the new directory `dest`."""
     argv = [tool("unsquashfs"), "-no-progress", "-quiet", "-f", "-d", dest]

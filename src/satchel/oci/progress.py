@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -13,15 +12,6 @@ from satchel import log
 
 REDRAW_S = 0.1
 WIDTH = 30
-
-
-def enabled() -> bool:
-    if log.level() < log.INFO:
-        return False
-    try:
-        return os.isatty(sys.stderr.fileno())
-    except (AttributeError, OSError, ValueError):
-        return False
 
 
 def human(n: float) -> str:
@@ -39,7 +29,7 @@ class Bar:
         self.label = label
         self.total = max(total, 0)
         self.done = 0
-        self.show = enabled() if show is None else show
+        self.show = log.progress_wanted() if show is None else show
         self.start = time.monotonic()
         self._last = 0.0
         self._lock = threading.Lock()
