@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from support.fixtures_runtime import wait_for_name_below
 from support.fixtures_users import SATCHEL, run_satchel
 
 from satchel.image import sif
@@ -442,12 +443,7 @@ def test_sigint_during_post_leaves_no_target_and_no_temporaries(tmp_path):
                        "    touch /started\n    sleep 300\n")
     proc = subprocess.Popen([SATCHEL, "build", str(tmp_path / "slow.sif"), str(deffile)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if any(os.path.exists(os.path.join(root, "started")) for root, _, _ in os.walk(tmp_path)):
-            break
-        time.sleep(0.1)
-    else:
+    if not wait_for_name_below(str(tmp_path), "started", 60):
         proc.kill()
         pytest.fail("%post never started")
     proc.send_signal(signal.SIGINT)

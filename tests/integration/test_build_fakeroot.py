@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from support.fixtures_runtime import wait_for_name_below
 from support.fixtures_users import SATCHEL, run_satchel
 
 from satchel.image import sif
@@ -116,12 +117,7 @@ def test_fakeroot_sigint_cleans_up(test_user, user_tmp):
     argv = test_user.argv([SATCHEL, "build", os.path.join(user_tmp, "i.sif"), deffile])
     proc = subprocess.Popen(argv, env=test_user.env(), cwd=user_tmp, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if any(os.path.exists(os.path.join(root, "started")) for root, _, _ in os.walk(user_tmp)):
-            break
-        time.sleep(0.1)
-    else:
+    if not wait_for_name_below(user_tmp, "started", 60):
         proc.kill()
         pytest.fail("%post never started")
     proc.send_signal(signal.SIGINT)  # setpriv execs satchel: this is satchel's pid

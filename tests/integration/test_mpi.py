@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 
 import pytest
 
+from support.fixtures_runtime import wait_processes_gone
 from support.fixtures_users import SATCHEL
 
 pytestmark = pytest.mark.slow
@@ -43,21 +43,6 @@ def check_world(ranks: list[dict], size: int, parents: tuple[str, ...]) -> None:
     assert len({r["mntns"] for r in ranks}) == size         # one container per rank
 
 
-def leftover_processes(marker: str) -> list[str]:
-    """Processes whose command line mentions marker (an image path used by one test only)."""
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if marker in line and "ps -eo" not in line]
-
-
-def wait_no_leftovers(marker: str, timeout: float = 10) -> list[str]:
-    deadline = time.monotonic() + timeout
-    left = leftover_processes(marker)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.2)
-        left = leftover_processes(marker)
-    return left
-
-
 @pytest.fixture
 def private_mpi_image(mpi_image, user_tmp):
     """A copy of the MPI image only this test uses, so its path identifies our processes."""
@@ -75,7 +60,7 @@ def test_mpirun_hybrid_four_ranks(private_mpi_image, test_user, user_tmp):
     assert proc.returncode == 0, proc.stderr
     check_world(parse_ranks(proc.stdout), 4, parents=("mpirun", "orted"))
     assert "WARNING" not in proc.stderr and "ORTE_ERROR" not in proc.stderr, proc.stderr
-    assert wait_no_leftovers(private_mpi_image) == []
+    assert wait_processes_gone(private_mpi_image) == []
 
 
 def test_mpirun_rank_failure_is_the_job_status(private_mpi_image, test_user, user_tmp):
@@ -85,7 +70,7 @@ def test_mpirun_rank_failure_is_the_job_status(private_mpi_image, test_user, use
     proc = subprocess.run(test_user.argv(argv), env=test_user.env(), cwd=user_tmp,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode in (5, 6), (proc.returncode, proc.stderr)
-    assert wait_no_leftovers(private_mpi_image) == []
+    assert wait_processes_gone(private_mpi_image) == []
 
 
 def test_srun_pmix_launches_containerized_ranks(slurm, private_mpi_image, test_user, user_tmp):
@@ -94,7 +79,7 @@ def test_srun_pmix_launches_containerized_ranks(slurm, private_mpi_image, test_u
                       private_mpi_image, "/opt/app"], user=test_user, cwd=user_tmp, timeout=120)
     assert proc.returncode == 0, proc.stderr + slurm.logs()
     check_world(parse_ranks(proc.stdout), 4, parents=("slurmstepd",))
-    assert wait_no_leftovers(private_mpi_image) == []
+    assert wait_processes_gone(private_mpi_image) == []
 
 
 @pytest.mark.parametrize("mpi", ["none", "pmi2"])
@@ -108,7 +93,7 @@ def test_srun_without_pmix_fails_loudly(slurm, private_mpi_image, test_user, use
     assert proc.returncode != 0
     assert parse_ranks(proc.stdout) == []
     assert "direct launched" in proc.stderr or "PMI" in proc.stderr, proc.stderr
-    assert wait_no_leftovers(private_mpi_image) == []
+    assert wait_processes_gone(private_mpi_image) == []
 
 
 def test_srun_pmix_across_two_nodes(slurm_multinode, private_mpi_image, test_user, user_tmp):
@@ -122,4 +107,4 @@ def test_srun_pmix_across_two_nodes(slurm_multinode, private_mpi_image, test_use
     ranks = parse_ranks(proc.stdout)
     check_world(ranks, 4, parents=("slurmstepd",))
     assert sorted(r["host"] for r in ranks) == ["satnode1"] * 2 + ["satnode2"] * 2
-    assert wait_no_leftovers(private_mpi_image) == []
+    assert wait_processes_gone(private_mpi_image) == []

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from support.fixtures_runtime import wait_processes_gone
 from support.fixtures_users import SATCHEL
 
 pytestmark = pytest.mark.slow
@@ -58,20 +59,6 @@ def job_image(debian_sif, user_tmp):
     subprocess.run(["cp", debian_sif, path], check=True)
     os.chmod(path, 0o644)
     return path
-
-
-def processes_mentioning(marker: str) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if marker in line and "ps -eo" not in line]
-
-
-def wait_gone(marker: str, timeout: float = 10) -> list[str]:
-    deadline = time.monotonic() + timeout
-    left = processes_mentioning(marker)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.2)
-        left = processes_mentioning(marker)
-    return left
 
 
 def cpu_seconds(text: str) -> float:
@@ -131,7 +118,7 @@ def test_sbatch_job_exit_code_is_the_containers(slurm, job_image, test_user, use
     assert info["JobState"] == "FAILED"
     assert info["ExitCode"] == "42:0"
     assert open(f"{user_tmp}/exit.out").read() == "in container\n"
-    assert wait_gone(job_image) == []
+    assert wait_processes_gone(job_image) == []
 
 
 def test_scancel_term_memory_accounting_and_cleanup(slurm, job_image, test_user, user_tmp):
@@ -171,7 +158,7 @@ def test_scancel_term_memory_accounting_and_cleanup(slurm, job_image, test_user,
     assert open(term).read() == "TERM\n"
     assert not os.path.exists(f"/proc/{pid}") or \
         open(f"/proc/{pid}/comm").read().strip() != "memhog"
-    assert wait_gone(job_image) == []
+    assert wait_processes_gone(job_image) == []
 
 
 def test_srun_containers_on_two_nodes(slurm_multinode, job_image, test_user, user_tmp):
@@ -180,4 +167,4 @@ def test_srun_containers_on_two_nodes(slurm_multinode, job_image, test_user, use
     r = slurm_multinode.run(["srun", "-N2", "-n2", "-l", SATCHEL, "exec", job_image, "hostname"],
                             user=test_user, cwd=user_tmp, check=True)
     assert sorted(r.stdout.splitlines()) == ["0: satnode1", "1: satnode2"]
-    assert wait_gone(job_image) == []
+    assert wait_processes_gone(job_image) == []

@@ -174,6 +174,26 @@ def wait_until(predicate, timeout: float = 1.0, interval: float = 0.02) -> bool:
         time.sleep(interval)
 
 
+def wait_for_name_below(directory: str, name: str, timeout: float) -> bool:
+    """Wait for a file called `name` anywhere below `directory` (a build's staging tree)."""
+    def found() -> bool:
+        return any(os.path.exists(os.path.join(root, name)) for root, _, _ in os.walk(directory))
+    return wait_until(found, timeout, interval=0.1)
+
+
+def processes_mentioning(marker: str) -> list[str]:
+    """`ps` lines (pid, argv) of processes whose command line mentions marker (an image path
+    used by one test only): the launcher, the payload or a server still running for it."""
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if marker in line and "ps -eo" not in line]
+
+
+def wait_processes_gone(marker: str, timeout: float = 10) -> list[str]:
+    """Wait up to `timeout` s for processes_mentioning(marker) to be empty; return what is left."""
+    wait_until(lambda: not processes_mentioning(marker), timeout, interval=0.2)
+    return processes_mentioning(marker)
+
+
 def leftovers(image: str) -> tuple[list[int], list[str], list[str]]:
     """(squashfuse servers, mounts, loop devices) still alive for `image`."""
     return (live_processes("squashfuse_ll", image), image_mounts(image),

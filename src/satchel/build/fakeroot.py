@@ -139,18 +139,14 @@ def run_as_fakeroot(function, announce: str | None = None, use_subids: bool = Tr
                 os.write(go_w, b"x")
                 raise
             os.write(go_w, b"g")
-        message = _read_all(err_r)
+        message = ns.read_to_eof(err_r)
         _, status = os.waitpid(pid, 0)
         pid = 0
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
         if pid:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except OSError:
-                pass
+            ns.kill_and_reap(pid)
         for fd in (ready_r, go_w, err_r):
             try:
                 os.close(fd)
@@ -166,19 +162,6 @@ def run_as_fakeroot(function, announce: str | None = None, use_subids: bool = Tr
         if forwarded or code in (130, -signal.SIGINT):
             raise KeyboardInterrupt
         raise BuildError(f"the --fakeroot build process failed (status {code})")
-
-
-def _read_all(fd: int) -> str:
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except InterruptedError:
-            continue
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks).decode(errors="replace")
 
 
 def _child(function, ready_w: int, go_r: int, err_w: int) -> None:

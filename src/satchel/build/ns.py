@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
@@ -115,3 +116,20 @@ def mounts_under(directory: str) -> list[str]:
     except OSError:
         return []
     return sorted(points, key=len, reverse=True)
+
+
+def read_to_eof(fd: int) -> str:
+    """Everything a child writes to the pipe `fd` until its write ends close, as text."""
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def kill_and_reap(pid: int) -> None:
+    """SIGKILL a child of ours and wait for it (a build helper abandoned on an error)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except OSError:
+        pass

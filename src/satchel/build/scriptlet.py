@@ -121,17 +121,13 @@ def run_in_rootfs(rootfs: str, argv: list[str], env: dict[str, str], what: str,
     os.close(err_w)
     os.close(life_w)
     try:
-        message = _read_all(err_r)
+        message = ns.read_to_eof(err_r).strip()
         _, wait_status = os.waitpid(pid, 0)
         pid = 0
         _wait_lifeline(life_r)
     except BaseException:
         if pid:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except OSError:
-                pass
+            ns.kill_and_reap(pid)
             _wait_lifeline(life_r)
         raise
     finally:
@@ -144,16 +140,6 @@ def run_in_rootfs(rootfs: str, argv: list[str], env: dict[str, str], what: str,
         if code > 128:
             raise BuildError(f"{what} killed by signal {code - 128}")
         raise BuildError(f"{what} failed with exit status {code}")
-
-
-def _read_all(fd: int) -> str:
-    chunks = []
-    while True:
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks).decode(errors="replace").strip()
 
 
 def _wait_lifeline(fd: int) -> None:
