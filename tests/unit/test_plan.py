@@ -416,3 +416,56 @@ def test_dev_shm_is_the_hosts_unless_contained():
     assert ("/dev/shm", "/dev/shm") in binds(plan())
     contained = plan(contain=True)
     assert ("/dev/shm", "/dev/shm") not in binds(contained)
+
+
+KERNEL = {"/proc/sys": "dir", "/proc/sysrq-trigger": "file", "/proc/bus": "dir",
+          "/proc/kcore": "file", "/proc/acpi": "dir", "/sys/firmware": "dir"}
+
+
+def protected(p):
+    """{path: (kind, data, flags)} of the READONLY_PATH and MASK_PATH operations."""
+    return {op.destination: (op.kind, op.data, set(op.flags)) for op in p.ops
+            if op.kind in (P.READONLY_PATH, P.MASK_PATH)}
+
+
+@pytest.mark.parametrize("pid", [False, True])
+def test_kernel_paths_read_only_or_masked_in_root_mode(pid):
+    """runc's defaults: host sysctls read-only, leaks masked; only paths the host has."""
+    p = plan(FakeHost(uid=0, gid=0, paths=KERNEL), pid=pid)
+    found = protected(p)
+    assert set(found) == set(KERNEL)  # /proc/keys, /proc/scsi...: not on this host
+    for path in ("/proc/sys", "/proc/sysrq-trigger", "/proc/bus"):
+        assert found[path][0] == P.READONLY_PATH and "optional" not in found[path][2]
+    assert found["/proc/kcore"][:2] == (P.MASK_PATH, "file")
+    assert found["/proc/acpi"][:2] == (P.MASK_PATH, "dir")
+    assert found["/sys/firmware"][:2] == (P.MASK_PATH, "dir")
+    assert all({"root", "ro", "nosuid"} <= found[path][2] for path in found
+               if found[path][0] == P.MASK_PATH)
+    # after /proc (the fresh one under --pid), /sys and every bind; before the switch
+    first = min(i for i, op in enumerate(p.ops) if op.kind in (P.READONLY_PATH, P.MASK_PATH))
+    last = max(i for i, op in enumerate(p.ops) if op.kind in (P.READONLY_PATH, P.MASK_PATH))
+    assert index(p, P.BIND, destination="/sys") < first and last < index(p, P.PIVOT_ROOT)
+    assert max(i for i, op in enumerate(p.ops) if op.kind == P.BIND) < first
+    if pid:
+        assert index(p, P.MOUNT_PROC) < first
+    else:
+        assert index(p, P.BIND, destination="/proc") < first
+
+
+def test_kernel_paths_rootless_are_optional_and_follow_no_mount():
+    p = plan(FakeHost(paths=KERNEL))
+    assert all("optional" in flags for _, _, flags in protected(p).values())
+    # an image's own /proc or /sys is no kernel's: nothing is protected there
+    assert set(protected(plan(FakeHost(paths=KERNEL), no_mount=["proc"]))) == {"/sys/firmware"}
+    assert "/sys/firmware" not in protected(plan(FakeHost(paths=KERNEL), no_mount=["sys"]))
+    off = Config.parse("mount proc = no\nmount sys = no\n")
+    assert protected(plan(FakeHost(paths=KERNEL), config=off)) == {}
+
+
+@pytest.mark.parametrize("uid", [0, 1000])
+def test_session_mount_is_unbindable_before_the_session_tmpfs(uid):
+    """satchel under $HOME or /tmp: their recursive binds must not copy the session."""
+    p = plan(FakeHost(uid=uid, gid=uid))
+    anchor = index(p, P.UNBINDABLE, destination=SESSION)
+    assert anchor < index(p, P.TMPFS, destination=SESSION)
+    assert index(p, P.MAKE_PRIVATE) < anchor

@@ -16,7 +16,7 @@ from satchel import log
 from satchel.errors import ContainerError
 from satchel.runtime import linux, underlay
 from satchel.runtime.linux import (MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE,
-                                   MS_RDONLY, MS_REC)
+                                   MS_RDONLY, MS_REC, MS_UNBINDABLE)
 
 _FLAG_BITS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
 
@@ -253,6 +253,47 @@ class Executor:
     def op_mount_proc(self, op) -> None:
         linux.mount("proc", self.target(op), "proc", _mount_flags(op), None,
                     "mounting /proc for the new PID namespace")
+
+    def op_readonly_path(self, op) -> None:
+        """A kernel path (/proc/sys...) bound on itself, that bind and those below read-only."""
+        target = self.target(op)  # outside the try: a resolution error is never tolerated
+        try:
+            linux.mount(target, target, None, MS_BIND | MS_REC, None,
+                        f"binding {op.destination} on itself")
+            linux.mount_setattr(target, linux.MOUNT_ATTR_RDONLY, 0, True,
+                                f"making {op.destination} read-only")
+        except ContainerError as error:
+            self._tolerate(op, error)
+
+    def op_mask_path(self, op) -> None:
+        """An empty read-only tmpfs over a kernel directory, /dev/null over a kernel file."""
+        target = self.target(op)
+        try:
+            if op.data == "dir":
+                linux.mount("tmpfs", target, "tmpfs", _mount_flags(op), "mode=0555",
+                            f"masking {op.destination}")
+            else:  # a bind keeps /dev/null's own flags: no device bit, but no nosuid either
+                linux.mount("/dev/null", target, None, MS_BIND, None,
+                            f"masking {op.destination}")
+                linux.mount_setattr(target, linux.MOUNT_ATTR_RDONLY | linux.MOUNT_ATTR_NOSUID,
+                                    0, False, f"making the mask of {op.destination} read-only")
+        except ContainerError as error:
+            self._tolerate(op, error)
+
+    @staticmethod
+    def _tolerate(op, error: ContainerError) -> None:
+        """Raise a mount error unless the plan marked the op "optional" and the kernel
+        refused it (EPERM, EACCES): see plan._protect_kernel."""
+        err = linux.get_errno()  # of the failed call: nothing called libc since
+        if "optional" not in op.flags or err not in (1, 13):
+            raise error
+        log.verbose(f"{op.kind} {op.destination}: {os.strerror(err)} (rootless: skipped)")
+
+    def op_unbindable(self, op) -> None:
+        linux.mount(op.destination, op.destination, None, MS_BIND, None,
+                    "binding the session directory on itself")
+        linux.mount(None, op.destination, None, MS_UNBINDABLE, None,
+                    "making the session directory unbindable")
 
     def op_remount_ro(self, op) -> None:
         linux.mount_setattr(self.target(op), linux.MOUNT_ATTR_RDONLY, 0, "rec" in op.flags,

@@ -44,6 +44,12 @@ WRITE_FILE = "write_file"          # data: text
 GEN_PASSWD = "gen_passwd"          # destination: host file; data: (entry line, uid, name)
 GEN_GROUP = "gen_group"            # destination: host file; data: ((gid, name), ...), user
 MOUNT_PROC = "mount_proc"          # a fresh procfs (in a new pid namespace)
+READONLY_PATH = "readonly_path"    # a kernel path bound on itself, read-only (rec); "optional":
+                                   # EPERM/EACCES tolerated (rootless, see _protect_kernel)
+MASK_PATH = "mask_path"            # data: "dir" (an empty read-only tmpfs over it) | "file"
+                                   # (/dev/null bound over it); "optional" as READONLY_PATH
+UNBINDABLE = "unbindable"          # destination bound on itself and made MS_UNBINDABLE: the
+                                   # recursive bind of a directory above it skips what is below
 REMOUNT_RO = "remount_ro"          # flags: rec
 NOSUID_TREE = "nosuid_tree"        # nosuid on every mount below destination
 SETHOSTNAME = "sethostname"        # data: name
@@ -59,6 +65,13 @@ INSTANCE_INIT = "instance_init"    # instance start: stay as the instance's init
 JOIN_NAMESPACES = "join_namespaces"  # instance://: data: (pid, namespace names), user first
 
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+# runc's and crun's defaults (the OCI spec's readonlyPaths and maskedPaths, plus powercap from
+# containers-common): host kernel settings and leaks of host state. Read-only, not merely
+# root-owned: uid 0 writes /proc/sys/* by file mode alone, every capability dropped or not.
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+MASKED_PATHS = ("/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+                "/sys/firmware", "/sys/devices/virtual/powercap")
 SYSTEM_CWDS = frozenset(("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64",
                          "/libx32", "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/srv",
                          "/sys", "/usr", "/var"))
@@ -281,6 +294,10 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
     if opts.net:
         p.add(NET_LOOPBACK, "lo", data=network_args)
     p.add(MAKE_PRIVATE, destination="/", flags=("rec",))
+    # satchel installed under a directory bound recursively (home, /tmp, a user bind) would
+    # copy the session's mounts, the staged root included, into the container: recursive
+    # binds skip an unbindable mount and everything below it
+    p.add(UNBINDABLE, destination=session)
     size = config.get_int("sessiondir max size", 64)
     p.add(TMPFS, "tmpfs", session, ("nosuid", "nodev", "session"), f"mode=0755,size={size}m")
     p.add(MKDIR, destination=root)
@@ -453,6 +470,9 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
         p.add(FORK_INIT)
         if "proc" not in no_mount and config.get_bool("mount proc", True):
             p.add(MOUNT_PROC, "proc", "/proc", ("root", "nosuid", "nodev", "noexec"))
+    _protect_kernel(p, host, rootless,
+                    proc="proc" not in no_mount and config.get_bool("mount proc", True),
+                    sysfs="sys" not in no_mount and config.get_bool("mount sys", True))
     p.add(PIVOT_ROOT, None, root)
     p.add(CHDIR, data=tuple(cwd_candidates), flags=("strict",) if opts.pwd else ())
     p.add(DROP_CAPS)
@@ -566,6 +586,27 @@ def early_server(config, image, uid: int):
     # the program is the fallback when the libraries are missing: in the foreground (-f), as
     # the built-in server is already detached
     return [server, "-f", "-o", f"offset={image.fs_offset}", image.path, "/dev/fd/{fd}"]
+
+
+def _protect_kernel(p: _Plan, host, rootless: bool, proc: bool, sysfs: bool) -> None:
+    """READONLY_PATHS and MASKED_PATHS, those the host has, once /proc and /sys are in place.
+
+    Last before pivot_root, after MOUNT_PROC under --pid (a fresh procfs of the same kernel:
+    the host's paths say what it holds) and after the user's binds (one below /proc/sys is
+    made read-only with it). Only below a /proc or /sys the runtime mounted: an image's own
+    /proc is no kernel's. As root any failure is fatal: these mounts are what keeps a root
+    container from host sysctls. Rootless, EPERM or EACCES (a kernel or LSM that refuses
+    mounts over procfs in a user namespace) is tolerated: the caller's uid owns none of these
+    files and its capabilities are dropped, so it could not write them anyway.
+    """
+    flags = ("root", "optional") if rootless else ("root",)
+    for path in READONLY_PATHS:
+        if (proc if path.startswith("/proc/") else sysfs) and host.path_kind(path):
+            p.add(READONLY_PATH, None, path, flags)
+    for path in MASKED_PATHS:
+        kind = (proc if path.startswith("/proc/") else sysfs) and host.path_kind(path)
+        if kind:
+            p.add(MASK_PATH, None, path, flags + ("ro", "nosuid", "nodev", "noexec"), kind)
 
 
 def _minimal_dev(p: _Plan, devpts: bool, terminal: bool, contain: bool = False) -> None:
