@@ -8,7 +8,9 @@ operation). It must
   returns is the common case, and an image without one still makes a usable instance;
 - reap every zombie: it is a child subreaper, so daemons that double-fork are reparented here
   and not to the host's init (in a PID namespace it is pid 1 and reaps anyway);
-- report readiness: one line on a pipe once the payload was exec'd (or failed to be);
+- report readiness: one line on a socket once the payload was exec'd (or failed to be), then
+  wait there until the launcher has written the instance's record, and end everything if the
+  launcher dies first (nothing may outlive its record);
 - stop on SIGTERM/SIGINT/SIGHUP/SIGQUIT: forward the signal to its children and exit once
   none is left (`instance stop` SIGKILLs whatever outlives its timeout); other catchable
   signals are forwarded and the instance goes on.
@@ -74,6 +76,30 @@ def _reap_all() -> list[tuple[int, int]]:
         reaped.append((pid, status))
 
 
+def _await_record(channel: int) -> None:
+    """Go on only once the launcher has recorded the instance ("c" on the channel).
+
+    The channel is a socket whose other end only the launcher holds: end of file means it died
+    (SIGKILL between the fork and the record) and nobody could ever find or stop this
+    instance, so it ends here, the payload with it: nothing may outlive its record. Signals
+    stay blocked meanwhile and are handled afterwards.
+    """
+    try:
+        committed = os.read(channel, 1) == b"c"
+    except OSError:
+        committed = False
+    os.close(channel)
+    if committed:
+        return
+    _say(2, "FATAL:   the instance's launcher died before recording it: stopping\n")
+    for child in children(os.getpid()):
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    os._exit(255)  # as pid 1 of its PID namespace, this kills everything left in it
+
+
 def run(argv: list[str], environ: dict, ready_fd: int) -> None:
     """Become the instance's init. Never returns: exits 0 once stopped and childless."""
     from satchel.runtime import linux
@@ -102,7 +128,7 @@ def run(argv: list[str], environ: dict, ready_fd: int) -> None:
         _say(ready_fd, "error " + failure.decode(errors="replace").replace("\n", " ") + "\n")
         os._exit(255)
     _say(ready_fd, f"ok {os.getpid()}\n")
-    os.close(ready_fd)
+    _await_record(ready_fd)
 
     stopping = False
     while True:

@@ -56,6 +56,7 @@ def start(command: str, parsed, prog: str = "satchel") -> state.Record:
     opts = action.to_run_options("run", parsed)
     opts.command = command
     opts.args = args
+    opts.pid = True  # always a PID namespace (as Apptainer's instances): see the module doc
     opts.gpu = action.gpu_binds(parsed, config)
     registry = state.Registry(state.Owner.current())
 
@@ -76,7 +77,12 @@ def start(command: str, parsed, prog: str = "satchel") -> state.Record:
 
 def _launch(registry, name, image, opts, config, args, command, prog, host, build_plan,
             pid_file) -> state.Record:
-    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    import socket
+
+    # the readiness channel is a socket pair, not a pipe: the init answers on it and then waits
+    # on it for our "committed"; only this process holds our end, so its EOF means we died
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    read_fd, write_fd = ours.detach(), theirs.detach()
     out_fd = err_fd = -1
     try:
         opts.instance_ready_fd = write_fd
@@ -99,14 +105,21 @@ def _launch(registry, name, image, opts, config, args, command, prog, host, buil
         for fd in (write_fd, out_fd, err_fd):
             if fd >= 0:
                 os.close(fd)
-    out_log, err_log = registry.log_paths(name)
     try:
-        line = _read_line(read_fd, READY_TIMEOUT)
+        _await_ready(name, child, read_fd, registry.log_paths(name)[1])
+        return _commit(registry, name, image, plan, command, args, pid_file, child, read_fd)
+    finally:
+        os.close(read_fd)
+
+
+def _await_ready(name: str, child: int, channel: int, err_log: str) -> None:
+    """Wait for the init's "ok"; on anything else the half-started instance is gone or
+    killed, and the error says why."""
+    try:
+        line = _read_line(channel, READY_TIMEOUT)
     except BaseException:  # interrupted, or never ready: no unrecorded instance may stay
         _abort(child)
         raise
-    finally:
-        os.close(read_fd)
     if line is None:
         _abort(child)
         raise InstanceError(f"instance {name} was not ready after {READY_TIMEOUT:.0f}s: "
@@ -119,23 +132,58 @@ def _launch(registry, name, image, opts, config, args, command, prog, host, buil
                                 hint=hint or f"see {err_log}")
         raise InstanceError(f"instance {name} failed to start: its process exited before the "
                             "container was ready", hint=f"see {err_log}")
-    started = state.process_start_time(child)
+
+
+def _commit(registry, name, image, plan, command, args, pid_file, child, channel):
+    """Record the running instance, then tell its init so (until then it dies with us)."""
+    try:
+        return _record_and_release(registry, name, image, plan, command, args, pid_file, child,
+                                   channel)
+    except BaseException:  # running but unrecorded would be a leak: take it down again
+        _abort(child)
+        raise
+
+
+def _record_and_release(registry, name, image, plan, command, args, pid_file, child, channel):
+    out_log, err_log = registry.log_paths(name)
+    init = _init_of(child)
+    started = None if init is None else state.process_start_time(init)
     if started is None:
         raise InstanceError(f"instance {name} exited right after starting", hint=f"see {err_log}")
     record = state.Record(
-        name=name, pid=child, starttime=started, status="running", image=image.path,
+        name=name, pid=init, starttime=started, status="running", image=image.path,
         user=registry.owner.name, uid=registry.owner.uid, host=registry.host,
         started=int(time.time()), rootless=plan.rootless, namespaces=list(plan.namespaces),
         pid_namespace="pid" in plan.namespaces, log_out=out_log, log_err=err_log,
         command=command, args=args, ip="")
+    registry.save(record)
+    if pid_file:
+        _write_pid_file(pid_file, init)
     try:
-        registry.save(record)
-        if pid_file:
-            _write_pid_file(pid_file, child)
-    except BaseException:  # running but unrecorded would be a leak: take it down again
-        _abort(child)
-        raise
+        os.write(channel, b"c")
+    except OSError:
+        raise InstanceError(f"instance {name} exited right after starting",
+                            hint=f"see {err_log}") from None
     return record
+
+
+def _init_of(child: int) -> int | None:
+    """Host pid of the instance's init: the child of `child` (the PID namespace's forwarding
+    parent) that is pid 1 of a namespace below ours; `child` itself without a PID namespace."""
+    try:
+        with open(f"/proc/{child}/task/{child}/children") as fh:
+            candidates = [int(p) for p in fh.read().split()]
+    except OSError:
+        return None
+    for pid in candidates:
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                nspid = next((line.split()[1:] for line in fh if line.startswith("NSpid:")), [])
+        except OSError:
+            continue
+        if len(nspid) > 1 and nspid[-1] == "1":
+            return pid
+    return child if state.process_start_time(child) is not None else None
 
 
 def _become_instance(plan, read_fd: int, write_fd: int, out_fd: int, err_fd: int) -> None:
@@ -206,7 +254,7 @@ def _abort(child: int) -> None:
         pass
     _reap_if_child(child)
     if ns_inode is not None and ns_inode != host_ns:
-        _kill_namespace(ns_inode)
+        _kill_namespace(ns_inode, None if os.getuid() == 0 else os.getuid())
 
 
 def _reap_if_child(pid: int) -> None:
@@ -252,45 +300,56 @@ def mount_namespace(pid: int) -> int | None:
         return None
 
 
-def namespace_members(ns_inode: int, uid: int | None) -> list[int]:
-    """Live processes (of `uid`, if given) whose mount namespace is `ns_inode`."""
-    found = []
+def _members(ns_inode: int, owner_uid: int | None):
+    """Yield the live processes in mount namespace `ns_inode`, each held (state.Process) and,
+    if owner_uid is given, only those that user could signal itself (runs as that uid, or in a
+    user namespace that uid created). The caller closes each one."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        pid = int(entry)
-        try:
-            if uid is not None and os.stat(f"/proc/{pid}").st_uid != uid:
-                continue
-            if os.stat(f"/proc/{pid}/ns/mnt").st_ino != ns_inode:
-                continue
-        except OSError:
+        process = state.Process.open(int(entry))
+        if process is None:
             continue
-        if state.process_start_time(pid) is not None:
-            found.append(pid)
-    return found
+        if (process.namespace("mnt") == ns_inode and process.alive()
+                and (owner_uid is None or process.belongs_to(owner_uid))):
+            yield process
+        else:
+            process.close()
 
 
-def _kill_namespace(ns_inode: int) -> None:
-    """SIGKILL every process (of ours; all, for root) still in the mount namespace."""
+def namespace_members(ns_inode: int, uid: int | None) -> list[int]:
+    """Pids of the live processes (that `uid` owns, if given) in mount namespace `ns_inode`."""
+    pids = []
+    for process in _members(ns_inode, uid):
+        pids.append(process.pid)
+        process.close()
+    return pids
+
+
+def _kill_namespace(ns_inode: int, owner_uid: int | None) -> None:
+    """SIGKILL every process still in the mount namespace: all of them for root's own
+    instances, only those `owner_uid` could signal itself otherwise (root serving -u USER
+    never reaches a process of anyone else that sits in, or was moved into, the namespace)."""
     import signal
 
-    owner = None if os.getuid() == 0 else os.getuid()
     for _ in range(50):
-        members = namespace_members(ns_inode, owner)
-        if not members:
+        killed = 0
+        for process in _members(ns_inode, owner_uid):
+            killed += process.signal(signal.SIGKILL)
+            process.close()
+        if not killed:
             return
-        for pid in members:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         time.sleep(_POLL)
 
 
-def _wait_gone(record: state.Record, timeout: float) -> bool:
+def _acting_for(owner: state.Owner) -> int | None:
+    """The uid whose processes this stop may touch: None (any) for root's own instances."""
+    return None if os.getuid() == 0 and owner.uid == 0 else owner.uid
+
+
+def _wait_gone(process: state.Process, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while state.is_alive(record):
+    while process.alive():
         if time.monotonic() >= deadline:
             return False
         time.sleep(_POLL)
@@ -299,28 +358,38 @@ def _wait_gone(record: state.Record, timeout: float) -> bool:
 
 def stop(registry: state.Registry, record: state.Record, signum: int | None = None,
          timeout: float = DEFAULT_STOP_TIMEOUT, force: bool = False) -> None:
-    """Stop one instance (see the module docstring) and remove its record."""
+    """Stop one instance (see the module docstring) and remove its record.
+
+    The recorded process is checked (state.claim: pid, start time and, for root acting for
+    a user, the user's own namespace) and then held by a pidfd, so every signal reaches that
+    process or nothing."""
+    process = state.claim(record, registry.owner)
+    if process is None:
+        registry.remove(record.name)  # gone already
+        return
+    try:
+        _stop_process(record, process, signum, timeout, force, _acting_for(registry.owner))
+    finally:
+        process.close()
+    registry.remove(record.name)
+
+
+def _stop_process(record, process, signum, timeout, force, owner_uid) -> None:
     import signal
 
-    ns_inode = mount_namespace(record.pid)
+    ns_inode = process.namespace("mnt")
     host_ns = mount_namespace(os.getpid())
     sig = signal.SIGKILL if force else (signum or signal.SIGTERM)
     try:
-        os.kill(record.pid, sig)
-    except ProcessLookupError:
-        pass
+        process.signal(sig)
     except PermissionError:
         raise InstanceError(f"stopping instance {record.name} (pid {record.pid}): "
                             "permission denied") from None
-    if not _wait_gone(record, timeout if not force else 0):
+    if not _wait_gone(process, timeout if not force else 0):
         log.verbose(f"instance {record.name} still running after {timeout}s: killing it")
-        try:
-            os.kill(record.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        _wait_gone(record, 5)
+        process.signal(signal.SIGKILL)
+        _wait_gone(process, 5)
     if ns_inode is not None and ns_inode != host_ns:
-        _kill_namespace(ns_inode)
-    if state.is_alive(record):
+        _kill_namespace(ns_inode, owner_uid)
+    if process.alive():
         raise InstanceError(f"instance {record.name} (pid {record.pid}) did not stop")
-    registry.remove(record.name)
