@@ -72,6 +72,10 @@ class InstanceError(SatchelError):
     """An instance cannot be started, found or stopped."""
 
 
+class TrustError(SatchelError):
+    """Signing or verifying an image failed, a key is unusable, or the ECL refuses an image."""
+
+
 def os_error(what: str, err: OSError, cls: type[SatchelError] = SatchelError) -> SatchelError:
     """Turn an OSError into a typed error naming the operation: 'what: strerror'."""
     reason = err.strerror or str(err)

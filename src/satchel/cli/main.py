@@ -25,12 +25,16 @@ COMMANDS: dict[str, str] = {
     "instance.list": "satchel.cli.commands.instance",
     "instance.start": "satchel.cli.commands.instance",
     "instance.stop": "satchel.cli.commands.instance",
+    "key": "satchel.cli.commands.key",
     "pull": "satchel.cli.commands.pull",
+    "push": "satchel.cli.commands.push",
     "run": "satchel.cli.commands.action",
     "run-help": "satchel.cli.commands.run_help",
     "shell": "satchel.cli.commands.action",
     "sif": "satchel.cli.commands.sif",
+    "sign": "satchel.cli.commands.sign",
     "test": "satchel.cli.commands.action",
+    "verify": "satchel.cli.commands.verify",
     "version": "satchel.cli.commands.version",
 }
 
