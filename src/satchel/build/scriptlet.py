@@ -1,13 +1,14 @@
 """Running %setup on the host and %post/%test inside the rootfs.
 
-%post and %test run chrooted into the rootfs, in a private mount namespace and a new PID
-namespace, with /proc, /sys, a minimal /dev, a private /tmp and staged copies of the host's
-/etc/resolv.conf and /etc/hosts. As root this is real root in a chroot; under --fakeroot the
-whole build already runs as uid 0 of a user namespace (fakeroot.py), and the same calls work
-there. Process layout:
+%post and %test run in the rootfs made the root of a private mount namespace by pivot_root
+(never a bare chroot, which root can leave), in a new PID namespace, with /proc, a read-only
+/sys, a minimal /dev, a private /tmp and staged copies of the host's /etc/resolv.conf and
+/etc/hosts. As root this is real root with every capability (what package managers need);
+under --fakeroot the whole build already runs as uid 0 of a user namespace (fakeroot.py), and
+the same calls work there. Process layout:
 
     build process ──fork──> helper: unshare(NEWNS|NEWPID), fork, wait, exit with the status
-                                 └──> pid 1 of the new PID namespace: mounts, chroot, exec
+                                 └──> pid 1 of the new PID namespace: mounts, pivot_root, exec
                                       /bin/sh -ex /.post.script
 
 The PID namespace makes cleanup exact: killing the helper kills pid 1 (PR_SET_PDEATHSIG) and
@@ -24,7 +25,7 @@ import signal
 
 from satchel import fsutil, log
 from satchel.build import ns
-from satchel.errors import BuildError
+from satchel.errors import BuildError, ContainerError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -99,7 +100,7 @@ class Staged:
 
 def run_in_rootfs(rootfs: str, argv: list[str], env: dict[str, str], what: str,
                   staged: Staged | None = None) -> None:
-    """Run argv chrooted into rootfs (see module doc). BuildError on failure."""
+    """Run argv with rootfs as its root (see module doc). BuildError on failure."""
     rootfs = os.path.abspath(rootfs)
     if not os.path.exists(fsutil.secure_join(rootfs, "/bin/sh")):
         raise BuildError(f"{what}: the image has no /bin/sh to run the scriptlet")
@@ -168,15 +169,16 @@ def _report(fd: int, err: BaseException) -> None:
 def _helper(rootfs: str, argv: list[str], env: dict[str, str], binds: dict[str, str],
             err_w: int, life_w: int) -> int:
     """In the forked helper: new mount + PID namespaces, then pid 1 does the work."""
-    ns.set_parent_death_signal(signal.SIGKILL)
+    from satchel.runtime import linux
+    linux.set_parent_death_signal(signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    ns.unshare(ns.CLONE_NEWNS | ns.CLONE_NEWPID)
+    linux.unshare(("mount", "pid"))
     child = os.fork()
     if child == 0:
         status = 127
         try:
-            ns.set_parent_death_signal(signal.SIGKILL)
+            linux.set_parent_death_signal(signal.SIGKILL)
             _enter(rootfs, binds)
             os.set_inheritable(life_w, True)
             os.umask(0o022)
@@ -195,46 +197,48 @@ def _helper(rootfs: str, argv: list[str], env: dict[str, str], binds: dict[str, 
     return 128 - code if code < 0 else code
 
 
+def in_initial_user_namespace() -> bool:
+    """True for real root; False as uid 0 of a --fakeroot user namespace."""
+    try:
+        with open("/proc/self/uid_map") as fh:
+            return fh.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        return False
+
+
 def _enter(rootfs: str, binds: dict[str, str]) -> None:
-    """Mounts for the scriptlet (all in our private mount namespace), then chroot."""
-    ns.mount(None, "/", None, ns.MS_REC | ns.MS_PRIVATE)
+    """Mounts for the scriptlet, all in our private mount namespace, then pivot_root.
+
+    Never a bare chroot: a root process leaves a chroot at will (chroot into a subdirectory,
+    chdir("..") up past it, chroot(".")), and %post runs code from the base image as root.
+    The rootfs is bind-mounted on itself and becomes the namespace's root with pivot_root;
+    the host's root is detached, so no path, `..` or /proc/PID/root leads back to it.
+    Every mount failure ends the scriptlet with its error: a missing read-only /sys or a
+    host /proc would leave the host open to a root %post.
+    """
+    from satchel.runtime import linux
+    real_root = in_initial_user_namespace()
+    linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE, None,
+                "making the mount namespace private")
+    linux.mount(rootfs, rootfs, None, linux.MS_BIND | linux.MS_REC, None,
+                "binding the root filesystem on itself")
     join = lambda path: fsutil.make_dirs_in_root(rootfs, path)  # noqa: E731
-    # /proc of the new PID namespace; a user namespace on a host with masked /proc paths may
-    # refuse a fresh procfs, then the host's is bound (it still shows our processes)
     proc = join("/proc")
     try:
-        ns.mount("proc", proc, "proc", ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC)
-    except OSError:
-        ns.mount("/proc", proc, None, ns.MS_BIND | ns.MS_REC)
+        linux.mount("proc", proc, "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC,
+                    None, "mounting /proc")
+    except ContainerError:
+        # a user namespace on a host with masked /proc paths may refuse a fresh procfs; the
+        # host's still shows our processes. Never as real root: its /proc/1/root is the host.
+        if real_root:
+            raise
+        linux.mount("/proc", proc, None, linux.MS_BIND | linux.MS_REC, None, "binding /proc")
     sys_dir = join("/sys")
-    ns.mount("/sys", sys_dir, None, ns.MS_BIND | ns.MS_REC)
-    try:
-        ns.mount(None, sys_dir, None, ns.MS_BIND | ns.MS_REMOUNT | ns.MS_RDONLY | ns.MS_REC)
-    except OSError:
-        pass
-    dev = join("/dev")
-    ns.mount("tmpfs", dev, "tmpfs", ns.MS_NOSUID | ns.MS_NOEXEC, "mode=755,size=65536k")
-    for node in DEV_NODES:
-        target = os.path.join(dev, node)
-        with open(target, "w"):
-            pass
-        try:
-            ns.mount(f"/dev/{node}", target, None, ns.MS_BIND)
-        except OSError:
-            os.unlink(target)
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
-                         ("ptmx", "pts/ptmx")):
-        os.symlink(target, os.path.join(dev, name))
-    os.mkdir(os.path.join(dev, "pts"), 0o755)
-    try:
-        ns.mount("devpts", os.path.join(dev, "pts"), "devpts", ns.MS_NOSUID | ns.MS_NOEXEC,
-                 "newinstance,ptmxmode=0666,mode=0620")
-    except OSError:
-        pass
-    os.mkdir(os.path.join(dev, "shm"), 0o1777)
-    ns.mount("tmpfs", os.path.join(dev, "shm"), "tmpfs", ns.MS_NOSUID | ns.MS_NODEV, "mode=1777")
-    ns.mount("tmpfs", join("/tmp"), "tmpfs", ns.MS_NOSUID | ns.MS_NODEV, "mode=1777")
+    linux.mount("/sys", sys_dir, None, linux.MS_BIND | linux.MS_REC, None, "binding /sys")
+    linux.mount_setattr(sys_dir, linux.MOUNT_ATTR_RDONLY, 0, True, "making /sys read-only")
+    _mount_dev(join("/dev"))
+    linux.mount("tmpfs", join("/tmp"), "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=1777",
+                "mounting a tmpfs on /tmp")
     for container_path, host_file in binds.items():
         target = fsutil.secure_join(rootfs, container_path)
         if not os.path.exists(target):
@@ -243,6 +247,27 @@ def _enter(rootfs: str, binds: dict[str, str]) -> None:
             with open(target, "a"):
                 pass
         if os.path.isfile(target):
-            ns.mount(host_file, target, None, ns.MS_BIND)
-    os.chroot(rootfs)
-    os.chdir("/")
+            linux.mount(host_file, target, None, linux.MS_BIND, None, f"binding {container_path}")
+    linux.pivot_root(rootfs)
+
+
+def _mount_dev(dev: str) -> None:
+    """A minimal /dev: a tmpfs with the host's harmless nodes bound in, devpts and shm."""
+    from satchel.runtime import linux
+    linux.mount("tmpfs", dev, "tmpfs", linux.MS_NOSUID | linux.MS_NOEXEC, "mode=755,size=65536k",
+                "mounting a tmpfs on /dev")
+    for node in DEV_NODES:
+        target = os.path.join(dev, node)
+        with open(target, "w"):
+            pass
+        linux.mount(f"/dev/{node}", target, None, linux.MS_BIND, None, f"binding /dev/{node}")
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+                         ("ptmx", "pts/ptmx")):
+        os.symlink(target, os.path.join(dev, name))
+    os.mkdir(os.path.join(dev, "pts"), 0o755)
+    linux.mount("devpts", os.path.join(dev, "pts"), "devpts", linux.MS_NOSUID | linux.MS_NOEXEC,
+                "newinstance,ptmxmode=0666,mode=0620", "mounting /dev/pts")
+    os.mkdir(os.path.join(dev, "shm"), 0o1777)
+    linux.mount("tmpfs", os.path.join(dev, "shm"), "tmpfs", linux.MS_NOSUID | linux.MS_NODEV,
+                "mode=1777", "mounting a tmpfs on /dev/shm")
