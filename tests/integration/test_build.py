@@ -118,9 +118,9 @@ def test_busybox_sandbox(busybox_sandbox):
     assert st.st_mode & 0o4000 and st.st_uid == 0
 
 
-def test_no_runscript_gives_default(tmp_path):
+def test_no_runscript_gives_apptainers_bare_one(tmp_path):
     target, _ = build(tmp_path, "Bootstrap: busybox\n")
-    assert "no runscript defined" in cat(target, "/.singularity.d/runscript")
+    assert cat(target, "/.singularity.d/runscript") == "#!/bin/sh\n"  # as Apptainer's agent
     assert cat(target, "/.singularity.d/test") is None
 
 

@@ -80,3 +80,53 @@ def test_pre_runs_on_the_host_before_bootstrap(tmp_path):
     r = run_satchel(["build", str(tmp_path / "p.sif"), str(deffile_path)])
     assert r.returncode == 0, r.stderr
     assert marker.exists()
+
+
+FAKE_DEBOOTSTRAP = """#!/bin/sh
+# stands in for debootstrap (no network in tests): ... SUITE ROOTFS MIRROR -> a busybox rootfs
+while [ $# -gt 2 ]; do shift; done
+mkdir -p "$1/bin" && cp /bin/busybox "$1/bin/busybox" && ln -s busybox "$1/bin/sh"
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="builds as root")
+@pytest.mark.parametrize("agent", ["scratch", "busybox", "debootstrap"])
+def test_new_rootfs_agents_write_a_bare_runscript(agent, tmp_path):
+    """Apptainer's scratch, busybox and debootstrap agents write `#!/bin/sh` as the runscript:
+    `run` of an image built without %runscript prints nothing and succeeds."""
+    env = None
+    text = f"Bootstrap: {agent}\n"
+    if agent == "scratch":
+        text += "%files\n    /bin/busybox /bin/sh\n"
+    if agent == "debootstrap":
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "debootstrap").write_text(FAKE_DEBOOTSTRAP)
+        (bin_dir / "debootstrap").chmod(0o755)
+        env = {"PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    (tmp_path / "image.def").write_text(text)
+    target = str(tmp_path / "image.sif")
+    r = run_satchel(["build", target, str(tmp_path / "image.def")], env=env)
+    assert r.returncode == 0, r.stderr
+    r = run_satchel(["exec", target, "cat", "/.singularity.d/runscript"])
+    assert (r.returncode, r.stdout) == (0, "#!/bin/sh\n"), r.stderr
+    r = run_satchel(["run", target])
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="builds as root")
+def test_localimage_keeps_the_base_runscript(tmp_path):
+    """Apptainer's localimage agent keeps the base image's runscript (a bare one, or the base's
+    %runscript) when the new definition has no %runscript."""
+    def build(name, text):
+        (tmp_path / f"{name}.def").write_text(text)
+        r = run_satchel(["build", str(tmp_path / f"{name}.sif"), str(tmp_path / f"{name}.def")])
+        assert r.returncode == 0, r.stderr
+        return str(tmp_path / f"{name}.sif")
+    bare = build("bare", "Bootstrap: busybox\n")
+    with_script = build("script", "Bootstrap: busybox\n%runscript\n    echo base-runscript\n")
+    for base, expected in ((bare, ""), (with_script, "base-runscript\n")):
+        derived = build("derived", f"Bootstrap: localimage\nFrom: {base}\n%post\n    true\n")
+        r = run_satchel(["run", derived])
+        assert (r.returncode, r.stdout) == (0, expected), r.stderr
+        os.unlink(derived)

@@ -361,7 +361,9 @@ def prepare(rootfs: str, fetch_result=None, overwrite: bool = True) -> None:
 
 
 def apply_fetch_result(rootfs: str, result) -> None:
-    """OCI image config -> 10-docker2singularity.sh, default runscript, labels.json."""
+    """The agent's runscript; OCI image config -> 10-docker2singularity.sh, runscript, labels."""
+    if result.runscript is not None:
+        write_file(rootfs, SD + "/runscript", result.runscript, 0o755)
     if result.env:
         write_file(rootfs, ENV_DIR + "/10-docker2singularity.sh", docker_env_script(result.env), 0o755)
     if result.entrypoint is not None or result.cmd is not None:

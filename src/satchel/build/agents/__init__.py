@@ -23,6 +23,7 @@ AGENTS: dict[str, str] = {
     "docker-daemon": "satchel.oci.agent",
     "oci": "satchel.oci.agent",
     "oci-archive": "satchel.oci.agent",
+    "oras": "satchel.build.agents.oras",
 }
 
 
@@ -75,26 +76,35 @@ class AgentContext:
         self.options = options
 
 
+BARE_RUNSCRIPT = "#!/bin/sh\n"
+
+
 class FetchResult:
     """What an agent reports besides the files it wrote.
 
     - env: "K=V" strings from an image config (-> /.singularity.d/env/10-docker2singularity.sh);
     - entrypoint / cmd: from an image config (-> the default runscript, by Apptainer's rules);
-    - workdir: the image's working directory, if any; labels: image labels (-> labels.json).
+    - workdir: the image's working directory, if any; labels: image labels (-> labels.json);
+    - runscript: the runscript the agent writes before the definition's %runscript, if any
+      (None: keep the image's, or the layout's default). Apptainer's agents that make a new
+      root filesystem (scratch, busybox, debootstrap, yum, ...) write a bare BARE_RUNSCRIPT,
+      so `run` of an image without %runscript prints nothing; localimage keeps the base's.
     """
 
-    __slots__ = ("env", "entrypoint", "cmd", "workdir", "labels")
+    __slots__ = ("env", "entrypoint", "cmd", "workdir", "labels", "runscript")
 
-    def __init__(self, env=None, entrypoint=None, cmd=None, workdir=None, labels=None):
+    def __init__(self, env=None, entrypoint=None, cmd=None, workdir=None, labels=None,
+                 runscript=None):
         self.env: list[str] = list(env or [])
         self.entrypoint: list[str] | None = list(entrypoint) if entrypoint is not None else None
         self.cmd: list[str] | None = list(cmd) if cmd is not None else None
         self.workdir: str | None = workdir
         self.labels: dict[str, str] = dict(labels or {})
+        self.runscript: str | None = runscript
 
     def __repr__(self) -> str:
         return (f"FetchResult(env={self.env!r}, entrypoint={self.entrypoint!r}, cmd={self.cmd!r}, "
-                f"workdir={self.workdir!r}, labels={self.labels!r})")
+                f"workdir={self.workdir!r}, labels={self.labels!r}, runscript={self.runscript!r})")
 
 
 def warn_unused_headers(ctx: AgentContext, used: tuple[str, ...]) -> None:

@@ -12,7 +12,7 @@ import shutil
 import struct
 
 from satchel import log
-from satchel.build.agents import AgentContext, FetchResult, warn_unused_headers
+from satchel.build.agents import BARE_RUNSCRIPT, AgentContext, FetchResult, warn_unused_headers
 from satchel.build import process
 from satchel.errors import BuildError, os_error
 
@@ -89,4 +89,4 @@ def fetch(ctx: AgentContext) -> FetchResult:
                 fh.write(content)
     except OSError as err:
         raise os_error(f"while installing busybox into {root}", err, BuildError) from None
-    return FetchResult()
+    return FetchResult(runscript=BARE_RUNSCRIPT)

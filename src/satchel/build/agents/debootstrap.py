@@ -16,7 +16,7 @@ import shutil
 
 from satchel import log
 from satchel.build import process
-from satchel.build.agents import AgentContext, FetchResult, warn_unused_headers
+from satchel.build.agents import BARE_RUNSCRIPT, AgentContext, FetchResult, warn_unused_headers
 from satchel.errors import BuildError
 
 DEFAULT_SUITE = "bookworm"
@@ -56,7 +56,7 @@ def fetch(ctx: AgentContext) -> FetchResult:
         argv = [os.path.realpath(__import__("sys").executable), "-I", "-S", "-c",
                 _FAKEROOT_WRAPPER, _src_dir(), ctx.rootfs] + argv
     process.run(argv, "while running debootstrap", env=env, quiet=not log.verbose_enabled())
-    return FetchResult()
+    return FetchResult(runscript=BARE_RUNSCRIPT)
 
 
 def _src_dir() -> str:

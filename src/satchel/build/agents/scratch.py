@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from satchel.build.agents import AgentContext, FetchResult, warn_unused_headers
+from satchel.build.agents import BARE_RUNSCRIPT, AgentContext, FetchResult, warn_unused_headers
 
 
 def fetch(ctx: AgentContext) -> FetchResult:
     warn_unused_headers(ctx, used=())
-    return FetchResult()
+    return FetchResult(runscript=BARE_RUNSCRIPT)
