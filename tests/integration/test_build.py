@@ -579,3 +579,48 @@ def test_squashfs_progress_bar_only_on_a_terminal(tmp_path):
     assert "100%" not in out
     piped = run_satchel(["build", str(tmp_path / "c.sif"), definition])
     assert piped.returncode == 0 and "100%" not in piped.stderr + piped.stdout
+
+
+# --- %files from the output's own directory, %test's environment --------------------------
+
+def image_paths(image, under):
+    """Paths below `under` in a SIF's file system, relative to it."""
+    out = subprocess.run(["unsquashfs", "-l", "-o", str(partition(image).offset), image,
+                          under.lstrip("/")], capture_output=True, text=True, check=True).stdout
+    prefix = "squashfs-root" + under.rstrip("/") + "/"
+    return sorted(line[len(prefix):] for line in out.splitlines() if line.startswith(prefix))
+
+
+@pytest.mark.parametrize("base", ["busybox", "localimage"])
+def test_files_dot_from_the_output_directory_copies_only_the_project(base, tmp_path, busybox_sif):
+    """`satchel build app.sif Singularity.def` in a project whose %files copies `.`: the work
+    directory next to app.sif (and the partial image) must not be swept in, nor copied into
+    itself (with a localimage base it once grew to 9.3 GB)."""
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "main.py").write_text("print('hi')\n")
+    (project / "README").write_text("readme\n")
+    header = "Bootstrap: busybox\n" if base == "busybox" else \
+        f"Bootstrap: localimage\nFrom: {busybox_sif}\n"
+    (project / "Singularity.def").write_text(header + "%files\n    . /opt/app\n")
+    r = run_satchel(["build", "app.sif", "Singularity.def"], cwd=str(project), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert image_paths(str(project / "app.sif"), "/opt/app") == [
+        "README", "Singularity.def", "src", "src/main.py"]
+    assert leftovers(project) == ["README", "Singularity.def", "app.sif", "src"]
+
+
+def test_test_section_sees_the_host_environment_without_apptainer_variables(tmp_path):
+    """Apptainer's build runs %test like `apptainer test`: host variables pass, APPTAINER_* and
+    SINGULARITY_* do not, APPTAINERENV_X sets X."""
+    text = ("Bootstrap: busybox\n%test\n"
+            '    echo "marker=$BUILD_HOST_MARKER injected=$INJECTED"\n'
+            '    test -z "${APPTAINER_FOO:-}${SINGULARITY_FOO:-}" && echo no-runtime-variables\n')
+    deffile = tmp_path / "image.def"
+    deffile.write_text(text)
+    r = run_satchel(["build", str(tmp_path / "image.sif"), str(deffile)],
+                    env={"BUILD_HOST_MARKER": "from-host", "APPTAINER_FOO": "1",
+                         "SINGULARITY_FOO": "1", "APPTAINERENV_INJECTED": "yes"})
+    assert r.returncode == 0, r.stderr
+    assert "marker=from-host injected=yes" in r.stdout
+    assert "no-runtime-variables" in r.stdout

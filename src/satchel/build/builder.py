@@ -277,6 +277,8 @@ def build_stage(stage, rootfs: str, workdir: str, options: BuildOptions,
     else:
         layout.prepare(rootfs, None, overwrite=False)
 
+    # the build tree (every stage's rootfs, the new image) is never a %files source
+    skip = files.directory_keys(workdir, rootfs)
     if options.run_section("files"):
         for block in stage.files:
             if block.stage is None:
@@ -287,7 +289,7 @@ def build_stage(stage, rootfs: str, workdir: str, options: BuildOptions,
             with Step(f"Copying files from stage {block.stage}"):
                 for src, dst in block.transfers:
                     for host, container in files.expand_stage_sources(src, source_root):
-                        written = files.copy_in(host, rootfs, dst, container)
+                        written = files.copy_in(host, rootfs, dst, container, skip)
                         log.verbose(f"copied {block.stage}:{container} to {written}")
 
     setup = stage.section("setup")
@@ -302,7 +304,7 @@ def build_stage(stage, rootfs: str, workdir: str, options: BuildOptions,
                 for block in host_blocks:
                     for src, dst in block.transfers:
                         for host, written_as in files.expand_host_sources(src, def_dir):
-                            written = files.copy_in(host, rootfs, dst, written_as)
+                            written = files.copy_in(host, rootfs, dst, written_as, skip)
                             log.verbose(f"copied {host} to {written}")
 
     staged = None
@@ -317,8 +319,8 @@ def build_stage(stage, rootfs: str, workdir: str, options: BuildOptions,
     if (test and test.body.strip() and not options.notest and options.run_section("test")):
         with Step("Running %test scriptlet"):
             staged = staged or scriptlet.Staged(workdir)
-            scriptlet.run_in_rootfs(rootfs, [layout.SD + "/actions/test"],
-                                    scriptlet.container_env(), "%test", staged)
+            env, argv = scriptlet.test_command(rootfs)
+            scriptlet.run_in_rootfs(rootfs, argv, env, "%test", staged)
     if options.fix_perms:
         fix_permissions(rootfs)
 

@@ -66,10 +66,27 @@ def expand_stage_sources(src: str, stage_root: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def copy_in(host_src: str, rootfs: str, dst: str, default_dst: str) -> str:
+def directory_keys(*paths: str) -> frozenset:
+    """(st_dev, st_ino) of each existing directory in `paths`: what copy_in must never enter."""
+    keys = set()
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        keys.add((st.st_dev, st.st_ino))
+    return frozenset(keys)
+
+
+def copy_in(host_src: str, rootfs: str, dst: str, default_dst: str,
+            skip: frozenset = frozenset()) -> str:
     """Copy one source into rootfs at container path `dst` (or `default_dst` when dst is "").
 
-    Returns the container path written.
+    `skip` holds directory_keys() of directories never copied: the build's own work
+    directory and the rootfs being written. A source that holds them (`%files . /opt/app`
+    run next to the output image) would otherwise sweep the build tree into the image, or
+    copy the rootfs into itself until the disk is full. Matching by device and inode holds
+    whatever the path or symlink that leads there. Returns the container path written.
     """
     target = dst or default_dst
     if not target.startswith("/"):
@@ -80,17 +97,20 @@ def copy_in(host_src: str, rootfs: str, dst: str, default_dst: str) -> str:
         fsutil.make_dirs_in_root(rootfs, target)
         target = target.rstrip("/") + "/" + os.path.basename(os.path.normpath(host_src))
     try:
-        _copy(host_src, rootfs, target, set())
+        _copy(host_src, rootfs, target, set(), skip)
     except OSError as err:
         raise BuildError(f"%files: while copying {host_src} to {target}: "
                          f"{err.strerror or err}") from None
     return target
 
 
-def _copy(host_src: str, rootfs: str, container_path: str, active: set) -> None:
+def _copy(host_src: str, rootfs: str, container_path: str, active: set, skip: frozenset) -> None:
     st = os.stat(host_src)  # -L: follow symlinks in the source
     if stat.S_ISDIR(st.st_mode):
         key = (st.st_dev, st.st_ino)
+        if key in skip:
+            log.verbose(f"%files: skipping {host_src}: the build's own work tree")
+            return
         if key in active:
             log.warning(f"%files: skipping {host_src}: directory loop")
             return
@@ -103,7 +123,7 @@ def _copy(host_src: str, rootfs: str, container_path: str, active: set) -> None:
         try:
             for name in sorted(os.listdir(host_src)):
                 _copy(os.path.join(host_src, name), rootfs,
-                      container_path.rstrip("/") + "/" + name, active)
+                      container_path.rstrip("/") + "/" + name, active, skip)
         finally:
             active.discard(key)
         return

@@ -62,6 +62,21 @@ def container_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def test_command(rootfs: str) -> tuple[dict[str, str], list[str]]:
+    """(environment, argv) of the build's %test, as `satchel test` runs it (and Apptainer's
+    build, which runs `apptainer test ROOTFS` with the host environment less its APPTAINER_*
+    and SINGULARITY_* variables): the host environment passes, except HOME, PATH,
+    LD_LIBRARY_PATH and the runtime's own variables; APPTAINERENV_X sets X; the image's
+    /.singularity.d/env scripts are sourced before /.singularity.d/test runs."""
+    from satchel.runtime import environment
+    env = environment.build_environment(dict(os.environ), cleanenv=False, home="/root",
+                                        image_path=rootfs, command="test", evaluate=True)
+    for warning in env.warnings:
+        log.warning(warning)
+    script = environment.action_script("test", "Satchel> ")
+    return env.environ, ["/bin/sh", "-c", script, "/.singularity.d/actions/test"]
+
+
 def run_on_host(script_text: str, section, workdir: str, env_extra: dict[str, str], cwd: str,
                 what: str) -> None:
     """%setup / %pre: run on the host as the building user (root or fakeroot)."""
