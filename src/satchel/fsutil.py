@@ -93,6 +93,84 @@ def make_dirs_in_root(root: str, path: str, mode: int = 0o755) -> str:
     return host
 
 
+# -- reading files that someone else controls ---------------------------------------------------
+
+# Files read from an image, a rootfs or a user-given path are read through open_regular(): a FIFO
+# there must not hang satchel (open() of a FIFO waits for a writer, read() for data), and a device
+# node must not be opened at all (a driver's open can act: rewind a tape, arm a watchdog).
+SMALL_FILE_LIMIT = 64 << 20
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket",
+          stat.S_IFLNK: "a symbolic link", stat.S_IFDIR: "a directory"}
+
+
+def file_kind(mode: int) -> str:
+    """'a FIFO', 'a directory', ... for an st_mode (what an error says a file is)."""
+    return _KINDS.get(stat.S_IFMT(mode), "a special file")
+
+
+class NotRegularFileError(OSError):
+    """The file is not a regular file (strerror says what it is instead)."""
+
+    def __init__(self, path: str, mode: int):
+        super().__init__(errno.EINVAL, f"is {file_kind(mode)}, not a regular file", path)
+        self.mode = mode
+
+
+def open_regular(path: str, follow: bool = False) -> int:
+    """Open `path` read-only if it is a regular file; return the descriptor.
+
+    The file is first opened with O_PATH (which neither blocks on a FIFO nor runs a device's
+    open), checked with fstat, then reopened for reading through /proc/self/fd: what is read is
+    the file that was checked. Without `follow`, a symbolic link at the last component is refused
+    (paths inside a rootfs are resolved by secure_join first, so one here is a planted swap).
+    A directory raises IsADirectoryError, anything else that is not a regular file
+    NotRegularFileError; both are OSErrors.
+    """
+    flags = os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    handle = os.open(path, flags)
+    try:
+        mode = os.fstat(handle).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(path, mode)
+        try:
+            return os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            pass  # no /proc: open by name, never blocking or following, and check again
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise NotRegularFileError(path, mode)
+        return fd
+    finally:
+        os.close(handle)
+
+
+def read_regular(path: str, follow: bool = False, limit: int = SMALL_FILE_LIMIT) -> bytes:
+    """The content of the regular file at `path` (see open_regular), at most `limit` bytes.
+
+    For small files of an image or a user (labels, scripts, definition files): a larger file
+    raises OSError(EFBIG) instead of filling the memory.
+    """
+    fd = open_regular(path, follow)
+    try:
+        chunks = []
+        total = 0
+        while True:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return b"".join(chunks)
+            total += len(chunk)
+            if total > limit:
+                raise OSError(errno.EFBIG, f"larger than {limit} bytes", path)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -111,7 +189,7 @@ def atomic_write(path: str, data: bytes | str, mode: int = 0o644, fsync: bool = 
     temporary file behind.
     """
     if isinstance(data, str):
-        data = data.encode()
+        data = data.encode("utf-8", "surrogateescape")  # bytes from argv or a file, as given
     tmp = _temp_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
     try:
@@ -138,7 +216,7 @@ def write_new_file(path: str, data: bytes | str, mode: int = 0o644) -> None:
     in an image cannot redirect the write.
     """
     if isinstance(data, str):
-        data = data.encode()
+        data = data.encode("utf-8", "surrogateescape")  # bytes from argv or a file, as given
     try:
         st = os.lstat(path)
     except FileNotFoundError:

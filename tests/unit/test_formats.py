@@ -118,3 +118,24 @@ def test_wrong_version_and_compressor(tmp_path, sqfs):
         path.write_bytes(bytes(data))
         with pytest.raises(ImageError, match=message):
             open_image(str(path))
+
+
+def test_fifo_and_devices_are_refused_without_blocking(tmp_path):
+    """A FIFO given as the image must not hang the launch (open() would wait for a writer)."""
+    import signal
+
+    def expired(signum, frame):
+        raise TimeoutError("open_image blocked for 5 s")
+
+    fifo = tmp_path / "image.sif"
+    os.mkfifo(fifo)
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(5)
+    try:
+        with pytest.raises(ImageError, match="image .*image.sif is a FIFO, not an image file"):
+            open_image(str(fifo))
+        with pytest.raises(ImageError, match="is a character device, not an image file"):
+            open_image("/dev/zero")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -159,3 +159,72 @@ def test_remove_tree_as_non_root_user(test_user, user_tmp):
                          capture_output=True, text=True, env=test_user.env())
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+# -- read_regular / open_regular: files someone else controls ------------------------------------
+
+@pytest.fixture
+def bounded():
+    """Fail (TimeoutError) instead of hanging when a read blocks: a FIFO would on the old code."""
+    import signal
+
+    def expired(signum, frame):
+        raise TimeoutError("blocked for 5 s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(5)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_read_regular_reads_a_regular_file(tmp_path):
+    path = tmp_path / "labels.json"
+    path.write_bytes(b'{"a": "b"}\n' * 10000)
+    assert fsutil.read_regular(str(path)) == b'{"a": "b"}\n' * 10000
+
+
+def test_read_regular_refuses_a_fifo_without_blocking(tmp_path, bounded):
+    path = tmp_path / "labels.json"
+    os.mkfifo(path)
+    with pytest.raises(fsutil.NotRegularFileError, match="is a FIFO, not a regular file"):
+        fsutil.read_regular(str(path))
+
+
+def test_read_regular_refuses_devices_sockets_and_symlinks(tmp_path, bounded):
+    import socket
+    with pytest.raises(fsutil.NotRegularFileError, match="character device"):
+        fsutil.read_regular("/dev/zero", follow=True)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "sock"))
+    with pytest.raises(fsutil.NotRegularFileError, match="socket"):
+        fsutil.read_regular(str(tmp_path / "sock"))
+    sock.close()
+    (tmp_path / "real").write_text("x")
+    os.symlink("real", tmp_path / "link")
+    with pytest.raises(fsutil.NotRegularFileError, match="symbolic link"):
+        fsutil.read_regular(str(tmp_path / "link"))  # the last component is never followed
+    assert fsutil.read_regular(str(tmp_path / "link"), follow=True) == b"x"
+
+
+def test_read_regular_directory_and_missing_keep_their_errors(tmp_path):
+    with pytest.raises(IsADirectoryError):
+        fsutil.read_regular(str(tmp_path))
+    with pytest.raises(FileNotFoundError):
+        fsutil.read_regular(str(tmp_path / "absent"))
+
+
+def test_read_regular_limit(tmp_path):
+    path = tmp_path / "big"
+    path.write_bytes(b"x" * 200000)
+    with pytest.raises(OSError, match="larger than 100000 bytes"):
+        fsutil.read_regular(str(path), limit=100000)
+
+
+def test_write_new_file_keeps_bytes_that_are_not_utf8(tmp_path):
+    """A --build-arg from argv reaches us surrogate-escaped: the file holds the original bytes."""
+    path = tmp_path / "post.sh"
+    fsutil.write_new_file(str(path), os.fsdecode(b"echo \xff\n"))
+    assert path.read_bytes() == b"echo \xff\n"
+    fsutil.atomic_write(str(path), os.fsdecode(b"\xfe"))
+    assert path.read_bytes() == b"\xfe"

@@ -247,3 +247,41 @@ def test_forward_reader_seeks_only_forward():
     assert reader.read(1) == bytes([2_000_000 % 256])
     with pytest.raises(OSError):
         reader.seek(0)
+
+
+def test_fractional_pax_mtimes_are_applied_exactly(world):
+    """Python's tarfile (PAX by default) and GNU tar --format=posix write `mtime=SECS.FRACTION`:
+    the float tarfile makes of it crashed utime(ns=...); the record's text gives exact ns."""
+    root, _ = world
+    tar = (writer.Layer().dir("d", mtime=1700000000.25).file("d/f", "x", mtime=1234567890.5)
+           .symlink("d/l", "f", mtime=1600000000.75).tar_bytes())
+    apply(root, tar)
+    assert (root / "d" / "f").stat().st_mtime_ns == 1234567890_500000000
+    assert (root / "d").stat().st_mtime_ns == 1700000000_250000000
+    assert (root / "d" / "l").lstat().st_mtime_ns == 1600000000_750000000
+
+
+def _pax_member(mtime_text):
+    info = tarfile.TarInfo("f")
+    info.pax_headers = {"mtime": mtime_text}
+    info.mtime = float(mtime_text) if mtime_text.lower() in ("nan", "inf", "-inf") else 0
+    return info
+
+
+@pytest.mark.parametrize("text, ns", [
+    ("1700000000.123456789", 1700000000_123456789),   # GNU tar: nine digits, beyond a float
+    ("1700000000.1234567891234", 1700000000_123456789),
+    ("1700000000", 1700000000_000000000),
+    ("-1.5", -1_500000000),
+    ("nan", 0), ("inf", 0),                            # tarfile accepts them as floats
+    ("9" * 5000, (2**63 - 1) * 10**9),                 # clamped to time_t, no int() limit
+    ("--5", 0), ("1.2x", 0), ("\u0663", 0),            # not a decimal: tarfile's value
+])
+def test_mtime_ns_from_pax_text(text, ns):
+    assert layers.mtime_ns(_pax_member(text)) == ns
+
+
+def test_mtime_ns_whole_seconds_without_pax():
+    info = tarfile.TarInfo("f")
+    info.mtime = 1234567890
+    assert layers.mtime_ns(info) == 1234567890 * 10**9

@@ -288,8 +288,9 @@ def write_file(rootfs: str, path: str, content: str | bytes, mode: int = 0o644,
 def read_file(rootfs: str, path: str) -> str | None:
     target = host_path(rootfs, path)
     try:
-        with open(target, "rb") as fh:
-            return fh.read().decode("utf-8", "replace")
+        # the rootfs comes from a base image or OCI layers: a FIFO at labels.json must not
+        # hang the build, a device node there must not be opened
+        return fsutil.read_regular(target).decode("utf-8", "replace")
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
     except OSError as err:

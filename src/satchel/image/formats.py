@@ -7,14 +7,17 @@ range to hand to squashfuse or a loop device):
   squashfs  a bare SquashFS file (.sqsh, .squashfs, .sqfs...)
   simg      Singularity 2.x: a "#!/usr/bin/env run-singularity" line, then SquashFS
 Anything else is an ImageError with a one-line reason. Only the first bytes and the SquashFS
-superblock are read, so this is cheap on every launch. On the exec path: os/struct only.
+superblock are read, so this is cheap on every launch. On the exec path: os/stat/struct only.
+Only a directory or a regular file is opened for reading: a FIFO must not hang the launch.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import struct
 
+from satchel import fsutil
 from satchel.errors import ImageError, SatchelError
 
 SQUASHFS_MAGIC = b"hsqs"
@@ -64,25 +67,37 @@ def open_image(path: str) -> ImageRef:
         raise ImageError(f"image {path} not found: no such file or directory") from None
     except OSError as err:
         raise ImageError(f"image {path}: {err.strerror}") from None
-    if os.path.isdir(full):
+    if stat.S_ISDIR(st.st_mode):
         if not os.access(full, os.R_OK | os.X_OK):
             raise ImageError(f"sandbox image {path}: permission denied")
         return ImageRef(full, "sandbox", fs_type="dir")
+    # a FIFO would block the open (and a device's open may act): only regular files are read
     try:
-        with open(full, "rb") as fh:
-            head = fh.read(64)
+        fd = fsutil.open_regular(full, follow=True)
+    except fsutil.NotRegularFileError as err:
+        raise ImageError(f"image {path} is {fsutil.file_kind(err.mode)}, not an image file or "
+                         "a sandbox directory") from None
     except OSError as err:
         raise ImageError(f"image {path}: {err.strerror}") from None
+    try:
+        return _identify(fd, full, path, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+def _identify(fd: int, full: str, path: str, file_size: int) -> ImageRef:
+    """The ImageRef of the regular file open on `fd`, from its first bytes."""
+    head = _pread(fd, 64, 0, path)
     if head[SIF_MAGIC_OFFSET:SIF_MAGIC_OFFSET + len(SIF_MAGIC)] == SIF_MAGIC:
-        return _open_sif(full, path, st.st_size)
+        return _open_sif(fd, full, path, file_size)
     if head.startswith(SQUASHFS_MAGIC):
-        offset, size = 0, _squashfs_size(full, path, 0, st.st_size)
+        offset, size = 0, _squashfs_size(fd, path, 0, file_size)
         return ImageRef(full, "squashfs", offset, size, "squashfs")
     if head.startswith(SIMG_LAUNCH):
         newline = head.find(b"\n")
         if newline > 0 and head[newline + 1:newline + 5] == SQUASHFS_MAGIC:
             offset = newline + 1
-            size = _squashfs_size(full, path, offset, st.st_size - offset)
+            size = _squashfs_size(fd, path, offset, file_size - offset)
             return ImageRef(full, "simg", offset, size, "squashfs")
         raise ImageError(f"image {path}: legacy Singularity image without SquashFS "
                          "(ext3 .img images are not supported)")
@@ -90,7 +105,14 @@ def open_image(path: str) -> ImageRef:
                      "directory")
 
 
-def _open_sif(full: str, shown: str, file_size: int) -> ImageRef:
+def _pread(fd: int, size: int, offset: int, shown: str) -> bytes:
+    try:
+        return os.pread(fd, size, offset)
+    except OSError as err:
+        raise ImageError(f"image {shown}: {err.strerror}") from None
+
+
+def _open_sif(fd: int, full: str, shown: str, file_size: int) -> ImageRef:
     from satchel.image import sif
 
     try:
@@ -112,18 +134,13 @@ def _open_sif(full: str, shown: str, file_size: int) -> ImageRef:
                          "supported")
     if part.offset + part.size > file_size:
         raise ImageError(f"corrupt SIF image {shown}: partition extends past the end of the file")
-    size = _squashfs_size(full, shown, part.offset, part.size)
+    size = _squashfs_size(fd, shown, part.offset, part.size)
     return ImageRef(full, "sif", part.offset, size, "squashfs")
 
 
-def _squashfs_size(full: str, shown: str, offset: int, available: int) -> int:
+def _squashfs_size(fd: int, shown: str, offset: int, available: int) -> int:
     """Check the SquashFS superblock at `offset`; return the bytes the file system uses."""
-    try:
-        with open(full, "rb") as fh:
-            fh.seek(offset)
-            raw = fh.read(_SUPER.size)
-    except OSError as err:
-        raise ImageError(f"image {shown}: {err.strerror}") from None
+    raw = _pread(fd, _SUPER.size, offset, shown)
     if len(raw) < _SUPER.size or raw[:4] != SQUASHFS_MAGIC:
         raise ImageError(f"corrupt image {shown}: no SquashFS superblock at offset {offset}")
     fields = _SUPER.unpack(raw)

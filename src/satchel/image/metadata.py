@@ -46,8 +46,8 @@ class SandboxReader:
 
     def read(self, path: str) -> bytes | None:
         try:
-            with open(fsutil.secure_join(self.root, path), "rb") as fh:
-                return fh.read()
+            # a FIFO or device planted in the sandbox must not hang or act: regular files only
+            return fsutil.read_regular(fsutil.secure_join(self.root, path))
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
         except OSError as err:

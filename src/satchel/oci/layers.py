@@ -43,6 +43,41 @@ OPAQUE = ".wh..wh..opq"
 _O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+# time_t's range in nanoseconds: os.utime raises OverflowError beyond it
+_NS_MAX = (2**63 - 1) * 10**9
+_NS_MIN = -(2**63) * 10**9
+
+
+def mtime_ns(member: tarfile.TarInfo) -> int:
+    """The entry's mtime in nanoseconds, whole or fractional, clamped to what utime takes.
+
+    A PAX `mtime` record holds a decimal with a fraction (Python's tarfile writes one by
+    default, GNU tar with --format=posix): tarfile turns it into a float, which holds only
+    about 7 fractional digits for today's dates, so the record's text is read exactly. A value
+    that is not a number (tarfile accepts "nan" and "inf") counts as 0.
+    """
+    ns = _decimal_ns(member.pax_headers.get("mtime", ""))
+    if ns is None:
+        value = member.mtime
+        if isinstance(value, float):
+            ns = round(value * 10**9) if value - value == 0 else 0  # inf - inf and nan are nan
+        else:
+            ns = int(value) * 10**9
+    return min(max(ns, _NS_MIN), _NS_MAX)
+
+
+def _decimal_ns(text: str) -> int | None:
+    """'1700000000.123456789' -> nanoseconds; None unless `text` is [-]DIGITS[.DIGITS]."""
+    sign = -1 if text.startswith("-") else 1
+    whole, _, fraction = (text[1:] if sign < 0 else text).partition(".")
+    if not (whole + fraction).isascii() or not whole.isdigit() or \
+            (fraction and not fraction.isdigit()):
+        return None
+    if len(whole) > 20:  # past time_t either way (and int() refuses 4,300 digits)
+        return sign * _NS_MAX
+    return sign * (int(whole) * 10**9 + int(fraction[:9].ljust(9, "0")))
+
+
 class Stats:
     __slots__ = ("entries", "bytes", "whiteouts", "skipped_devices", "unmapped_owners", "layers")
 
@@ -190,7 +225,8 @@ class Extractor:
             if existing is None:
                 os.mkdir(path, 0o700)
             self._metadata(path, member, is_dir=True)
-            self._dir_times[path] = (member.mtime * 10**9, member.mtime * 10**9)
+            ns = mtime_ns(member)
+            self._dir_times[path] = (ns, ns)
             self._layer_paths.add(path)
             return
         if existing is not None:
@@ -282,7 +318,7 @@ class Extractor:
                 mode |= 0o700 if is_dir else 0o400
             os.chmod(target, mode)
         if not is_dir:
-            ns = member.mtime * 10**9
+            ns = mtime_ns(member)
             if isinstance(target, int):
                 os.utime(target, ns=(ns, ns))
             else:

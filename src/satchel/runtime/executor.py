@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from satchel import log
+from satchel import fsutil, log
 from satchel.errors import ContainerError
 from satchel.runtime import linux, underlay
 from satchel.runtime.linux import (MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE,
@@ -319,34 +319,26 @@ class Executor:
         self._write(op.destination, text)
 
     def _image_text(self, path: str) -> str:
-        """A small file of the image as text ("" if unreadable). os-level reads: open() would
-        add an isatty() ioctl, one more FUSE request, and the text layer."""
+        """A small file of the image as text ("" if unreadable or not a regular file: a FIFO
+        at /etc/passwd must not hang the launch). os-level reads: open() would add an isatty()
+        ioctl, one more FUSE request, and the text layer."""
         host, missing = underlay.resolve(self.root, path)
         if missing:
             return ""
         try:
-            fd = os.open(host, os.O_RDONLY | os.O_CLOEXEC)
+            data = fsutil.read_regular(host)
         except OSError:
             return ""
-        chunks = []
-        try:
-            while True:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        except OSError:
-            return ""
-        finally:
-            os.close(fd)
-        return b"".join(chunks).decode("utf-8", "replace")
+        return data.decode("utf-8", "surrogateescape")
 
     @staticmethod
     def _write(path: str, text: str) -> None:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
-                os.write(fd, text.encode())
+                # surrogateescape: a home directory or an image's passwd line that is not
+                # UTF-8 is written back as the very bytes it came from
+                os.write(fd, text.encode("utf-8", "surrogateescape"))
             finally:
                 os.close(fd)
         except OSError as err:

@@ -186,7 +186,8 @@ def allow_ptracer(pid: int) -> None:
 
 
 def sethostname(name: str) -> None:
-    raw = name.encode()
+    # os.fsencode: a --hostname given as bytes that are not UTF-8 reaches us surrogate-escaped
+    raw = os.fsencode(name)
     if _sethostname(raw, len(raw)) != 0:
         raise _fail(f"setting the hostname to {name!r}")
 

@@ -123,6 +123,43 @@ def generate(user_id: str) -> Key:
     return Key(bytes(tsk), tsk.extract_certificate(), True)
 
 
+def generate_protected(user_id: str, passphrase: str) -> Key:
+    """A new key pair whose secret parts are encrypted with `passphrase`. pysequoia cannot
+    encrypt secret keys, so GnuPG makes this one, in a throwaway home whose agent is stopped."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    gpg = shutil.which("gpg")
+    if gpg is None:
+        raise TrustError("cannot protect a new key with a passphrase: gpg not found",
+                         hint="install GnuPG, or create the key without --password")
+    home = tempfile.mkdtemp(prefix="satchel-gpg-")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "GNUPGHOME": home}
+    base = [gpg, "--homedir", home, "--batch", "--pinentry-mode", "loopback",
+            "--passphrase-fd", "0"]
+    try:
+        made = subprocess.run(base + ["--quick-gen-key", user_id, "ed25519", "sign,cert",
+                                      "never"], input=passphrase.encode() + b"\n",
+                              capture_output=True, env=env, timeout=120)
+        if made.returncode != 0:
+            last = made.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise TrustError(f"generating a key pair with gpg: {last[-1] if last else 'failed'}")
+        out = subprocess.run(base + ["--export-secret-keys"], input=passphrase.encode() + b"\n",
+                             capture_output=True, env=env, timeout=120)
+        if out.returncode != 0 or not out.stdout:
+            raise TrustError("exporting the new key pair from gpg failed")
+    except subprocess.TimeoutExpired:
+        raise TrustError("gpg did not answer within 120 s") from None
+    finally:
+        gpgconf = shutil.which("gpgconf")
+        if gpgconf:
+            subprocess.run([gpgconf, "--homedir", home, "--kill", "gpg-agent"],
+                           capture_output=True, env=env)
+        shutil.rmtree(home, ignore_errors=True)
+    return parse_keys(out.stdout, "the new key pair")[0]
+
+
 def needs_passphrase(key: Key) -> bool:
     ps = _sequoia()
     try:

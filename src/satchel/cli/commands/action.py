@@ -143,12 +143,28 @@ def to_run_options(name: str, parsed):
     if parsed.env_file:
         from satchel.runtime.environment import parse_env_file
         try:
-            with open(parsed.env_file, encoding="utf-8") as fh:
-                text = fh.read()
+            with open(parsed.env_file, "rb") as fh:
+                data = fh.read()
         except OSError as err:
             raise UsageError(f"--env-file {parsed.env_file}: {err.strerror}") from None
-        opts.env_file_pairs = parse_env_file(text, parsed.env_file)
+        opts.env_file_pairs = parse_env_file(_env_file_text(data, parsed.env_file),
+                                             parsed.env_file)
     return opts
+
+
+def _env_file_text(data: bytes, path: str) -> str:
+    """The text of an --env-file: UTF-8 without NUL bytes (no variable can hold one), else a
+    UsageError naming the line."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise UsageError(f"--env-file {path}:{line}: not UTF-8 text (byte {err.start})") from None
+    nul = data.find(b"\0")
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise UsageError(f"--env-file {path}:{line}: a NUL byte (is it a binary file?)")
+    return text
 
 
 def gpu_binds(parsed, config) -> list:
