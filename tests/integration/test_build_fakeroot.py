@@ -2,6 +2,7 @@
 
 import os
 import signal
+import stat
 import subprocess
 import time
 
@@ -207,3 +208,46 @@ def test_files_never_write_outside_the_rootfs_as_user(test_user, user_tmp):
         assert fh.read() == "payload"
     with open(os.path.join(target, user_tmp.lstrip("/"), "escaped-up.txt")) as fh:
         assert fh.read() == "payload"
+
+
+@pytest.fixture
+def device_sif(user_tmp, tmp_path):
+    """A SIF (built by root) whose file system holds a character device, a block device and a
+    FIFO, like a SIF made by debootstrap (its /dev/null, /dev/console, ...)."""
+    root = tmp_path / "with-devices"
+    (root / "bin").mkdir(parents=True)
+    (root / "dev").mkdir()
+    subprocess.run(["cp", "/bin/busybox", str(root / "bin")], check=True)
+    os.symlink("busybox", root / "bin" / "sh")
+    os.mknod(root / "dev" / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mknod(root / "dev" / "loop-test", 0o660 | stat.S_IFBLK, os.makedev(7, 200))
+    os.mkfifo(root / "fifo")
+    path = os.path.join(user_tmp, "devices.sif")
+    r = run_satchel(["build", path, str(root)])
+    assert r.returncode == 0, r.stderr
+    return path
+
+
+@pytest.mark.parametrize("how", ["--fakeroot", "fallback", "--sandbox"])
+def test_non_root_build_from_an_image_with_device_nodes(how, device_sif, test_user, user_tmp):
+    """unsquashfs cannot mknod in a user namespace: the nodes are left out with one INFO line,
+    everything else (the FIFO) is kept; a non-root build of such an image succeeds."""
+    if how == "--sandbox":
+        target = os.path.join(user_tmp, "sb")
+        args = ["build", "--sandbox", target, device_sif]
+    else:
+        deffile = write_def(user_tmp, f"Bootstrap: localimage\nFrom: {device_sif}\n"
+                            "%post\n    test -p /fifo && touch /post-ran\n", test_user)
+        target = os.path.join(user_tmp, "derived.sif")
+        args = ["build"] + (["--fakeroot"] if how == "--fakeroot" else []) + [target, deffile]
+    r = run_satchel(args, user=test_user)
+    assert r.returncode == 0, r.stderr
+    info = [line for line in r.stderr.splitlines() if "device node" in line]
+    assert len(info) == 1 and info[0].startswith("INFO:") and "left out 2 device nodes" in info[0]
+    if how == "--sandbox":
+        assert stat.S_ISFIFO(os.lstat(os.path.join(target, "fifo")).st_mode)
+        assert not os.path.lexists(os.path.join(target, "dev", "null"))
+    else:
+        files = owners(target)
+        assert "/post-ran" in files and files["/fifo"][0].startswith("p")
+        assert "/dev/null" not in files

@@ -99,13 +99,62 @@ def make(source: str, dest: str, compression: str | None = None,
     _run(argv, f"while creating SquashFS image from {source}", on_terminal=progress)
 
 
-def extract(image: str, dest: str, offset: int = 0) -> None:
-    """Unpack the SquashFS file system at `offset` in `image` into the new directory `dest`."""
+def extract(image: str, dest: str, offset: int = 0, skip_devices: bool = False) -> int:
+    """Unpack the SquashFS file system at `offset` in `image` into the new directory `dest`.
+
+    skip_devices: leave out character and block devices (a user namespace cannot mknod them:
+    unsquashfs fails with "create_inode: failed to create character device"). Apptainer
+    leaves out the whole /dev as a non-root user; only the nodes are left out here, so the
+    rest of /dev (symlinks, directories) survives. Returns how many nodes were left out.
+    """
     argv = [tool("unsquashfs"), "-no-progress", "-quiet", "-f", "-d", dest]
     if offset:
         argv += ["-o", str(offset)]
+    devices = device_nodes(image, offset) if skip_devices else []
+    exclude = None
+    if devices:
+        # names are shell-style patterns in an exclude file: escape what fnmatch would read
+        exclude = os.path.join(os.path.dirname(os.path.abspath(dest)),
+                               f".{os.path.basename(dest)}.exclude-devices")
+        with open(exclude, "w", encoding="utf-8", errors="surrogateescape") as fh:
+            for path in devices:
+                fh.write("".join("\\" + c if c in _PATTERN_CHARS else c for c in path) + "\n")
+        argv += ["-exclude-file", exclude]
     argv.append(image)
-    _run(argv, f"while extracting the SquashFS file system of {image}")
+    try:
+        _run(argv, f"while extracting the SquashFS file system of {image}")
+    finally:
+        if exclude:
+            os.unlink(exclude)
+    return len(devices)
+
+
+_PATTERN_CHARS = frozenset("\\*?[]+@!( \t")
+
+
+def device_nodes(image: str, offset: int = 0) -> list[str]:
+    """Paths (relative to the root) of the character and block devices in the SquashFS."""
+    import re
+    import subprocess
+    argv = [tool("unsquashfs"), "-lln", "-no-progress"]
+    if offset:
+        argv += ["-o", str(offset)]
+    argv.append(image)
+    try:
+        proc = subprocess.run(argv, capture_output=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise BuildError(f"while listing the devices in {image}: {err}") from None
+    if proc.returncode != 0:
+        raise BuildError(f"while listing the devices in {image}: "
+                         + proc.stderr.decode(errors="replace").strip()[-300:])
+    # "crw-rw-rw- 0/0   1,  3 2024-01-01 00:00 squashfs-root/dev/null"
+    line_re = re.compile(rb"^[cb]\S+\s+\S+\s+\d+,\s*\d+\s+\S+\s+\S+\s+squashfs-root/(.+)$")
+    found = []
+    for line in proc.stdout.splitlines():
+        match = line_re.match(line)
+        if match:
+            found.append(match.group(1).decode(errors="surrogateescape"))
+    return found
 
 
 def cat(image: str, path: str, offset: int = 0) -> bytes | None:

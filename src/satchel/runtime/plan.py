@@ -63,6 +63,8 @@ EXEC = "exec"                      # execve(argv, environ): the launcher becomes
 EXEC_CHILD = "exec_child"          # --pid: init forks the payload, reaps, returns its status
 INSTANCE_INIT = "instance_init"    # instance start: stay as the instance's init (data: ready fd)
 JOIN_NAMESPACES = "join_namespaces"  # instance://: data: (pid, namespace names), user first
+REAPER = "reaper"                  # data: (host paths, cgroup dirs) removed after the container
+CGROUP = "cgroup"                  # data: cgroups.CgroupPlan.to_data(): create, limit, enter
 
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 # runc's and crun's defaults (the OCI spec's readonlyPaths and maskedPaths, plus powercap from
@@ -116,7 +118,8 @@ class RunOptions:
                  "env", "env_file_pairs", "home", "no_home", "no_mount", "pwd", "workdir",
                  "writable_tmpfs", "overlay", "pid", "ipc", "uts", "hostname", "userns", "net",
                  "network", "network_args", "no_eval", "instance_ready_fd", "join",
-                 "shell", "gpu", "prog")
+                 "shell", "gpu", "prog", "scratch", "dns", "no_pid", "cleanup", "cgroup",
+                 "fusemount", "seccomp")
 
     def __init__(self, command: str = "exec", args=(), **values):
         self.command = command
@@ -143,6 +146,13 @@ class RunOptions:
         self.shell = None
         self.gpu = []       # satchel.hpc.gpu.GpuBinds objects, found by action.py
         self.prog = "satchel"
+        self.scratch = []       # -S/--scratch: container directories, empty and writable
+        self.dns = None         # --dns: comma-separated name servers for /etc/resolv.conf
+        self.no_pid = False     # --no-pid: no PID namespace even with --containall
+        self.cleanup = ()       # host paths the reaper removes after the container (--unsquash)
+        self.cgroup = None      # a cgroups.CgroupRequest (resource limits), or None
+        self.fusemount = []     # --fusemount specs (runtime/fusemount.py parses them)
+        self.seccomp = None     # --security seccomp:FILE, a compiled BPF program's path
         for key, value in values.items():
             setattr(self, key, value)
 
@@ -242,6 +252,8 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
     for value in opts.no_mount or ():
         for item in value.split(","):
             item = item.strip()
+    if opts.no_pid:
+        opts.pid = False
             if not item:
                 continue
             if item not in NO_MOUNT_KEYS and not item.startswith("/"):
@@ -259,6 +271,7 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
     namespaces = ["mount"]
     if opts.pid:
         namespaces.append("pid")
+    _reaper_and_cgroup(p, opts)
     if opts.ipc:
         namespaces.append("ipc")
     if opts.uts or opts.hostname:
@@ -402,7 +415,11 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
             if kind is None:
                 continue
             p.bind(host.realpath(src), dst, kind, readonly=True, rec=False)
-    if (config.get_bool("config resolv_conf", True) and "resolv" not in no_mount
+    if opts.dns:  # --dns: a resolv.conf of those servers instead of the host's
+        p.add(WRITE_FILE, None, session + "/files/resolv.conf", (), _resolv_conf(opts.dns))
+        p.bind(session + "/files/resolv.conf", "/etc/resolv.conf", "file", readonly=True,
+               rec=False)
+    elif (config.get_bool("config resolv_conf", True) and "resolv" not in no_mount
             and "/etc/resolv.conf" not in no_mount
             and host.path_kind("/etc/resolv.conf") == "file"):
         p.bind(host.realpath("/etc/resolv.conf"), "/etc/resolv.conf", "file", readonly=True,
@@ -443,6 +460,13 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
     # -- 4. user binds ------------------------------------------------------------------------
     for src, dst, kind, readonly in user_binds:
         p.bind(src, dst, kind, readonly=readonly)
+    for dst in _scratch_dirs(opts.scratch):
+        if workdir:  # -W: kept on the host, as Apptainer does, under WORKDIR/scratch/
+            host_dir = f"{workdir}/scratch/{dst.strip('/').replace('/', '_')}"
+            p.add(MKDIR, destination=host_dir, flags=("host",))
+            p.bind(host_dir, dst, "dir")
+        else:
+            p.tmpfs(dst, "mode=0755")
 
     gpu_env: dict[str, str] = {}
     for gpu in opts.gpu or ():
@@ -690,6 +714,41 @@ SUPPORTED_NETWORKS = ("none",)
 
 def _network_request(opts: RunOptions, warnings: list) -> tuple:
     """Check --net/--network/--network-args; return the network args as (key, value) pairs.
+def _reaper_and_cgroup(p: _Plan, opts: RunOptions) -> None:
+    """First of all, while still in the host's namespaces: the reaper (runtime/reaper.py) for
+    what must go when the container ends, then the cgroup the launcher enters, so that every
+    process of the container (the payload and all it starts) is in it from the start. The
+    reaper is forked before the cgroup is entered: it must not count against its limits."""
+    cgroup_dirs = opts.cgroup.dirs if opts.cgroup is not None else ()
+    if opts.cleanup or cgroup_dirs:
+        p.add(REAPER, data=(tuple(opts.cleanup), tuple(cgroup_dirs)))
+    if opts.cgroup is not None:
+        p.add(CGROUP, data=opts.cgroup.to_data())
+
+
+def _scratch_dirs(values) -> list[str]:
+    """-S/--scratch: absolute container directories (comma-separated lists allowed)."""
+    out = []
+    for value in values or ():
+        for item in value.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            if not item.startswith("/") or _clean(item) == "/":
+                raise UsageError(f"--scratch {item}: expected an absolute directory below /")
+            out.append(_clean(item))
+    return out
+
+
+def _resolv_conf(servers: str) -> str:
+    """--dns 1.1.1.1,8.8.8.8 -> resolv.conf text (one nameserver line each)."""
+    names = [s.strip() for s in servers.split(",") if s.strip()]
+    for name in names:
+        if not all(c.isalnum() or c in ".:%" for c in name):
+            raise UsageError(f"--dns {name!r}: not an IP address")
+    return "".join(f"nameserver {name}\n" for name in names)
+
+
 
     Only `none` is provided: a new network namespace with the loopback interface up, which a
     non-root user may create (the namespace belongs to the user namespace). Apptainer's

@@ -49,7 +49,12 @@ def fetch(ctx: AgentContext) -> FetchResult:
         return FetchResult()
     # SIF (its primary SquashFS partition), a bare SquashFS file or a legacy .simg
     from satchel.image import squashfs
-    squashfs.extract(ref.path, ctx.rootfs, ref.fs_offset)
+    # as uid 0 of a user namespace mknod is refused: leave device nodes out (the runtime
+    # gives every container its own /dev anyway)
+    skipped = squashfs.extract(ref.path, ctx.rootfs, ref.fs_offset, skip_devices=ctx.fakeroot)
+    if skipped:
+        log.info(f"left out {skipped} device node{'s' if skipped > 1 else ''} of {source}: "
+                 "a non-root build cannot create them")
     return FetchResult()
 
 
