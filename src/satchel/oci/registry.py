@@ -2,8 +2,8 @@
 and Basic authentication.
 
 Auth follows the distribution spec: send the request; on 401 read WWW-Authenticate. For Bearer,
-fetch a token from the realm (with our credentials, if any, as Basic auth) for the scope
-`repository:NAME:pull`, then retry; for Basic, retry with the credentials. The resulting
+fetch a token from the realm (with our credentials, if any, as Basic auth) for the scope the
+challenge names (else `repository:NAME:pull`, or `pull,push` for a push), then retry; for Basic, retry with the credentials. The resulting
 Authorization header is kept for the rest of the session (all threads).
 """
 
@@ -21,8 +21,10 @@ from satchel.oci.reference import DockerRef
 
 class Registry:
     def __init__(self, ref: DockerRef, credentials: auth.Credentials | None = None,
-                 plain_http: bool = False, pool: transport.Pool | None = None):
+                 plain_http: bool = False, pool: transport.Pool | None = None,
+                 actions: str = "pull"):
         self.ref = ref
+        self.actions = actions  # what a token is asked for: "pull" or "pull,push"
         self.credentials = credentials
         self.scheme = "http" if (plain_http or ref.scheme == "http") else "https"
         self.host = ref.api_host
@@ -32,12 +34,15 @@ class Registry:
         self._auth_lock = threading.Lock()
 
     # ---- requests with authentication
-    def _request(self, method: str, url: str, headers: dict | None = None) -> transport.Response:
+    def _request(self, method: str, url: str, headers: dict | None = None,
+                 body=None) -> transport.Response:
+        """One request, authenticated; a body sent again after a 401 must be bytes or a
+        transport.FileBody (both can be sent twice)."""
         headers = dict(headers or {})
         sent_auth = self._auth_header
         if sent_auth:
             headers["Authorization"] = sent_auth
-        resp = transport.request(self.pool, method, url, headers, auth_for_host=self.host)
+        resp = transport.request(self.pool, method, url, headers, body, auth_for_host=self.host)
         if resp.status != 401:
             return resp
         challenge = resp.header("WWW-Authenticate")
@@ -46,7 +51,7 @@ class Registry:
             if self._auth_header == sent_auth:  # nobody refreshed it meanwhile
                 self._auth_header = self._authenticate(challenge, error_text, sent_auth)
             headers["Authorization"] = self._auth_header
-        resp = transport.request(self.pool, method, url, headers, auth_for_host=self.host)
+        resp = transport.request(self.pool, method, url, headers, body, auth_for_host=self.host)
         if resp.status == 401:
             raise self._unauthorized(_error_text(resp))
         return resp
@@ -74,7 +79,8 @@ class Registry:
         realm = params.get("realm")
         if not realm:
             raise OCIError(f"{self.ref}: Bearer challenge without a realm")
-        query = {"scope": params.get("scope") or f"repository:{self.ref.repository}:pull"}
+        query = {"scope": params.get("scope")
+                 or f"repository:{self.ref.repository}:{self.actions}"}
         if params.get("service"):
             query["service"] = params["service"]
         url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
@@ -128,10 +134,89 @@ class Registry:
             raise self._status_error(resp, f"blob {digest}")
         return resp
 
-    def _status_error(self, resp: transport.Response, what: str) -> OCIError:
+    # ---- uploads (distribution spec, "pushing blobs" and "pushing manifests")
+    def blob_exists(self, digest: str) -> bool:
+        """HEAD the blob: True when the registry has it already (it is then not sent)."""
+        resp = self._request("HEAD", f"{self.base}/blobs/{digest}")
+        resp.raw.read()
+        resp.close()
+        if resp.status == 200:
+            return True
+        if resp.status == 404:
+            return False
+        raise self._status_error(resp, f"blob {digest}")
+
+    def start_upload(self) -> str:
+        """POST a new upload session; its URL (absolute)."""
+        resp = self._request("POST", f"{self.base}/blobs/uploads/", {"Content-Length": "0"},
+                             b"")
+        if resp.status != 202:
+            raise self._status_error(resp, "blob upload")
+        resp.read(1 << 16)  # an unread response would block the connection's next request
+        return self._location(resp, "blob upload")
+
+    def upload_chunk(self, location: str, body: transport.FileBody, start: int) -> str:
+        """PATCH the body as bytes [start, start+count) of the blob; the next upload URL.
+        Content-Range makes the registry refuse (416) bytes that do not follow what it has."""
+        headers = {"Content-Type": "application/octet-stream",
+                   "Content-Range": f"{start}-{start + body.count - 1}"}
+        resp = self._request("PATCH", location, headers, body)
+        if resp.status != 202:
+            raise self._status_error(resp, "blob upload")
+        resp.read(1 << 16)
+        return self._location(resp, "blob upload")
+
+    def upload_status(self, location: str) -> tuple[int, str] | None:
+        """(bytes the registry holds, upload URL) of an upload session; None when it is gone."""
+        resp = self._request("GET", location)
+        resp.read(1 << 16)
+        if resp.status == 404:
+            return None
+        if resp.status != 204:
+            raise self._status_error(resp, "blob upload status")
+        start, _, end = resp.header("Range").partition("-")
+        # distribution answers "0-0" for an empty upload: ambiguous with one byte, so it
+        # counts as empty (a wrong guess is refused with 416 thanks to Content-Range)
+        held = int(end) + 1 if start == "0" and end.isdigit() and int(end) > 0 else 0
+        return held, self._location(resp, "blob upload", location)
+
+    def finish_upload(self, location: str, digest: str, data: bytes = b"") -> None:
+        """PUT ?digest= (with the last bytes, or all of a small blob, as `data`): the registry
+        checks the digest of what it received and stores the blob."""
+        sep = "&" if "?" in location else "?"
+        url = f"{location}{sep}{urllib.parse.urlencode({'digest': digest})}"
+        resp = self._request("PUT", url, {"Content-Length": str(len(data)),
+                                          "Content-Type": "application/octet-stream"}, data)
         detail = _error_text(resp)
+        if resp.status not in (201, 204):
+            if "DIGEST_INVALID" in _error_codes(detail):
+                raise OCIError(f"{self.ref}: the registry refused blob {digest}: what it "
+                               "received has another digest (the file changed while it was "
+                               "sent?)")
+            raise self._status_error_text(resp.status, resp.raw.reason, detail,
+                                          f"blob {digest}")
+
+    def put_manifest(self, reference: str, data: bytes, media_type: str) -> str:
+        """PUT a manifest under a tag or digest; its digest as the registry computed it."""
+        resp = self._request("PUT", f"{self.base}/manifests/{reference}",
+                             {"Content-Type": media_type}, data)
+        if resp.status not in (200, 201):
+            raise self._status_error(resp, f"manifest {reference}")
+        resp.read(1 << 16)
+        return resp.header("Docker-Content-Digest")
+
+    def _location(self, resp: transport.Response, what: str, default: str = "") -> str:
+        location = resp.header("Location") or default
+        if not location:
+            raise OCIError(f"{self.ref}: {what}: registry answered {resp.status} without a "
+                           "Location")
+        return urllib.parse.urljoin(resp.url, location)
+
+    def _status_error(self, resp: transport.Response, what: str) -> OCIError:
+        return self._status_error_text(resp.status, resp.raw.reason, _error_text(resp), what)
+
+    def _status_error_text(self, status: int, reason: str, detail: str, what: str) -> OCIError:
         codes = _error_codes(detail)
-        status = resp.status
         if status == 404 or "MANIFEST_UNKNOWN" in codes or "NAME_UNKNOWN" in codes:
             if "NAME_UNKNOWN" in codes:
                 return OCIError(f"{self.ref}: repository {self.ref.repository!r} not found "
@@ -141,11 +226,15 @@ class Registry:
             return OCIError(f"{self.ref}: manifest unknown: no image {self.ref.reference!r} "
                             f"in {self.ref.registry}/{self.ref.repository}")
         if status == 403:
+            doing = "pushing to" if "push" in self.actions else "pulling"
             return OCIError(f"{self.ref}: access to {what} denied ({_short(detail)})",
-                            hint="your credentials do not allow pulling this image")
+                            hint=f"your credentials do not allow {doing} this image")
         if status == 429:
             return OCIError(f"{self.ref}: too many requests (rate limited by the registry)")
-        return OCIError(f"{self.ref}: {what}: registry answered {status} {resp.raw.reason}"
+        # a server error may pass (an upload resumes after it); a 416 during an upload means
+        # our idea of what the registry holds is wrong: ask it and resume from there
+        cls = transport.TransientError if status >= 500 or status == 416 else OCIError
+        return cls(f"{self.ref}: {what}: registry answered {status} {reason}"
                         + (f" ({_short(detail)})" if detail else ""))
 
 

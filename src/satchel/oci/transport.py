@@ -20,6 +20,7 @@ from satchel.errors import OCIError
 USER_AGENT = f"satchel/{__version__}"
 TIMEOUT_S = 60.0
 MAX_REDIRECTS = 5
+SEND_BLOCK = 8 << 20  # a file body goes out with sendfile(2) in blocks of this size
 _ssl_context = None
 _ssl_lock = threading.Lock()
 
@@ -72,6 +73,17 @@ class Response:
             pool.drop(self._key)
 
 
+class FileBody:
+    """A request body read from `count` bytes of an open file at `offset`: sent with
+    sendfile(2) (no copy through Python), re-sendable (a retry starts again at `offset`), and
+    reporting progress per block to `progress(nbytes)`."""
+
+    __slots__ = ("fileobj", "offset", "count", "progress")
+
+    def __init__(self, fileobj, offset: int, count: int, progress=None):
+        self.fileobj, self.offset, self.count, self.progress = fileobj, offset, count, progress
+
+
 class Pool:
     """One kept-alive connection per (scheme, host) per thread."""
 
@@ -109,8 +121,14 @@ class Pool:
         self._conns().clear()
 
 
+class TransientError(OCIError):
+    """A failure that may pass if the request is sent again: the connection broke or timed
+    out, or (raised by the registry client) the server answered 5xx."""
+
+
 def describe_error(host: str, err: BaseException) -> OCIError:
-    """A transport failure as a one-line error with a hint where one helps."""
+    """A transport failure as a one-line error with a hint where one helps; a broken or
+    timed-out connection is a TransientError (an upload resumes after it)."""
     what = f"connecting to {host}"
     if isinstance(err, ssl.SSLCertVerificationError):
         return OCIError(f"{what}: TLS certificate verification failed: {err.verify_message}",
@@ -126,7 +144,10 @@ def describe_error(host: str, err: BaseException) -> OCIError:
     if isinstance(err, socket.gaierror):
         return OCIError(f"{what}: cannot resolve host name ({err.strerror})")
     if isinstance(err, (socket.timeout, TimeoutError)):
-        return OCIError(f"{what}: timed out")
+        return TransientError(f"{what}: timed out")
+    if isinstance(err, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError,
+                        http.client.RemoteDisconnected, http.client.IncompleteRead)):
+        return TransientError(f"{what}: connection lost ({type(err).__name__})")
     if isinstance(err, http.client.HTTPException):
         return OCIError(f"{what}: bad HTTP response ({type(err).__name__}: {err})")
     if isinstance(err, OSError):
@@ -135,11 +156,14 @@ def describe_error(host: str, err: BaseException) -> OCIError:
 
 
 def request(pool: Pool, method: str, url: str, headers: dict | None = None,
-            body: bytes | None = None, auth_for_host: str | None = None) -> Response:
+            body: "bytes | FileBody | None" = None, auth_for_host: str | None = None
+            ) -> Response:
     """Send a request and follow redirects. Headers named Authorization are only sent to
     `auth_for_host` (a redirect to a blob store elsewhere must not receive our token)."""
     headers = dict(headers or {})
     headers.setdefault("User-Agent", USER_AGENT)
+    if isinstance(body, FileBody):
+        headers["Content-Length"] = str(body.count)
     for _ in range(MAX_REDIRECTS + 1):
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -172,7 +196,10 @@ def _send(pool: Pool, key, method, path, headers, body) -> http.client.HTTPRespo
     for attempt in (0, 1):
         conn, reused = pool.get(key)
         try:
-            conn.request(method, path, body=body, headers=headers)
+            if isinstance(body, FileBody):
+                _send_file(conn, method, path, headers, body)
+            else:
+                conn.request(method, path, body=body, headers=headers)
             return conn.getresponse()
         except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
                 http.client.CannotSendRequest, http.client.ResponseNotReady) as err:
@@ -184,3 +211,20 @@ def _send(pool: Pool, key, method, path, headers, body) -> http.client.HTTPRespo
             pool.drop(key)
             raise describe_error(key[1], err) from None
     raise AssertionError("unreachable")
+
+
+def _send_file(conn: http.client.HTTPConnection, method, path, headers, body: FileBody) -> None:
+    """Headers through http.client, the body with socket.sendfile (a plain send loop on TLS)."""
+    conn.putrequest(method, path, skip_accept_encoding=True)
+    for name, value in headers.items():
+        conn.putheader(name, value)
+    conn.endheaders()
+    offset, left = body.offset, body.count
+    while left:
+        sent = conn.sock.sendfile(body.fileobj, offset, min(left, SEND_BLOCK))
+        if not sent:
+            raise BrokenPipeError("file ended before the request body was sent")
+        offset += sent
+        left -= sent
+        if body.progress:
+            body.progress(sent)

@@ -71,6 +71,19 @@ class Executor:
             if op.kind != "ensure_mountpoint":
                 self.ensured = None
 
+    # -- clean-up and resource limits -----------------------------------------------------------
+    @staticmethod
+    def op_reaper(op) -> None:
+        from satchel.runtime import reaper
+
+        reaper.start(*op.data)
+
+    @staticmethod
+    def op_cgroup(op) -> None:
+        from satchel.runtime import cgroups
+
+        cgroups.enter(op.data)
+
     # -- namespaces --------------------------------------------------------------------------
     def op_unshare(self, op) -> None:
         linux.unshare(op.data)
@@ -402,3 +415,6 @@ def apply(plan, early=None) -> None:
     the plan's FUSE_PREPARE for the same image.
     """
     Executor(plan, early).run()
+    def op_write_file(self, op) -> None:
+        self._write(op.destination, op.data)
+

@@ -9,7 +9,8 @@ SPECS = {
         "pull", "pull [pull options...] [output file] <URI>",
         "Pull an image from a URI",
         description=(
-            "Pull an image from a registry (docker://REGISTRY/REPO[:TAG|@DIGEST]), a Docker\n"
+            "Pull an image from a registry (docker://REGISTRY/REPO[:TAG|@DIGEST]), a SIF stored\n"
+            "as an ORAS artifact (oras://REGISTRY/REPO[:TAG]), a Docker\n"
             "archive (docker-archive:FILE.tar), an OCI archive (oci-archive:FILE.tar) or an OCI\n"
             "image layout (oci:DIR[:TAG]) and convert it to a SIF file, by default NAME_TAG.sif\n"
             "in the current directory. Registry images are cached by digest under\n"
@@ -43,7 +44,8 @@ SPECS = {
         examples=("  satchel pull docker://alpine:3.19\n"
                   "  satchel pull --arch arm64 mine.sif docker://registry.example.org/team/tool:1.2\n"
                   "  satchel pull --nohttps docker://127.0.0.1:5000/busybox\n"
-                  "  satchel pull oci-archive:image.tar"),
+                  "  satchel pull oci-archive:image.tar\n"
+                  "  satchel pull tool.sif oras://registry.example.org/team/tool:1.2"),
     ),
 }
 
@@ -58,6 +60,11 @@ def run(name: str, parsed) -> int:
         output, uri = None, parsed.args[0]
     fetch = source.FetchOptions.from_options(parsed)
     dest = pull.destination(uri, output, parsed.dir)
+    if uri.startswith("oras://"):
+        from satchel.oci import oras
+        oras.pull(uri, dest, parsed.force, fetch)
+        log.info(f"Image saved to {dest}")
+        return 0
     build_options = BuildOptions(force=True, tmpdir=parsed.tmpdir,
                                  mksquashfs_args=parsed.mksquashfs_args or "")
     pull.pull(uri, dest, parsed.force, fetch, build_options)
