@@ -72,23 +72,7 @@ def pull(uri: str, dest: str, force: bool, fetch: FetchOptions, build_options) -
     check_destination(dest, force)
     cache = fetch.cache()
     if isinstance(ref, refs.DockerRef) and cache is not None:
-        cache.ensure()
-        try:
-            resolved = resolve_registry(ref, fetch, cache)
-        except OCIError as err:
-            raise err.context(f"while pulling {uri}") from None
-        cached = cache.sif_path(resolved.digest)
-        if usable_sif(cached):
-            log.info(f"Using cached SIF image for {resolved.digest}")
-        else:
-            with cache.lock(f"sif-{resolved.digest.hex}"):
-                if usable_sif(cached):
-                    log.info(f"Using SIF image converted meanwhile for {resolved.digest}")
-                else:
-                    log.info(f"Converting OCI blobs to SIF format ({resolved.digest})")
-                    convert(pinned_uri(ref, str(resolved.digest)), cached, cache, fetch,
-                            build_options, uri, resolved.manifest.config.digest)
-        install(cached, dest, force)
+        install(cached_sif(ref, uri, fetch, cache, build_options), dest, force)
     else:
         if isinstance(ref, refs.LocalRef) and not os.path.exists(ref.path):
             raise OCIError(f"{uri}: {ref.path} does not exist")
@@ -99,6 +83,28 @@ def pull(uri: str, dest: str, force: bool, fetch: FetchOptions, build_options) -
         finally:
             _unlink(temp)
     return dest
+
+
+def cached_sif(ref, uri: str, fetch: FetchOptions, cache: Cache, build_options) -> str:
+    """The cache's SIF for a registry image (oci-tmp/<manifest hex>.sif), converted first
+    if it is not there yet; exec/run/shell/test on a docker:// URI run it from there."""
+    cache.ensure()
+    try:
+        resolved = resolve_registry(ref, fetch, cache)
+    except OCIError as err:
+        raise err.context(f"while pulling {uri}") from None
+    cached = cache.sif_path(resolved.digest)
+    if usable_sif(cached):
+        log.info(f"Using cached SIF image for {resolved.digest}")
+        return cached
+    with cache.lock(f"sif-{resolved.digest.hex}"):
+        if usable_sif(cached):
+            log.info(f"Using SIF image converted meanwhile for {resolved.digest}")
+        else:
+            log.info(f"Converting OCI blobs to SIF format ({resolved.digest})")
+            convert(pinned_uri(ref, str(resolved.digest)), cached, cache, fetch,
+                    build_options, uri, resolved.manifest.config.digest)
+    return cached
 
 
 def usable_sif(path: str) -> bool:

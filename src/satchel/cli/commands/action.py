@@ -44,7 +44,7 @@ ACTION_OPTIONS = [
           help="disable one or more 'mount xxx' options set in satchel.conf and/or specify "
                "absolute destination path to disable a bind path entry, or 'bind-paths' to "
                "disable all bind path entries"),
-    o.Opt("--pwd", "pwd", o.VALUE, env=_env("PWD", "TARGET_PWD"),
+    o.Opt("--cwd --pwd", "pwd", o.VALUE, env=_env("CWD", "PWD", "TARGET_PWD"),
           help="initial working directory for payload process inside the container"),
     o.Opt("-W --workdir", "workdir", o.VALUE, env=_env("WORKDIR"),
           help="working directory to be used for /tmp, /var/tmp and $HOME (if -c/--contain "
@@ -75,20 +75,104 @@ ACTION_OPTIONS = [
           help="do not shell evaluate env vars or OCI container CMD/ENTRYPOINT/ARGS"),
     o.Opt("--nv", "nv", env=_env("NV"), help="enable Nvidia support"),
     o.Opt("--rocm", "rocm", env=_env("ROCM"), help="enable experimental Rocm support"),
+    o.Opt("-S --scratch", "scratch", o.LIST, env=_env("SCRATCH"),
+          help="include a scratch directory within the container that is linked to a "
+               "temporary dir (use -W to force location)"),
+    o.Opt("--compat", "compat", env=_env("COMPAT"),
+          help="apply settings for increased OCI/Docker compatibility. Infers --containall, "
+               "--no-init, --no-umask, --no-eval, --writable-tmpfs."),
+    o.Opt("--dns", "dns", o.VALUE, env=_env("DNS"),
+          help="list of DNS server separated by commas to add in resolv.conf"),
+    o.Opt("--no-pid", "no_pid", env=_env("NO_PID"),
+          help="do not run container in a new PID namespace (overrides --containall)"),
+    o.Opt("--tmpdir", "tmpdir", o.VALUE, env=_env("TMPDIR"),
+          help="specify a temporary directory to use for build and --unsquash"),
+    o.Opt("--unsquash", "unsquash", env=_env("UNSQUASH"),
+          help="convert SIF file to temporary sandbox before running"),
+    o.Opt("--fusemount", "fusemount", o.LIST, env=_env("FUSESPEC"),
+          help="a FUSE filesystem mount specification of the form '<type>:<fuse command> "
+               "<mountpoint>' - where <type> is 'host' or 'container'"),
+    o.Opt("--security", "security", o.LIST, env=_env("SECURITY"),
+          help="enable security features (seccomp:profile.json; SELinux, AppArmor where "
+               "the host has them)"),
+    o.Opt("--disable-cache", "disable_cache", env=_env("DISABLE_CACHE"),
+          help="do not use or create cache (images given as URIs: a temporary SIF)"),
+    o.Opt("--no-https --nohttps", "nohttps", env=_env("NOHTTPS", "NO_HTTPS"),
+          help="use http instead of https for docker:// registries"),
+    o.Opt("--docker-login", "docker_login", env=_env("DOCKER_LOGIN"),
+          help="login to a Docker Repository interactively"),
+    o.Opt("--docker-username", "docker_username", o.VALUE, env=_env("DOCKER_USERNAME"),
+          hidden=True, help="specify a username for docker authentication"),
+    o.Opt("--docker-password", "docker_password", o.VALUE, env=_env("DOCKER_PASSWORD"),
+          hidden=True, help="specify a password for docker authentication"),
+    o.Opt("--docker-host", "docker_host", o.VALUE, env=_env("DOCKER_HOST"), hidden=True,
+          help="specify a custom Docker daemon host (docker-daemon: sources are not supported)"),
+    o.Opt("--authfile", "authfile", o.VALUE, env=_env("AUTH_FILE"),
+          help="Docker-style authentication file to use for reading OCI registry credentials"),
+    # resource limits (cgroups): satchel.runtime.cgroups
+    o.Opt("--apply-cgroups", "apply_cgroups", o.VALUE, env=_env("APPLY_CGROUPS"),
+          help="apply cgroups from file for container processes (root, or cgroup v2 with a "
+               "delegated subtree)"),
+    o.Opt("--blkio-weight", "blkio_weight", o.VALUE, env=_env("BLKIO_WEIGHT"),
+          help="Block IO relative weight in range 10-1000, 0 to disable"),
+    o.Opt("--blkio-weight-device", "blkio_weight_device", o.LIST,
+          env=_env("BLKIO_WEIGHT_DEVICE"), help="Device specific block IO relative weight"),
+    o.Opt("--cpu-shares", "cpu_shares", o.VALUE, env=_env("CPU_SHARES"),
+          help="CPU shares for container (default -1)"),
+    o.Opt("--cpus", "cpus", o.VALUE, env=_env("CPUS"),
+          help="Number of CPUs available to container"),
+    o.Opt("--cpuset-cpus", "cpuset_cpus", o.VALUE, env=_env("CPUSET_CPUS"),
+          help="List of host CPUs available to container"),
+    o.Opt("--cpuset-mems", "cpuset_mems", o.VALUE, env=_env("CPUSET_MEMS"),
+          help="List of host memory nodes available to container"),
+    o.Opt("--memory", "memory", o.VALUE, env=_env("MEMORY"),
+          help="Memory limit in bytes"),
+    o.Opt("--memory-reservation", "memory_reservation", o.VALUE,
+          env=_env("MEMORY_RESERVATION"), help="Memory soft limit in bytes"),
+    o.Opt("--memory-swap", "memory_swap", o.VALUE, env=_env("MEMORY_SWAP"),
+          help="Swap limit, use -1 for unlimited swap"),
+    o.Opt("--oom-kill-disable", "oom_kill_disable", env=_env("OOM_KILL_DISABLE"),
+          help="Disable OOM killer"),
+    o.Opt("--pids-limit", "pids_limit", o.VALUE, env=_env("PIDS_LIMIT"),
+          help="Limit number of container PIDs, use -1 for unlimited"),
     # accepted because they are harmless here
     o.Opt("--no-init --noinit", "no_init", env=_env("NOINIT"), hidden=True,
           help="do not start a shim process with --pid (init here is already minimal)"),
     o.Opt("--no-privs", "no_privs", hidden=True,
           help="drop all privileges from root user in container (always done)"),
     o.Opt("--no-umask", "no_umask", hidden=True, help="do not propagate umask (it is kept)"),
-    o.Opt("--disable-cache", "disable_cache", hidden=True, help="do not use the cache"),
     o.Opt("--no-nv", "no_nv", hidden=True, help="do not enable Nvidia support"),
+    o.Opt("--no-rocm", "no_rocm", hidden=True, help="do not enable ROCm support"),
+    o.Opt("--drop-caps", "drop_caps", o.VALUE, env=_env("DROP_CAPS"), hidden=True,
+          help="a comma separated capability list to drop (satchel drops them all anyway)"),
+    o.Opt("--underlay", "underlay", env=_env("UNDERLAY"), hidden=True,
+          help="use underlay (satchel makes missing mount points with its own underlay)"),
+    o.Opt("--ignore-subuid", "ignore_subuid", hidden=True,
+          help="ignore entries in /etc/subuid (satchel maps only the caller's id)"),
+    o.Opt("--ignore-userns", "ignore_userns", hidden=True,
+          help="ignore user namespaces (no effect: satchel needs none as root)"),
+    o.Opt("--ignore-fakeroot-command", "ignore_fakeroot_command", hidden=True,
+          help="ignore fakeroot command (no effect: --fakeroot is refused)"),
+    o.Opt("--runscript-timeout", "runscript_timeout", o.VALUE, hidden=True,
+          help="timeout for the runscript of OCI images (no effect here)"),
     # refused with a clear message rather than silently ignored
     o.Opt("-f --fakeroot", "fakeroot", hidden=True, help="not supported yet"),
     o.Opt("-w --writable", "writable", hidden=True, help="not supported yet"),
     o.Opt("--keep-privs", "keep_privs", hidden=True, help="not supported"),
     o.Opt("--add-caps", "add_caps", o.VALUE, hidden=True, help="not supported"),
     o.Opt("--app", "app", o.VALUE, hidden=True, help="not supported yet"),
+    o.Opt("--allow-setuid", "allow_setuid", env=_env("ALLOW_SETUID"), hidden=True,
+          help="root only; refused"),
+    o.Opt("--nvccli", "nvccli", env=_env("NVCCLI"), hidden=True, help="not supported"),
+    o.Opt("--pem-path", "pem_path", o.VALUE, env=_env("PEM_PATH"), hidden=True,
+          help="not supported (encrypted images)"),
+    o.Opt("--passphrase", "passphrase", hidden=True, help="not supported (encrypted images)"),
+    o.Opt("--sharens", "sharens", env=_env("SHARENS"), hidden=True, help="not supported"),
+    o.Opt("--containlibs", "containlibs", o.LIST, env=_env("CONTAINLIBS"), hidden=True,
+          help="not supported"),
+    o.Opt("--netns-path", "netns_path", o.VALUE, env=_env("NETNS_PATH"), hidden=True,
+          help="not supported"),
+    o.Opt("--boot", "boot", hidden=True, help="not supported"),
 ]
 SHELL_OPTIONS = [o.Opt("-s --shell", "shell", o.VALUE, env=_env("SHELL"),
                        help="path to program to use for interactive shell")]
@@ -99,6 +183,14 @@ REFUSED = {
     "keep_privs": "--keep-privs is not supported: satchel never keeps privileges",
     "add_caps": "--add-caps is not supported: satchel never grants capabilities",
     "app": "--app (SCIF apps) is not supported yet",
+    "nvccli": "--nvccli is not supported: satchel binds the driver itself with --nv "
+              "(nvidia-container-cli is not used)",
+    "pem_path": "--pem-path is not supported: satchel cannot run encrypted images",
+    "passphrase": "--passphrase is not supported: satchel cannot run encrypted images",
+    "sharens": "--sharens is not supported: start an instance and use instance://NAME",
+    "containlibs": "--containlibs is not supported: bind the libraries with -B",
+    "netns_path": "--netns-path is not supported: satchel provides --net --network none only",
+    "boot": "--boot is not supported: satchel does not run a system init in instances",
 }
 
 _USAGE = {
@@ -130,6 +222,7 @@ def to_run_options(name: str, parsed):
         value = getattr(parsed, dest, None)
         if value and not (dest == "app" and value == ""):
             raise UsageError(why)
+    _check_compat_flags(parsed)
     opts = RunOptions(
         name, parsed.args[1:], binds=parsed.bind, mounts=parsed.mount, contain=parsed.contain,
         containall=parsed.containall, cleanenv=parsed.cleanenv, env=parsed.env,
@@ -139,7 +232,8 @@ def to_run_options(name: str, parsed):
         net=parsed.net, network=parsed.network, network_args=parsed.network_args,
         no_eval=parsed.no_eval,
         userns=parsed.userns, shell=getattr(parsed, "shell", None),
-        prog=getattr(parsed, "prog", "satchel"))
+        prog=getattr(parsed, "prog", "satchel"), scratch=parsed.scratch, dns=parsed.dns,
+        no_pid=parsed.no_pid, fusemount=parsed.fusemount)
     if parsed.env_file:
         from satchel.runtime.environment import parse_env_file
         try:
@@ -150,6 +244,40 @@ def to_run_options(name: str, parsed):
         opts.env_file_pairs = parse_env_file(_env_file_text(data, parsed.env_file),
                                              parsed.env_file)
     return opts
+
+
+def _check_compat_flags(parsed) -> None:
+    """Apptainer's flags whose meaning depends on the caller, and --compat's implications.
+
+    Accepted with no effect (README "Apptainer flags"): --drop-caps (every capability is
+    dropped anyway), --underlay (missing mount points always come from satchel's underlay),
+    --ignore-subuid/--ignore-userns/--ignore-fakeroot-command, --no-rocm, --runscript-timeout.
+    """
+    import os
+
+    if parsed.allow_setuid:
+        if os.getuid() != 0:
+            raise UsageError("--allow-setuid is for root only (setuid programs never run "
+                             "setuid in a container of a non-root user)")
+        raise UsageError("--allow-setuid is not supported: satchel mounts every image nosuid "
+                         "and sets no_new_privs, also for root")
+    if parsed.compat:  # Apptainer: "Infers --containall, --no-init, --no-umask, --no-eval,
+        # --writable-tmpfs"
+        parsed.containall = parsed.no_init = parsed.no_umask = True
+        parsed.no_eval = parsed.writable_tmpfs = True
+    if parsed.security:
+        raise UsageError("--security is not supported yet")
+    limits = [name for name in _LIMIT_DESTS
+              if getattr(parsed, name, None) not in (None, [], False)]
+    if limits:
+        raise UsageError(f"--{limits[0].replace('_', '-')}: resource limits are not supported yet")
+    if parsed.fusemount:
+        raise UsageError("--fusemount is not supported yet")
+
+
+_LIMIT_DESTS = ("apply_cgroups", "blkio_weight", "blkio_weight_device", "cpu_shares", "cpus",
+                "cpuset_cpus", "cpuset_mems", "memory", "memory_reservation", "memory_swap",
+                "oom_kill_disable", "pids_limit")
 
 
 def _env_file_text(data: bytes, path: str) -> str:
@@ -202,16 +330,74 @@ def _regular_file(path: str) -> bool:
         return False
 
 
+# image URIs (satchel.oci.runimage resolves them; kept here so that deciding costs no import)
+URI_PREFIXES = ("docker://", "oci-archive:", "docker-archive:", "oci:", "oras://", "library://",
+                "shub://", "docker-daemon:", "http://", "https://", "ipfs://")
+
+
+def is_uri(target: str) -> bool:
+    return target.startswith(URI_PREFIXES)
+
+
+def resolve_image(target: str, parsed) -> tuple[str, tuple[str, ...]]:
+    """An image argument -> (local path, temporary paths to remove after the container):
+    URIs are pulled (satchel.oci.runimage, imported only for them); paths pass through."""
+    if not is_uri(target):
+        return target, ()
+    from satchel.oci import runimage
+    return runimage.resolve(target, parsed)
+
+
+def unsquash(image, parsed) -> tuple[object, tuple[str, ...]]:
+    """--unsquash: the image extracted to a temporary sandbox (under --tmpdir, else $TMPDIR
+    or /tmp), which the reaper removes when the container ends."""
+    if image.kind == "sandbox":
+        return image, ()
+    import tempfile
+
+    from satchel.image import squashfs
+    from satchel.image.formats import open_image
+    from satchel.runtime import reaper
+
+    tmpdir = getattr(parsed, "tmpdir", None) or None
+    try:
+        top = tempfile.mkdtemp(prefix="satchel-unsquash-", dir=tmpdir)
+    except OSError as err:
+        raise UsageError(f"--unsquash: cannot create a directory in "
+                         f"{tmpdir or tempfile.gettempdir()}: {err.strerror}") from None
+    try:
+        squashfs.extract(image.path, top + "/root", image.fs_offset)
+        return open_image(top + "/root"), (top,)
+    except BaseException:
+        reaper.remove_tree(top)
+        raise
+
+
 def run(name: str, parsed) -> int:
     import os
 
     target = parsed.args[0]
     early = None
-    if os.getuid() != 0 and not target.startswith("instance://") and _regular_file(target):
+    if (os.getuid() != 0 and not target.startswith("instance://") and not parsed.unsquash
+            and not is_uri(target) and _regular_file(target)):
         # an image file, run without privilege: a FUSE server will serve it. Forked now, it
         # loads its libraries while we import, plan and set up (serve_image or cancel below).
         from satchel.runtime import fuse
         early = fuse.fork_builtin("image")
+    cleanup: list[str] = []
+    try:
+        _run(name, parsed, target, early, cleanup)
+    except BaseException:
+        if cleanup:  # the reaper did not start: remove the temporary image here
+            from satchel.runtime import reaper
+            for path in cleanup:
+                reaper.remove_tree(path)
+        raise
+    return 255  # not reached: apply() execs the payload or raises
+
+
+def _run(name: str, parsed, target: str, early, cleanup: list) -> None:
+    import os
 
     from satchel import log
     from satchel.image.formats import open_image
@@ -223,7 +409,12 @@ def run(name: str, parsed) -> int:
     if target.startswith("instance://"):
         image = None
     else:
-        image = open_image(target)
+        path, temporary = resolve_image(target, parsed)
+        cleanup.extend(temporary)
+        image = open_image(path)
+        if parsed.unsquash:
+            image, temporary = unsquash(image, parsed)
+            cleanup.extend(temporary)
         server_argv = early_server(config, image, os.getuid())
         if server_argv is not None:  # it opens the image while we plan
             from satchel.runtime import fuse
@@ -236,6 +427,7 @@ def run(name: str, parsed) -> int:
             early.cancel()  # the squashfuse_ll program (squashfuse mode = program)
             early = None
     opts = to_run_options(name, parsed)
+    opts.cleanup = tuple(cleanup)
     if image is None:
         opts.join = join_target(parsed.args[0])
     else:
@@ -248,4 +440,3 @@ def run(name: str, parsed) -> int:
         log.debug("container plan: " + json.dumps(plan.to_dict(), indent=1))
     from satchel.runtime import executor
     executor.apply(plan, early)
-    return 255  # not reached: apply() execs the payload or raises

@@ -1,0 +1,73 @@
+"""Images given as URIs to exec/run/shell/test/inspect/instance start: a SIF file to run.
+
+`satchel exec docker://alpine:3.19 cat /etc/os-release` runs what `satchel pull` would make,
+straight from the cache: a registry image resolves to its platform manifest and runs from
+oci-tmp/<manifest hex>.sif (pull.cached_sif, converted once, under that digest's lock); a
+second run transfers the manifest and nothing else. Sources with no digest to cache them by
+(oci-archive:, docker-archive:, oci:) and any source under --disable-cache are converted to
+a temporary SIF that the reaper removes when the container ends.
+
+Imported only when the image is a URI: the exec path of an image file never loads the OCI
+code (tests/unit/test_import_budget.py).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from satchel.errors import UsageError
+
+# what is_uri() recognises without importing this module (action.py keeps a copy of the
+# prefixes: it must decide before importing anything)
+PULL_SCHEMES = ("docker://", "oci-archive:", "docker-archive:", "oci:")
+REFUSED_SCHEMES = {
+    "library://": "library:// images need a library endpoint, and none is configured "
+                  "here: pull the image elsewhere or use docker:// or oras://",
+    "shub://": "shub:// (Singularity Hub) is retired: use docker:// or oras://",
+    "oras://": "oras:// images are not supported by this satchel yet",
+    "docker-daemon:": "docker-daemon: sources are not supported: save the image with "
+                      "'docker save' and use docker-archive:FILE",
+    "http://": "images by http(s):// URL are not supported: download the file first",
+    "https://": "images by http(s):// URL are not supported: download the file first",
+    "ipfs://": "ipfs:// images are not supported",
+}
+# a hook for issue 15 (oras://): set to a function(uri, fetch, tmpdir) -> SIF path
+oras_resolver = None
+
+
+def resolve(uri: str, parsed) -> tuple[str, tuple[str, ...]]:
+    """(SIF path to run, temporary paths the reaper removes afterwards) for an image URI.
+
+    parsed: the action's options (--disable-cache, --nohttps, --docker-*, --authfile,
+    --tmpdir are read from it, as pull reads its own).
+    """
+    for scheme, why in REFUSED_SCHEMES.items():
+        if uri.startswith(scheme) and not (scheme == "oras://" and oras_resolver):
+            raise UsageError(f"{uri}: {why}")
+    from satchel.build.builder import BuildOptions
+    from satchel.oci import pull, reference as refs, source
+
+    fetch = source.FetchOptions.from_options(parsed)
+    tmpdir = getattr(parsed, "tmpdir", None) or None
+    build_options = BuildOptions(force=True, tmpdir=tmpdir)
+    if uri.startswith("oras://"):
+        return oras_resolver(uri, fetch, tmpdir), ()
+    ref = refs.parse(uri)
+    cache = fetch.cache()
+    if isinstance(ref, refs.DockerRef) and cache is not None:
+        return pull.cached_sif(ref, uri, fetch, cache, build_options), ()
+    # no digest to cache by, or no cache wanted: a temporary SIF for this run only
+    try:
+        temp_dir = tempfile.mkdtemp(prefix="satchel-image-", dir=tmpdir)
+    except OSError as err:
+        raise UsageError(f"{uri}: cannot create a temporary directory in "
+                         f"{tmpdir or tempfile.gettempdir()}: {err.strerror}") from None
+    try:
+        sif_path = os.path.join(temp_dir, "image.sif")
+        pull.pull(uri, sif_path, True, fetch, build_options)
+    except BaseException:
+        from satchel.runtime import reaper
+        reaper.remove_tree(temp_dir)
+        raise
+    return sif_path, (temp_dir,)
