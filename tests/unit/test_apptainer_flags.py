@@ -154,3 +154,18 @@ def test_table_covers_satchel_action_options():
     ours = {n[2:] for opt in action.ACTION_OPTIONS for n in opt.names if n.startswith("--")}
     theirs = {f[0] for f in APPTAINER_ACTION_FLAGS}
     assert ours - theirs <= {"noinit"}
+
+
+def test_uri_images_load_no_oci_code_for_image_files():
+    """The URI branch is imported lazily: exec of an image file loads no satchel.oci module."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import satchel.cli.commands.action as a; "
+            "assert a.is_uri('docker://x/y') and a.is_uri('oci-archive:/f.tar'); "
+            "assert not a.is_uri('/img.sif') and not a.is_uri('instance://x'); "
+            "print(a.resolve_image('/img.sif', None)); "
+            "print(sorted(m for m in sys.modules if m.startswith('satchel.oci')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out == "('/img.sif', ())\n[]\n"

@@ -51,13 +51,17 @@ def start(command: str, parsed, prog: str = "satchel") -> state.Record:
     state.check_name(name)
     if image_arg.startswith(state.URI_PREFIX):
         raise UsageError("an instance cannot be started from another instance: give an image")
+    image_arg, temporary = action.resolve_image(image_arg, parsed)  # docker://... pulled
     image = open_image(image_arg)
     config = load_config()
+    from satchel.trust.ecl import enforce
+    enforce(image, config.path)  # an activated ECL may refuse the image (trust/ecl.py)
     opts = action.to_run_options("run", parsed)
     opts.command = command
     opts.args = args
     opts.pid = True  # always a PID namespace (as Apptainer's instances): see the module doc
     opts.gpu = action.gpu_binds(parsed, config)
+    opts.cleanup = temporary  # a temporary SIF: the reaper removes it when the instance ends
     registry = state.Registry(state.Owner.current())
 
     with registry.lock():

@@ -3,7 +3,8 @@
 `satchel exec docker://alpine:3.19 cat /etc/os-release` runs what `satchel pull` would make,
 straight from the cache: a registry image resolves to its platform manifest and runs from
 oci-tmp/<manifest hex>.sif (pull.cached_sif, converted once, under that digest's lock); a
-second run transfers the manifest and nothing else. Sources with no digest to cache them by
+second run transfers the manifest and nothing else; an oras:// SIF artifact runs from its
+verified blob in the cache (oci/oras.py). Sources with no digest to cache them by
 (oci-archive:, docker-archive:, oci:) and any source under --disable-cache are converted to
 a temporary SIF that the reaper removes when the container ends.
 
@@ -22,18 +23,15 @@ from satchel.errors import UsageError
 # prefixes: it must decide before importing anything)
 PULL_SCHEMES = ("docker://", "oci-archive:", "docker-archive:", "oci:")
 REFUSED_SCHEMES = {
-    "library://": "library:// images need a library endpoint, and none is configured "
+    "library://": "library:// images need a library, and no library endpoint is configured "
                   "here: pull the image elsewhere or use docker:// or oras://",
     "shub://": "shub:// (Singularity Hub) is retired: use docker:// or oras://",
-    "oras://": "oras:// images are not supported by this satchel yet",
     "docker-daemon:": "docker-daemon: sources are not supported: save the image with "
                       "'docker save' and use docker-archive:FILE",
     "http://": "images by http(s):// URL are not supported: download the file first",
     "https://": "images by http(s):// URL are not supported: download the file first",
     "ipfs://": "ipfs:// images are not supported",
 }
-# a hook for issue 15 (oras://): set to a function(uri, fetch, tmpdir) -> SIF path
-oras_resolver = None
 
 
 def resolve(uri: str, parsed) -> tuple[str, tuple[str, ...]]:
@@ -43,7 +41,7 @@ def resolve(uri: str, parsed) -> tuple[str, tuple[str, ...]]:
     --tmpdir are read from it, as pull reads its own).
     """
     for scheme, why in REFUSED_SCHEMES.items():
-        if uri.startswith(scheme) and not (scheme == "oras://" and oras_resolver):
+        if uri.startswith(scheme):
             raise UsageError(f"{uri}: {why}")
     from satchel.build.builder import BuildOptions
     from satchel.oci import pull, reference as refs, source
@@ -51,10 +49,12 @@ def resolve(uri: str, parsed) -> tuple[str, tuple[str, ...]]:
     fetch = source.FetchOptions.from_options(parsed)
     tmpdir = getattr(parsed, "tmpdir", None) or None
     build_options = BuildOptions(force=True, tmpdir=tmpdir)
-    if uri.startswith("oras://"):
-        return oras_resolver(uri, fetch, tmpdir), ()
-    ref = refs.parse(uri)
     cache = fetch.cache()
+    oras = uri.startswith("oras://")
+    if oras and cache is not None:  # a SIF artifact: the verified blob in the cache is it
+        from satchel.oci import oras as orasmod
+        return orasmod.fetch(uri, fetch, cache), ()
+    ref = None if oras else refs.parse(uri)
     if isinstance(ref, refs.DockerRef) and cache is not None:
         return pull.cached_sif(ref, uri, fetch, cache, build_options), ()
     # no digest to cache by, or no cache wanted: a temporary SIF for this run only
@@ -65,7 +65,11 @@ def resolve(uri: str, parsed) -> tuple[str, tuple[str, ...]]:
                          f"{tmpdir or tempfile.gettempdir()}: {err.strerror}") from None
     try:
         sif_path = os.path.join(temp_dir, "image.sif")
-        pull.pull(uri, sif_path, True, fetch, build_options)
+        if oras:
+            from satchel.oci import oras as orasmod
+            orasmod.pull(uri, sif_path, True, fetch)
+        else:
+            pull.pull(uri, sif_path, True, fetch, build_options)
     except BaseException:
         from satchel.runtime import reaper
         reaper.remove_tree(temp_dir)

@@ -45,7 +45,15 @@ def run(name: str, parsed) -> int:
             want.add("labels")
         if parsed.app:
             want.add("apps")
-    attrs = metadata.inspect(image, want)
+    from satchel.cli.commands.action import resolve_image
+    path, temporary = resolve_image(image, parsed)  # docker://..., oci-archive:... pulled
+    try:
+        attrs = metadata.inspect(path, want)
+    finally:
+        if temporary:
+            from satchel.runtime import reaper
+            for temp in temporary:
+                reaper.remove_tree(temp)
     if parsed.app and not parsed.all:
         app = attrs.get("apps", {}).get(parsed.app)
         attrs = {k: v for k, v in attrs.items() if k != "apps"}
