@@ -17,11 +17,12 @@ EXEC_PATH_MODULES = [
     "satchel.runtime.executor", "satchel.runtime.linux", "satchel.runtime.underlay",
     "satchel.runtime.fuse", "satchel.runtime.loopdev", "satchel.runtime.etcfiles",
     "satchel.runtime.session", "satchel.runtime.cfunc", "satchel.runtime.sqfs_server",
-    "satchel.runtime.sqfs_prefetch", "satchel.runtime.elfdeps",
+    "satchel.runtime.sqfs_prefetch", "satchel.runtime.elfdeps", "satchel.trust.ecl",
 ]
 FORBIDDEN = {"json", "logging", "argparse", "subprocess", "pathlib", "dataclasses", "enum",
              "typing", "re", "shlex", "tempfile", "shutil", "uuid", "hashlib", "signal",
-             "threading", "socket", "csv", "datetime", "inspect", "traceback", "importlib.metadata"}
+             "threading", "socket", "csv", "datetime", "inspect", "traceback", "importlib.metadata",
+             "tomllib"}
 # the launcher reaches libc through runtime/cfunc.py (_ctypes): `import ctypes` costs ~7 ms
 LAUNCHER_ONLY_FORBIDDEN = {"ctypes"}
 
@@ -67,3 +68,50 @@ def test_supervisor_is_only_loaded_for_pid():
     names = {name for name, _ in _imported(EXEC_PATH_MODULES)}
     assert "satchel.runtime.supervisor" not in names
     assert "signal" not in names
+
+
+# what an ECL check may load only once an ecl.toml is activated (trust/ecl.py)
+TRUST_HEAVY = {"tomllib", "hashlib", "json", "subprocess", "tempfile", "pysequoia",
+               "cryptography", "satchel.trust.verify", "satchel.trust.pgp", "satchel.trust.dsse"}
+
+
+def _after_enforce(ecl_text: str | None, tmp_path) -> set[str]:
+    conf = tmp_path / "satchel.conf"
+    conf.write_text("")
+    if ecl_text is not None:
+        (tmp_path / "ecl.toml").write_text(ecl_text)
+    code = (f"import sys; sys.path.insert(0, {os.path.join(ROOT, 'src')!r})\n"
+            "from satchel.trust.ecl import enforce\n"
+            "class Image: kind = 'sif'; path = '/nonexistent.sif'\n"
+            f"enforce(Image(), {str(conf)!r})\n"
+            "print(' '.join(sorted(sys.modules)))\n")
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
+                          text=True, check=True)
+    return set(proc.stdout.split())
+
+
+def test_ecl_check_without_an_activated_list_loads_no_crypto(tmp_path):
+    assert not _after_enforce(None, tmp_path) & TRUST_HEAVY
+    off = "# activated = true\nactivated = false\n[[execgroup]]\n  activated = true\n"
+    assert not _after_enforce(off, tmp_path) & TRUST_HEAVY
+
+
+def test_activated_list_would_be_seen(tmp_path):
+    # the check above can fail: an activated list loads the TOML parser and the verifier
+    loaded = _after_enforce_failing("activated = true\n", tmp_path)
+    assert {"tomllib", "satchel.trust.verify"} <= loaded
+
+
+def _after_enforce_failing(ecl_text: str, tmp_path) -> set[str]:
+    (tmp_path / "satchel.conf").write_text("")
+    (tmp_path / "ecl.toml").write_text(ecl_text)
+    code = (f"import sys; sys.path.insert(0, {os.path.join(ROOT, 'src')!r})\n"
+            "from satchel.trust.ecl import enforce\n"
+            "class Image: kind = 'sif'; path = '/nonexistent.sif'\n"
+            "try:\n"
+            f"    enforce(Image(), {str(tmp_path / 'satchel.conf')!r})\n"
+            "except Exception:\n    pass\n"
+            "print(' '.join(sorted(sys.modules)))\n")
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
+                          text=True, check=True)
+    return set(proc.stdout.split())

@@ -36,10 +36,13 @@ class KeyMaterial:
 class SignatureResult:
     """One signature object checked: who signed, what it covers, what failed."""
 
-    __slots__ = ("sig_id", "kind", "signer", "name", "where", "verified", "error", "failed_object")
+    __slots__ = ("sig_id", "kind", "signer", "name", "where", "verified", "error", "failed_object",
+                 "target", "entity")
 
-    def __init__(self, sig_id: int, kind: str):
+    def __init__(self, sig_id: int, kind: str, target: str = "", entity: str = ""):
         self.sig_id = sig_id
+        self.target = target          # what the signature is checked for: "object group 1"
+        self.entity = entity          # the fingerprint its descriptor claims (unverified)
         self.kind = kind              # "pgp" | "dsse" | "legacy"
         self.signer = ""              # PGP fingerprint, or DSSE key id
         self.name = ""
@@ -109,8 +112,7 @@ class _Task:
         self.legacy = legacy
 
     def describe(self) -> str:
-        return f"object group {self.group_id}" if self.object_id == 0 or not self.legacy \
-            else f"object {self.object_id}"
+        return f"object {self.object_id}" if self.object_id else f"object group {self.group_id}"
 
 
 def _tasks(f: sif.SIFFile, group_ids, object_ids, legacy: bool, all_: bool) -> list[_Task]:
@@ -174,7 +176,8 @@ def verify_image(path: str, keys: KeyMaterial, group_ids=(), object_ids=(),
 
 def _check(f: sif.SIFFile, task: _Task, sig: sif.Descriptor, keys: KeyMaterial):
     data = f.read_data(sig.id)
-    result = SignatureResult(sig.id, "legacy" if task.legacy else "pgp")
+    result = SignatureResult(sig.id, "legacy" if task.legacy else "pgp", task.describe(),
+                             (sig.entity or b"").hex().upper())
     try:
         hash_name = metadata.SIF_HASHES.get(sig.hash_type)
         if hash_name is None:

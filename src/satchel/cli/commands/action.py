@@ -412,6 +412,8 @@ def _run(name: str, parsed, target: str, early, cleanup: list) -> None:
         path, temporary = resolve_image(target, parsed)
         cleanup.extend(temporary)
         image = open_image(path)
+        from satchel.trust.ecl import enforce
+        enforce(image, config.path)  # an activated ECL may refuse the image (trust/ecl.py)
         if parsed.unsquash:
             image, temporary = unsquash(image, parsed)
             cleanup.extend(temporary)
