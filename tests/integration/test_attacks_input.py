@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -251,3 +252,112 @@ def test_layer_with_fractional_pax_mtimes(who, maker):
     assert r.returncode == 0, r.stderr
     tree = sif_extract(sif, os.path.join(work, "unsquashed"))
     assert os.stat(os.path.join(tree, "data", "stamp")).st_mtime_ns == want_ns // 10**9 * 10**9
+
+
+# -- 12: a SquashFS that corrupts the FUSE server's memory -----------------------------------------
+
+def _corrupt_first_entry(image: str, directory: str, name_size: int) -> None:
+    """Set the name size of the first entry of `directory` in a SquashFS made with -noI -noD
+    (metadata stored uncompressed) to `name_size`.
+
+    Superblock: the root inode reference at byte 32, the inode and directory tables' starts at
+    64 and 72 (0x48). A directory inode (basic, type 1) points into the directory table (block,
+    offset, size); there a header (count-1, inode block, inode number; 3 x u32) precedes the
+    entries (offset u16, inode delta s16, type u16, name size-1 u16, name). libsquashfuse
+    copies `name size` bytes into a 257-byte buffer on its stack: 0x800 with 2 KiB of entries
+    after it in the same metadata block smashes the stack (SIGABRT or SIGSEGV).
+    """
+    import struct
+    with open(image, "rb") as fh:
+        data = bytearray(fh.read())
+    root_ref, inode_start, dir_start = struct.unpack_from("<Q24xQQ", data, 32)
+
+    def metadata(table, block, offset):
+        header = struct.unpack_from("<H", data, table + block)[0]
+        assert header & 0x8000, "compressed metadata block"
+        return table + block + 2 + offset
+
+    def entries(ref):
+        inode = metadata(inode_start, ref >> 16, ref & 0xFFFF)
+        assert struct.unpack_from("<H", data, inode)[0] == 1, "not a basic directory inode"
+        block, _, size, offset = struct.unpack_from("<IIHH", data, inode + 16)
+        pos = metadata(dir_start, block, offset)
+        end = pos + size - 3
+        while pos < end:
+            count, inode_block, _ = struct.unpack_from("<III", data, pos)
+            pos += 12
+            for _ in range(count + 1):
+                entry_offset, _, _, length = struct.unpack_from("<HhHH", data, pos)
+                yield pos, bytes(data[pos + 8:pos + 9 + length]), inode_block << 16 | entry_offset
+                pos += 9 + length
+
+    ref = root_ref
+    for part in directory.strip("/").split("/"):
+        ref = next(r for _, name, r in entries(ref) if name == part.encode())
+    pos, _, _ = next(entries(ref))
+    struct.pack_into("<H", data, pos + 6, name_size)
+    with open(image, "wb") as fh:
+        fh.write(data)
+
+
+@pytest.fixture(scope="module")
+def crashing_images(tmp_path_factory):
+    """Two SquashFS images of a busybox tree: /bin's directory listing crafted (the launcher
+    and the server's read-ahead look up /bin/sh), and /usr's (only the payload looks there)."""
+    base = tempfile.mkdtemp(prefix="satchel-crash-", dir="/tmp")
+    tree = os.path.join(base, "tree")
+    for d in ("bin", "usr", "etc", "dev", "proc", "sys", "tmp", "home", "root", "var/tmp"):
+        os.makedirs(os.path.join(tree, d))
+    shutil.copy("/bin/busybox", os.path.join(tree, "bin", "busybox"))
+    for applet in ("sh", "true", "cat"):
+        os.symlink("busybox", os.path.join(tree, "bin", applet))
+    for i in range(100):  # 5 KiB of entries after the first, in the same metadata block
+        for d in ("bin", "usr"):
+            with open(os.path.join(tree, d, f"a{i:03d}_" + "x" * 44), "w") as fh:
+                fh.write("filler\n")
+    images = {}
+    for d in ("bin", "usr"):
+        image = os.path.join(base, f"crafted-{d}.sqsh")
+        subprocess.run(["mksquashfs", tree, image, "-noI", "-noD", "-noF", "-noX", "-quiet",
+                        "-no-progress"], check=True, capture_output=True)
+        _corrupt_first_entry(image, "/" + d, 0x800)
+        os.chmod(image, 0o644)
+        images[d] = image
+    os.chmod(base, 0o755)
+    yield images
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("mode", ["builtin", "program"])
+def test_squashfs_that_crashes_the_fuse_server(test_user, crashing_images, mode):
+    """Attack: a crafted SquashFS directory table that corrupts the memory of the FUSE server
+    (libsquashfuse's handlers: built in, or the squashfuse_ll program). Nothing is gained (the
+    server runs as the user, outside the container). Promise: as the non-root user, `exec`
+    ends within a bounded time in one FATAL line that names the server's death, and nothing is
+    left; a death the payload itself causes later ends the payload with an error, not a hang."""
+    from support.fixtures_runtime import Who
+    who = Who("user", test_user)
+    env = {}
+    if mode == "program":
+        conf = os.path.join(who.tmp(), "satchel.conf")
+        with open(conf, "w") as fh:
+            fh.write("squashfuse mode = program\n")
+        os.chmod(conf, 0o644)
+        env["SATCHEL_CONFIG"] = conf
+    try:
+        image = crashing_images["bin"]
+        for _ in range(3):  # the crash happens in the read-ahead thread or on the launcher's
+            r = who.run(["exec", image, "/bin/true"], env=env, timeout=HANG)  # lookups
+            program = " (squashfuse_ll)" if mode == "program" else ""
+            one_fatal(r, f"the SquashFS server for {image}{program} died",
+                      "the image may be corrupt")
+            assert_nothing_left(image)
+        image = crashing_images["usr"]
+        victim = "/usr/a050_" + "x" * 44  # after the crafted entry: it is read on the way
+        r = who.run(["exec", image, "/bin/sh", "-c", f"cat {victim}; cat {victim}"], env=env,
+                    timeout=HANG)
+        assert r.returncode != 0 and r.stdout == "", (r.returncode, r.stderr)
+        assert victim in r.stderr
+        assert_nothing_left(image)
+    finally:
+        who.cleanup()

@@ -66,3 +66,53 @@ def test_image_message_round_trip():
         os.close(read_fd)
         if write_fd >= 0:
             os.close(write_fd)
+
+
+def _server_that_dies(how: str) -> int:
+    """The read end of a life pipe whose writer, a forked child, dies `how` (issue 10)."""
+    import faulthandler
+    import os
+    import signal
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        if how == "abort":
+            faulthandler.enable(file=write, all_threads=False)  # as run_daemon does
+            os.abort()
+        if how == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    return read
+
+
+def test_a_dead_server_is_named_with_what_killed_it():
+    """The life pipe ends when the server dies; faulthandler's report names the signal."""
+    import os
+
+    from satchel.errors import ContainerError
+    from satchel.runtime import fuse
+    for how, why in (("abort", " (Aborted)"), ("kill", "")):
+        server = fuse.BuiltinServer("image", 0, -1, -1, _server_that_dies(how))
+        server.image = "/x/img.sif"
+        err = server.died_error(1000)
+        assert isinstance(err, ContainerError)
+        assert str(err) == f"the SquashFS server for /x/img.sif died{why}: the image may be corrupt"
+        os.close(server.life_fd)
+
+
+def test_a_live_server_leaves_the_error_alone():
+    import os
+
+    from satchel.errors import ContainerError
+    from satchel.runtime import fuse
+    read, write = os.pipe()
+    server = fuse.FuseServer("image", -1, 0, -1, -1, ["squashfuse_ll", "img", "/dev/fd/3"], read)
+    err = ContainerError("path /proc in the container: Input/output error")
+    assert fuse.explain_failure([server], err) is err  # waited 1 s at most: it is alive
+    os.close(write)
+    died = fuse.explain_failure([server], err)
+    assert str(died) == "the SquashFS server for img (squashfuse_ll) died: the image may be corrupt"
+    os.close(read)

@@ -414,7 +414,17 @@ def apply(plan, early=None) -> None:
     early: a fuse.BuiltinServer started ahead of the plan (fuse.fork_builtin), adopted by
     the plan's FUSE_PREPARE for the same image.
     """
-    Executor(plan, early).run()
+    executor = Executor(plan, early)
+    try:
+        executor.run()
+    except (ContainerError, OSError) as err:
+        if not executor.fuse:
+            raise
+        from satchel.runtime import fuse
+        cause = fuse.explain_failure(executor.fuse.values(), err)  # a dead server comes first
+        if cause is err:
+            raise
+        raise cause from None
     def op_write_file(self, op) -> None:
         self._write(op.destination, op.data)
 

@@ -17,6 +17,14 @@ open fd as the "mountpoint" /dev/fd/N), which daemonizes: its daemon is reparent
 the payload and the helper exits as soon as the daemon serves. The launcher reaps the helper
 before it touches the mount, so a server that failed (corrupt image) is an error, not a hang.
 
+A server can also die later: a crafted directory table corrupts the memory of libsquashfuse's
+handlers (issue 10), both in the built-in server and in the program. Every server holds the
+write end of a "life" pipe until it dies, and the built-in one has Python's faulthandler write
+what killed it ("Fatal Python error: Aborted") there: the launcher polls the read end (an end of
+file means the server is gone) when a request to the mount failed, when the server went silent,
+and once more before the payload runs, and reports one error that names the death
+(died_error). After the exec the payload gets ENOTCONN from the mount, its own error.
+
 When the container's last process exits its mount namespace dies, the kernel aborts the FUSE
 connection and the server's read() returns ENODEV: it exits. If the launcher dies before the
 byte is written, the helper reads EOF (and gets SIGKILL from PR_SET_PDEATHSIG) and never runs
@@ -25,6 +33,7 @@ the server.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -35,14 +44,62 @@ _SIGKILL = 9
 _READ_AHEAD_WINDOW = 128 * 1024        # FUSE's default max_readahead
 _LIST_WAIT_MS = 100                    # the longest the launcher waits for the read-ahead list
 _READ_AHEAD_LIMIT = 64 * 1024 * 1024
+_CORRUPT = ": the image may be corrupt"
+_FAULT = b"Fatal Python error: "       # how faulthandler starts its report
+_DYING_MS = 1000                       # a server whose pipe ended is exiting: wait this long
+# what requests to a dead server's mount (or writes to its pipe) fail with
+_SERVER_GONE = tuple(os.strerror(e) for e in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO,
+                                              errno.EPIPE))
+
+
+def _died(life_fd: int, wait_ms: int, who: str, suffix: str):
+    """ContainerError "WHO died (WHY)SUFFIX" if the life pipe ended within wait_ms, else None.
+
+    WHY is what faulthandler wrote before the signal killed the server ("Aborted",
+    "Segmentation fault"); without a report the server was killed or exited.
+    """
+    from satchel.runtime import linux
+
+    if life_fd < 0 or not linux.wait_readable(life_fd, wait_ms):
+        return None
+    try:
+        report = os.read(life_fd, 4096)
+    except OSError:
+        report = b""
+    why = ""
+    if report.startswith(_FAULT):
+        why = " (" + report[len(_FAULT):].split(b"\n", 1)[0].decode(errors="replace") + ")"
+    return ContainerError(f"{who} died{why}{suffix}")
+
+
+def explain_failure(servers, err: Exception) -> Exception:
+    """The error to report for `err`, raised while setting up a container with these FUSE
+    servers: the death of a server if one died (the root cause: the requests to its mount
+    fail with ENOTCONN or EIO meanwhile), else `err` itself."""
+    text = str(err)
+    wait_ms = _DYING_MS if any(reason in text for reason in _SERVER_GONE) else 0
+    for server in servers:
+        died = server.died_error(wait_ms)
+        if died is not None:
+            return died
+    return err
+
+
+def check_alive(servers) -> None:
+    """Raise the death of a server that died, now (one poll each: before the payload runs)."""
+    for server in servers:
+        died = server.died_error(0)
+        if died is not None:
+            raise died
 
 
 class FuseServer:
     """A /dev/fuse descriptor and the waiting helper that will serve it."""
 
-    __slots__ = ("name", "fd", "pid", "go_fd", "ack_fd", "argv", "mountpoint")
+    __slots__ = ("name", "fd", "pid", "go_fd", "ack_fd", "argv", "mountpoint", "life_fd")
 
-    def __init__(self, name: str, fd: int, pid: int, go_fd: int, ack_fd: int, argv):
+    def __init__(self, name: str, fd: int, pid: int, go_fd: int, ack_fd: int, argv,
+                 life_fd: int = -1):
         self.name = name
         self.fd = fd
         self.pid = pid
@@ -50,6 +107,15 @@ class FuseServer:
         self.ack_fd = ack_fd
         self.argv = argv
         self.mountpoint = None  # set by the executor once mounted
+        self.life_fd = life_fd  # end of file once the server (and its daemon) is gone
+
+    def died_error(self, wait_ms: int = 0):
+        """A ContainerError naming the server's death if it died (within wait_ms), else None."""
+        if self.name != "image":
+            return _died(self.life_fd, wait_ms, f"the FUSE server for the {self.name} "
+                         f"({os.path.basename(self.argv[0])})", "")
+        return _died(self.life_fd, wait_ms, f"the SquashFS server for {self.argv[-2]} "
+                     f"({os.path.basename(self.argv[0])})", _CORRUPT)
 
     def before_mount(self) -> None:
         """Nothing to wait for: the program starts only after the mount."""
@@ -123,7 +189,9 @@ class FuseServer:
                 os.close(fd)
 
     def store_read_ahead(self, look_up) -> None:
-        """Nothing to store: the kernel itself read ahead for the program."""
+        """Nothing to store: the kernel itself read ahead for the program. Last look at the
+        server before the payload: a death meanwhile is the error (check_alive)."""
+        check_alive((self,))
 
 
 def find_program(name: str, environ, required: bool = True) -> str:
@@ -168,10 +236,12 @@ def prepare(name: str, argv: list[str]) -> FuseServer:
     launcher = os.getpid()
     read_fd, write_fd = os.pipe()
     ack_read, ack_write = os.pipe()
+    life_read, life_write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the helper: wait for the mount, then become the server
         os.close(write_fd)
         os.close(ack_read)
+        os.close(life_read)
         try:
             linux.set_parent_death_signal(_SIGKILL)
             command = os.read(read_fd, 1)
@@ -181,16 +251,22 @@ def prepare(name: str, argv: list[str]) -> FuseServer:
             if command != b"x":
                 os._exit(3)  # the launcher died or gave up: no server
             os.close(read_fd)
-            os.closerange(3, fd)  # only the fuse fd (and stdio) goes to the server
-            os.closerange(fd + 1, 65536)
+            # only the fuse fd and the life pipe (and stdio) go to the server, which keeps the
+            # pipe open as long as it (or the daemon it forks) lives
+            low, high = sorted((fd, life_write))
+            os.closerange(3, low)
+            os.closerange(low + 1, high)
+            os.closerange(high + 1, 65536)
             os.set_inheritable(fd, True)
+            os.set_inheritable(life_write, True)
             os.execv(argv[0], argv)
         except BaseException:
             pass
         os._exit(127)
     os.close(read_fd)
     os.close(ack_write)
-    return FuseServer(name, fd, pid, write_fd, ack_read, argv)
+    os.close(life_write)
+    return FuseServer(name, fd, pid, write_fd, ack_read, argv, life_read)
 
 
 class BuiltinServer:
@@ -210,9 +286,9 @@ class BuiltinServer:
     """
 
     __slots__ = ("name", "image", "offset", "pid", "go_fd", "ack_fd", "fd", "mountpoint",
-                 "server_pid", "reads_ahead", "_received")
+                 "server_pid", "reads_ahead", "_received", "life_fd")
 
-    def __init__(self, name: str, pid: int, go_fd: int, ack_fd: int):
+    def __init__(self, name: str, pid: int, go_fd: int, ack_fd: int, life_fd: int = -1):
         self.name = name
         self.image = None       # set by serve_image()
         self.offset = None
@@ -224,6 +300,11 @@ class BuiltinServer:
         self.server_pid = 0
         self.reads_ahead = False
         self._received = b""    # messages read from ack_fd and not consumed yet
+        self.life_fd = life_fd  # the server's life pipe (see the module docstring)
+
+    def died_error(self, wait_ms: int = 0):
+        """A ContainerError naming the server's death if it died (within wait_ms), else None."""
+        return _died(self.life_fd, wait_ms, f"the SquashFS server for {self.image}", _CORRUPT)
 
     def serve_image(self, image: str, offset: int, fallback_argv: list[str],
                     read_ahead=()) -> None:
@@ -247,6 +328,8 @@ class BuiltinServer:
     def cancel(self) -> None:
         """No server needed after all: it exits at the end of its pipe."""
         self._close_pipes()
+        os.close(self.life_fd)
+        self.life_fd = -1
         os.waitpid(self.pid, 0)
 
     def open_device(self) -> None:
@@ -280,6 +363,10 @@ class BuiltinServer:
             answer = self._message(expected)
         except OSError as err:
             raise ContainerError(f"FUSE server for {self.name}: {err.strerror}") from None
+        if answer is None:  # its end of the pipe closed: it is exiting, or crashed
+            died = self.died_error(_DYING_MS)
+            if died is not None:
+                raise died
         if answer is None or answer[:1] == b"e":
             why = answer[1:].decode(errors="replace") if answer else "it exited unexpectedly"
             raise ContainerError(f"FUSE server for {self.name} failed {what}: {why}",
@@ -324,6 +411,7 @@ class BuiltinServer:
         "s" lets the server store (sqfs_prefetch.py). Nothing is waited for after that.
         """
         if not self.reads_ahead:
+            check_alive((self,))
             return
         self.reads_ahead = False
         from satchel.runtime import linux
@@ -334,6 +422,10 @@ class BuiltinServer:
                     not linux.wait_readable(self.ack_fd, _LIST_WAIT_MS):
                 return
             listed = self._message(b"l")
+            if listed is None:  # it crashed while reading ahead (the same lookups as ours)
+                died = self.died_error(_DYING_MS)
+                if died is not None:
+                    raise died
             if listed is not None and listed[:1] != b"e":
                 paths = [os.fsdecode(path) for path in listed.split(b"\0") if path]
                 from satchel import log
@@ -345,6 +437,7 @@ class BuiltinServer:
             pass  # a server that died fails the mount's next request, with its own error
         finally:
             self._close_pipes()
+        check_alive((self,))  # the last look before the payload (listing is not storing)
 
     def _close_pipes(self) -> None:
         for fd in (self.go_fd, self.ack_fd):
@@ -367,20 +460,23 @@ def fork_builtin(name: str) -> BuiltinServer:
     """
     go_read, go_write = os.pipe()
     ack_read, ack_write = os.pipe()
+    life_read, life_write = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(go_write)
         os.close(ack_read)
+        os.close(life_read)
         try:
             if os.fork() == 0:
                 from satchel.runtime import sqfs_server
-                sqfs_server.run_daemon(go_read, ack_write)
+                sqfs_server.run_daemon(go_read, ack_write, life_write)
         except BaseException:
             pass
         os._exit(0)
     os.close(go_read)
     os.close(ack_write)
-    return BuiltinServer(name, pid, go_write, ack_read)
+    os.close(life_write)
+    return BuiltinServer(name, pid, go_write, ack_read, life_read)
 
 
 def start_builtin(name: str, image: str, offset: int, fallback_argv: list[str],

@@ -165,7 +165,7 @@ def _read_image_message(go_fd: int):
     return fields[1], int(fields[0]), fields[3:3 + count], fields[3 + count:]
 
 
-def run_daemon(go_fd: int, ack_fd: int) -> None:
+def run_daemon(go_fd: int, ack_fd: int, life_fd: int = -1) -> None:
     """Body of the server process (never returns): load the libraries, wait for the image
     (fuse.BuiltinServer.serve_image), open it, report ("k<pid>" or "e<reason>"), wait for the
     mount ("x PID FD"), take the fd, report "g", serve. Reports end with a newline. With
@@ -175,6 +175,11 @@ def run_daemon(go_fd: int, ack_fd: int) -> None:
     we.
 
     Without the libraries it execs the fallback argv (squashfuse_ll -f ... /dev/fd/{fd}).
+
+    life_fd, the write end of the launcher's "life" pipe, stays open until this process dies
+    (through the exec of the fallback too); if a signal kills it (libsquashfuse's handlers,
+    fed a crafted image, corrupt memory: SIGSEGV, SIGABRT), faulthandler writes which one
+    there first (fuse.py tells the user).
     """
     try:
         os.setsid()  # out of the launcher's session: terminal signals are the payload's
@@ -184,7 +189,10 @@ def run_daemon(go_fd: int, ack_fd: int) -> None:
         for std in (0, 1, 2):
             os.dup2(null, std)
         os.close(null)
-        _close_other_fds((go_fd, ack_fd))  # the caller's pipes must not wait for us
+        _close_other_fds((go_fd, ack_fd, life_fd))  # the caller's pipes must not wait for us
+        if life_fd >= 0:
+            import faulthandler  # built in, ~0.1 ms; reports from a signal handler, in C
+            faulthandler.enable(file=life_fd, all_threads=False)
         os.chdir("/")
         try:
             libraries = Libraries()
@@ -222,6 +230,8 @@ def run_daemon(go_fd: int, ack_fd: int) -> None:
             os.close(ack_fd)
         if session is None:
             os.set_inheritable(fd, True)
+            if life_fd >= 0:
+                os.set_inheritable(life_fd, True)
             argv = [a.replace("{fd}", str(fd)) for a in fallback_argv]
             os.execv(argv[0], argv)
         os._exit(0 if session.serve(fd) == 0 else 1)
