@@ -234,6 +234,9 @@ def to_run_options(name: str, parsed):
         userns=parsed.userns, shell=getattr(parsed, "shell", None),
         prog=getattr(parsed, "prog", "satchel"), scratch=parsed.scratch, dns=parsed.dns,
         no_pid=parsed.no_pid, fusemount=parsed.fusemount)
+    if any(getattr(parsed, name, None) not in (None, [], False, "") for name in _LIMIT_DESTS):
+        from satchel.runtime import cgroups  # resource limits: only when asked for
+        opts.cgroup = cgroups.request_for_options(parsed)
     if parsed.env_file:
         from satchel.runtime.environment import parse_env_file
         try:
@@ -267,10 +270,6 @@ def _check_compat_flags(parsed) -> None:
         parsed.no_eval = parsed.writable_tmpfs = True
     if parsed.security:
         raise UsageError("--security is not supported yet")
-    limits = [name for name in _LIMIT_DESTS
-              if getattr(parsed, name, None) not in (None, [], False)]
-    if limits:
-        raise UsageError(f"--{limits[0].replace('_', '-')}: resource limits are not supported yet")
     if parsed.fusemount:
         raise UsageError("--fusemount is not supported yet")
 
