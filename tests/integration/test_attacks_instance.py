@@ -16,6 +16,7 @@ a directory of this test alone: `~/.satchel/instances/<node name>/satchel-test/`
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
@@ -95,6 +96,8 @@ def processes():
         return proc
     yield spawn
     for proc in started:
+        for child in _children(proc.pid):  # the neighbour sleep: never a child of ours
+            os.kill(child, signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()
         proc.wait()

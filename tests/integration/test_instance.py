@@ -12,6 +12,7 @@ import json
 import os
 import pwd
 import signal
+import subprocess
 import time
 
 import pytest
@@ -440,5 +441,109 @@ def test_unwritable_pid_file_takes_the_instance_down(who, inst_image, stop_all):
     name = _name("badpid")
     r = who.run(["instance", "start", "--pid-file", "/proc/no/such/file", inst_image, name])
     assert r.returncode == 255 and "--pid-file" in r.stderr and "Traceback" not in r.stderr
+    assert name not in [e["instance"] for e in listing(who)]
+    nothing_left(inst_image)
+
+
+def _mode(path: str) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+def subprocess_as(who, argv: list[str]) -> None:
+    """Run argv as the identity (files it makes are the identity's own)."""
+    if who.rootless:
+        argv = who.user.argv(argv)
+    subprocess.run(argv, env=who.env(), cwd=who.home, check=True, timeout=30)
+
+
+def test_logs_and_records_are_private(who, inst_image, stop_all):
+    """A service's output is its user's: log files 0600 in 0700 directories, records too,
+    and a log directory or log file left wider by an older satchel is narrowed when reused."""
+    name = _name("priv")
+    owner = who.user.name if who.rootless else "root"
+    host = os.uname().nodename
+    log_dir = os.path.join(who.home, ".apptainer", "instances", "logs", host, owner)
+    old_log = os.path.join(log_dir, name + ".out")
+    # what an older satchel left: a 0755 directory holding a 0644 log of this name
+    subprocess_as(who, ["sh", "-c", f'umask 022; mkdir -p "{log_dir}" && chmod 755 "{log_dir}"'
+                                    f' && echo old > "{old_log}"'])
+    assert _mode(log_dir) == 0o755 and _mode(old_log) == 0o644
+    start(who, inst_image, name)
+    state_dir = os.path.join(who.home, ".satchel", "instances", host, owner)
+    twin_dir = log_dir.replace("/.apptainer/", "/.singularity/")
+    for path in (log_dir, state_dir, twin_dir):
+        assert _mode(path) == 0o700, path
+    for path in (old_log, os.path.join(log_dir, name + ".err"),
+                 os.path.join(state_dir, name + ".json")):
+        assert _mode(path) == 0o600, path
+    assert open(old_log).read().startswith("old\n")  # appended to, not replaced
+    assert who.run(["instance", "stop", name]).returncode == 0
+
+
+def _launcher_child(launcher: int) -> bool:
+    return any(st != "Z" for _, st, _ in children_states(launcher))
+
+
+def test_launcher_killed_after_fork_leaves_nothing_unrecorded(who, inst_image, stop_all):
+    """SIGKILL of `instance start` at any moment after its fork: either the instance is
+    recorded (then `instance list` shows it and `instance stop` ends it) or nothing of it runs
+    on. The kill comes at observable moments: the fork, the container's own mount namespace,
+    the payload running (ready, perhaps not yet recorded), then after a few small delays."""
+    from support.fixtures_runtime import processes_mentioning, wait_processes_gone
+
+    moments = ["fork", "namespace", "payload"] + [0.005, 0.02, 0.05, 0.1, 0.2]
+    for moment in moments:
+        name = _name(f"kill{moments.index(moment)}")
+        token = f"tok-{name}"  # on the launcher's and its forks' command lines, the payload's
+        launcher = who.popen(["instance", "start", inst_image, name, token],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert wait_until(lambda: _launcher_child(launcher.pid) or launcher.poll() is not None,
+                          10)
+        if moment == "namespace":
+            wait_until(lambda: any(_other_mount_ns(pid) for pid, st, _ in
+                                   children_states(launcher.pid) if st != "Z"), 10, 0.001)
+        elif moment == "payload":
+            wait_until(lambda: any("startscript" in line for line in
+                                   processes_mentioning(token)), 10, 0.002)
+        elif moment != "fork":
+            time.sleep(moment)  # the kill moment under test, not a wait for something
+        launcher.kill()
+        launcher.wait()
+        if name in [e["instance"] for e in listing(who)]:  # recorded in time: a real instance
+            assert who.run(["instance", "stop", name]).returncode == 0
+        left = wait_processes_gone(token, 10)
+        assert not left, f"kill at {moment!r} left an unrecorded instance running: {left}"
+        assert name not in [e["instance"] for e in listing(who)]
+    nothing_left(inst_image)
+
+
+def _other_mount_ns(pid: int) -> bool:
+    try:
+        return os.stat(f"/proc/{pid}/ns/mnt").st_ino != os.stat("/proc/self/ns/mnt").st_ino
+    except OSError:
+        return False
+
+
+def test_killed_init_takes_joined_processes_and_server_with_it(who, inst_image, stop_all):
+    """SIGKILL of an instance's init (the recorded process): the payload, a process that
+    joined with `exec instance://` and (non-root) the FUSE server serving the image all end
+    within a bounded time, and the next list forgets the instance. Instances always have a PID
+    namespace (as Apptainer's): its init's death makes the kernel kill everything in it."""
+    from support.fixtures_runtime import processes_mentioning, wait_processes_gone
+
+    name = _name("killinit")
+    start(who, inst_image, name)
+    init = next(e for e in listing(who) if e["instance"] == name)["pid"]
+    marker = str(40000 + os.getpid() % 20000)
+    joined = who.popen(["exec", f"instance://{name}", "sleep", marker],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert wait_until(lambda: processes_mentioning(f"sleep {marker}"), 10)
+    if who.rootless:
+        assert holders(inst_image)
+    os.kill(init, signal.SIGKILL)
+    assert joined.wait(timeout=10) != 0
+    assert not wait_processes_gone(f"sleep {marker}", 10)
+    assert not wait_processes_gone(name, 10)
+    assert wait_until(lambda: not holders(inst_image), 10), holders(inst_image)
     assert name not in [e["instance"] for e in listing(who)]
     nothing_left(inst_image)

@@ -60,6 +60,10 @@ def start(command: str, parsed, prog: str = "satchel") -> state.Record:
     opts.command = command
     opts.args = args
     opts.pid = True  # always a PID namespace (as Apptainer's instances): see the module doc
+    if getattr(opts, "no_pid", False):
+        log.warning("--no-pid is ignored: an instance always has its own PID namespace, so "
+                    "that nothing of it outlives its init")
+        opts.no_pid = False
     opts.gpu = action.gpu_binds(parsed, config)
     opts.cleanup = temporary  # a temporary SIF: the reaper removes it when the instance ends
     registry = state.Registry(state.Owner.current())
