@@ -184,6 +184,24 @@ def test_home_that_is_not_utf8(test_user, busybox_sif):
         who.cleanup()
 
 
+def test_build_arg_that_is_not_utf8(who, busybox_sandbox):
+    """Attack: a --build-arg value with bytes that are not UTF-8 (argv is bytes), substituted
+    into %post. Promise: no bug report; the script gets the very bytes."""
+    work = who.tmp()
+    base = sandbox_copy(who, busybox_sandbox)  # theirs: a non-root build writes its metadata
+    definition = os.path.join(work, "arg.def")
+    with open(definition, "w") as fh:
+        fh.write(f"Bootstrap: localimage\nFrom: {base}\n\n"
+                 "%post\n    echo '{{ X }}' > /arg\n")
+    os.chmod(definition, 0o644)
+    target = os.path.join(work, "out")
+    r = who.run(["build", "--sandbox", target, definition, "--build-arg",
+                 os.fsdecode(b"X=v\xff")], timeout=HANG * 4, cwd=work)
+    assert r.returncode == 0, r.stderr
+    with open(os.path.join(target, "arg"), "rb") as fh:
+        assert fh.read() == b"v\xff\n"
+
+
 # -- 13: layers real tools write ------------------------------------------------------------------
 
 MTIME_NS = 1700000000_123456789  # what GNU tar records exactly; Python's tarfile keeps ~7 digits
