@@ -6,9 +6,12 @@ container (the runtime's plan, applied) and then stays as the container's init
 the owner's home (satchel.instance.state); `exec instance://NAME` joins the namespaces of the
 recorded process (/proc/PID/ns/*), `instance stop` signals it (satchel.instance.lifecycle).
 
-    state.py      where records and logs live, names, liveness, listing with stale cleanup
+    state.py      where records and logs live (opened by dir fd, never through a symlink),
+                  names, whose process a record names (pidfd + user namespace owner),
+                  listing with stale cleanup
     init.py       the instance's first process in the container: runs the start payload,
                   reaps every orphan (child subreaper), stops on a signal
-    lifecycle.py  start (fork, detach, wait until the container is up) and stop (signal,
-                  wait, kill what is left in the instance's mount namespace)
+    lifecycle.py  start (fork, detach, wait until the container is up, record it, then
+                  release the init) and stop (verify, signal, wait, kill what of the owner
+                  is left in the instance's mount namespace)
 """

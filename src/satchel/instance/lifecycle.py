@@ -1,17 +1,30 @@
 """Starting and stopping instances: the only code that creates or ends their processes.
 
-start: the caller (P) reserves the name under a lock, opens the logs, plans the container with
-  the runtime's own build_plan() (so every exec/run option means the same here), then forks C.
-  C detaches (setsid, stdin /dev/null, stdout/stderr to the logs) and applies the plan, whose
-  last operation makes C the instance's init (satchel.instance.init) instead of exec'ing the
-  payload. Init writes one line on a pipe once the payload runs ("ok PID") or why it could
-  not ("error MESSAGE"); P waits for that line, records C and returns. P never waits for more
-  than the line: C (and with --pid, its forwarding parent) keep the pipe open.
+start: the caller (P) reserves the name under a lock (a provisional record naming P itself),
+  opens the logs, plans the container with the runtime's own build_plan() (so every exec/run
+  option means the same here, except that an instance always gets a PID namespace, as
+  Apptainer's do), then forks C. C detaches (setsid, stdin /dev/null, stdout/stderr to the
+  logs) and applies the plan: C stays outside as the PID namespace's forwarding parent, its
+  child I (pid 1 inside, PR_SET_PDEATHSIG from C) becomes the instance's init
+  (satchel.instance.init) instead of exec'ing the payload. I writes one line on a socket once
+  the payload runs ("ok 1") or why it could not ("error MESSAGE"); P finds I's host pid,
+  records I and then writes "c" (committed) on the socket. P never waits for more than the line.
 
-stop: send the signal to the recorded process, give it the timeout, SIGKILL it, then SIGKILL
-  anything still in the instance's mount namespace (processes that joined with
-  `exec instance://`, orphans of an init killed by force). When the last one is gone the
-  namespace dies, the kernel aborts the FUSE connection and squashfuse exits: nothing is left.
+Nothing may outlive its record (issue 10): I waits for "c" before it serves, and only P holds
+  the other end of the socket, so if P dies at any moment after the fork (SIGKILL included) I
+  reads end of file and exits, and with pid 1 gone the kernel kills everything in the PID
+  namespace; until then the provisional record names P, so no window exists in which
+  something runs that no record covers for longer than P's death takes to reach I. Once
+  recorded, killing I (by stop, or SIGKILL from anyone) likewise ends the payload, every
+  process that joined with `exec instance://` (they join the PID namespace) and C; the mount
+  namespace then has no process left, the kernel aborts the FUSE connection and the server
+  exits. The next list removes the record of a process that is gone.
+
+stop: the recorded process is verified (state.claim: pid and start time, and when root acts
+  for another user, a user namespace that user created) and held by a pidfd; send it the
+  signal, give it the timeout, SIGKILL it, then SIGKILL anything still in the instance's
+  mount namespace (joined processes, orphans of an init killed by force) that the owner could
+  signal itself: root serving `-u USER` never reaches a process of anyone else.
 """
 
 from __future__ import annotations
