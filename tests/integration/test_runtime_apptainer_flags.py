@@ -114,3 +114,16 @@ def _runs_sleep(pid: int) -> bool:
             return fh.read().startswith(b"sleep")
     except OSError:
         return False
+
+
+def test_security_refused_with_reason(who, busybox_sif):
+    """--security: seccomp refused as not applied yet; AppArmor/SELinux refused where the host
+    has neither (this host), each in one FATAL line."""
+    for item, needle in (("seccomp:/none.json", "not supported yet"),
+                         ("apparmor:unconfined", "no apparmor" if not os.path.exists(
+                             "/sys/kernel/security/apparmor") else "not supported yet"),
+                         ("selinux:x", "no selinux" if not os.path.exists("/sys/fs/selinux")
+                          else "not supported yet")):
+        r = who.run(["exec", "--security", item, busybox_sif, "true"])
+        assert r.returncode == 255 and r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith("FATAL:") and needle in r.stderr

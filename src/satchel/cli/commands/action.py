@@ -268,10 +268,26 @@ def _check_compat_flags(parsed) -> None:
         # --writable-tmpfs"
         parsed.containall = parsed.no_init = parsed.no_umask = True
         parsed.no_eval = parsed.writable_tmpfs = True
-    if parsed.security:
-        raise UsageError("--security is not supported yet")
+    for item in parsed.security or ():
+        raise UsageError(_security_refusal(item))
     if parsed.fusemount:
         raise UsageError("--fusemount is not supported yet")
+
+
+def _security_refusal(item: str) -> str:
+    """Why --security ITEM is refused: the host lacks the LSM, or satchel does not apply it."""
+    import os
+
+    kind = item.partition(":")[0].strip().lower()
+    present = {"apparmor": "/sys/kernel/security/apparmor", "selinux": "/sys/fs/selinux"}
+    if kind in present and not os.path.exists(present[kind]):
+        return f"--security {item}: this host has no {kind} (no {present[kind]})"
+    if kind in ("seccomp", "apparmor", "selinux"):
+        return (f"--security {item}: {kind} profiles are not supported yet by satchel "
+                "(every capability is dropped and no_new_privs is set)")
+    if kind in ("uid", "gid"):
+        return f"--security {item}: changing uid/gid in the container is not supported"
+    return f"--security {item}: unknown; expected seccomp:, apparmor:, selinux:, uid: or gid:"
 
 
 _LIMIT_DESTS = ("apply_cgroups", "blkio_weight", "blkio_weight_device", "cpu_shares", "cpus",
