@@ -19,6 +19,9 @@ from satchel.runtime.linux import (MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_P
                                    MS_RDONLY, MS_REC, MS_UNBINDABLE)
 
 _FLAG_BITS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
+_ATTR_BITS = {"ro": linux.MOUNT_ATTR_RDONLY, "nosuid": linux.MOUNT_ATTR_NOSUID,
+              "nodev": linux.MOUNT_ATTR_NODEV, "noexec": linux.MOUNT_ATTR_NOEXEC}
+_PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 def _mount_flags(op) -> int:
@@ -28,18 +31,31 @@ def _mount_flags(op) -> int:
     return flags
 
 
+def _mount_attrs(op) -> int:
+    attrs = 0
+    for name in op.flags:
+        attrs |= _ATTR_BITS.get(name, 0)
+    return attrs
+
+
 class Executor:
-    __slots__ = ("plan", "root", "underlays", "fuse", "in_init", "early", "ensured")
+    __slots__ = ("plan", "root", "underlays", "fuse", "in_init", "early", "ensured", "root_fd",
+                 "held", "mounted", "skip")
 
     def __init__(self, plan, early=None):
         self.plan = plan
         self.early = early  # a BuiltinServer started before the plan existed, or None
         self.root = plan.root
-        self.underlays = underlay.Underlays(plan.session, self._bind_for_underlay,
-                                            self._readonly_for_underlay)
+        self.underlays = underlay.Underlays(plan.session)
         self.fuse = {}
         self.in_init = False
-        self.ensured = None  # (container path, host path) ENSURE_MOUNTPOINT just resolved
+        # Container paths are mounted onto through O_PATH descriptors (see underlay.py): a
+        # user who owns the image may rename its entries while we stage it.
+        self.ensured = None  # (container path, fd) ENSURE_MOUNTPOINT just resolved
+        self.root_fd = None  # the staged root, opened once the image is mounted there
+        self.held: list[int] = []  # descriptors opened for the current operation
+        self.mounted = None  # (container path, fd of the mount) the last BIND attached
+        self.skip = None     # container path whose operations are skipped (see ensure)
 
     # -- helpers -----------------------------------------------------------------------------
     def target(self, op) -> str:
@@ -47,15 +63,50 @@ class Executor:
         if "root" not in op.flags:
             return op.destination
         if self.ensured is not None and self.ensured[0] == op.destination:
-            return self.ensured[1]  # the operation before resolved it; nothing mounted since
+            return linux.fd_path(self.ensured[1])  # resolved just before; nothing mounted since
         return underlay.resolve_existing(self.root, op.destination)
 
-    def _bind_for_underlay(self, source: str, target: str, recursive: bool, what: str) -> None:
-        linux.mount(source, target, None, MS_BIND | (MS_REC if recursive else 0), None, what)
+    def target_fd(self, op) -> int:
+        """O_PATH descriptor of a "root" op's destination, resolved below the staged root
+        through descriptors (underlay.resolve_at: nothing renamed meanwhile can redirect it;
+        a mount at the destination is entered). Closed after the operation."""
+        if self.ensured is not None and self.ensured[0] == op.destination:
+            return self.ensured[1]
+        found = underlay.resolve_at(self._root_fd(), op.destination)
+        self.held.append(found.fd)
+        if found.missing:
+            raise ContainerError(f"path {op.destination} does not exist in the container")
+        return found.fd
 
-    @staticmethod
-    def _readonly_for_underlay(path: str, what: str) -> None:
-        linux.mount_setattr(path, linux.MOUNT_ATTR_RDONLY, 0, False, what)
+    def mount_target(self, op) -> str:
+        """The path mount(2) gets for an op's destination: /proc/self/fd/N for container paths
+        (the kernel follows that magic link to the very object resolved), else the host path."""
+        return linux.fd_path(self.target_fd(op)) if "root" in op.flags else op.destination
+
+    def _root_fd(self) -> int:
+        if self.root_fd is None:
+            try:
+                self.root_fd = os.open(self.root, _PATH_DIR)
+            except OSError as err:
+                raise ContainerError(f"opening the container root {self.root}: "
+                                     f"{err.strerror}") from None
+        return self.root_fd
+
+    def _after(self, op) -> None:
+        """Close what an operation opened; forget what only the next one may use."""
+        for fd in self.held:
+            os.close(fd)
+        self.held.clear()
+        if op.kind != "ensure_mountpoint" and self.ensured is not None:
+            os.close(self.ensured[1])
+            self.ensured = None
+        if op.kind != "bind" and self.mounted is not None:
+            os.close(self.mounted[1])
+            self.mounted = None
+        if (self.root_fd is not None and "root" not in op.flags and op.destination
+                and (self.root + "/").startswith(op.destination.rstrip("/") + "/")):
+            os.close(self.root_fd)  # something was mounted on the root or above it
+            self.root_fd = None
 
     def run(self) -> None:
         debug = log.debug_enabled()
@@ -67,9 +118,12 @@ class Executor:
                 log.debug(f"[+{(clock() - started) * 1000:6.2f} ms] {op.kind}: "
                           f"{op.source or ''} -> {op.destination or ''} {','.join(op.flags)} "
                           f"{op.data if op.kind not in ('exec', 'exec_child') else ''}")
+            if self.skip is not None:
+                if op.destination == self.skip and "root" in op.flags:
+                    continue
+                self.skip = None
             getattr(self, "op_" + op.kind)(op)
-            if op.kind != "ensure_mountpoint":
-                self.ensured = None
+            self._after(op)
 
     # -- clean-up and resource limits -----------------------------------------------------------
     @staticmethod
@@ -197,11 +251,24 @@ class Executor:
                     "making mounts private")
 
     def op_tmpfs(self, op) -> None:
-        target = self.target(op)
-        linux.mount("tmpfs", target, "tmpfs", _mount_flags(op), op.data, "mounting a tmpfs")
-        self.underlays.own_devices.add(os.stat(target).st_dev)
+        if "root" not in op.flags:  # the session directory: a path of the installation
+            linux.mount("tmpfs", op.destination, "tmpfs", _mount_flags(op), op.data,
+                        "mounting a tmpfs")
+            self.underlays.own_devices.add(os.stat(op.destination).st_dev)
+            return
+        # made detached, then attached onto the resolved descriptor: its fd says which
+        # file system is ours to write mount points in (no name looked up again)
+        mnt = linux.new_mount("tmpfs", op.data, _mount_attrs(op), "mounting a tmpfs")
+        try:
+            linux.move_mount(mnt, self.target_fd(op), f"mounting a tmpfs on {op.destination}")
+            self.underlays.own_devices.add(os.fstat(mnt).st_dev)
+        finally:
+            os.close(mnt)
 
     def op_mkdir(self, op) -> None:
+        if "owned" in op.flags:
+            os.close(self._owned_dir(op.destination))
+            return
         try:
             os.makedirs(op.destination, 0o755, exist_ok=True)
         except OSError as err:
@@ -220,7 +287,14 @@ class Executor:
 
     def op_bind_image_dir(self, op) -> None:
         target = self.target(op)
-        linux.mount(op.source, target, None, MS_BIND | MS_REC, None, "binding the sandbox image")
+        try:  # checked a directory and bound through one descriptor: the same directory
+            source = os.open(op.source, _PATH_DIR)
+        except OSError as err:
+            raise ContainerError(f"opening the sandbox image {op.source}: "
+                                 f"{err.strerror}") from None
+        self.held.append(source)
+        linux.mount(linux.fd_path(source), target, None, MS_BIND | MS_REC, None,
+                    f"binding the sandbox image {op.source}")
         attrs = 0
         for flag, attr in (("ro", linux.MOUNT_ATTR_RDONLY), ("nosuid", linux.MOUNT_ATTR_NOSUID),
                            ("nodev", linux.MOUNT_ATTR_NODEV)):
@@ -231,40 +305,130 @@ class Executor:
                                 "making the sandbox image " + ",".join(op.flags))
 
     def op_mount_overlay(self, op) -> None:
+        """Kernel overlayfs (root): upper and work opened as _owned_dir() checks them, and
+        named to overlayfs by descriptor, so a swap after the check changes nothing."""
         lower, upper, work = op.data
+        upper_fd = self._owned_dir(upper)
+        self.held.append(upper_fd)
+        work_fd = self._owned_dir(work)
+        self.held.append(work_fd)
         linux.mount("overlay", self.target(op), "overlay", _mount_flags(op),
-                    f"lowerdir={lower},upperdir={upper},workdir={work}", "mounting the overlay")
+                    f"lowerdir={lower},upperdir={linux.fd_path(upper_fd)},"
+                    f"workdir={linux.fd_path(work_fd)}", "mounting the overlay")
         self.underlays.own_devices.add(os.stat(self.target(op)).st_dev)
 
+    def _owned_dir(self, path: str) -> int:
+        """An O_PATH descriptor of directory `path` (an --overlay directory's upper or work,
+        created if missing), refused unless it and its parent are real directories, not
+        symbolic links, that belong to the caller.
+
+        Root running on a directory a user prepared would otherwise follow `upper -> /etc`
+        and write into it through the overlay (issue 10, point 6).
+        """
+        parent, _, name = path.rpartition("/")
+        uid = self.plan.uid
+        try:
+            top = os.open(parent, _PATH_DIR | os.O_NOFOLLOW)
+        except OSError as err:
+            raise ContainerError(f"overlay directory {parent}: {_why_refused(err)}") from None
+        try:
+            _check_owner(top, parent, uid)
+            try:
+                os.mkdir(name, 0o755, dir_fd=top)
+            except FileExistsError:
+                pass
+            try:
+                fd = os.open(name, _PATH_DIR | os.O_NOFOLLOW, dir_fd=top)
+            except OSError as err:
+                raise ContainerError(f"overlay directory {path}: {_why_refused(err)}") from None
+        except OSError as err:
+            raise ContainerError(f"creating overlay directory {path}: {err.strerror}") from None
+        finally:
+            os.close(top)
+        try:
+            _check_owner(fd, path, uid)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     def op_ensure_mountpoint(self, op) -> None:
-        self.ensured = (op.destination,
-                        self.underlays.ensure(self.root, op.destination, op.data))
+        """Resolve (and make) a mount point; a destination that resolves to the container's
+        root itself (an image symlink `/var/tmp -> /`) is refused: for a user bind (flag
+        "user") with an error, for the runtime's own binds (home, /tmp, /var/tmp, cwd, /proc,
+        ...) with a warning, and the operations on that destination that follow are skipped.
+        Apptainer does the same for its own binds ("Skipping impossible home directory mount
+        to '/'", its issue 5228) and refuses a user's bind onto /. Nothing can resolve above
+        the root: resolution is clamped to it (underlay.resolve_at).
+        """
+        try:
+            fd = self.underlays.ensure(self._root_fd(), op.destination, op.data)
+        except underlay.IsContainerRoot:
+            if "user" in op.flags:
+                raise ContainerError(f"invalid bind to {op.destination}: it resolves to the "
+                                     "container's root directory / through the image's "
+                                     "symbolic links") from None
+            log.warning(f"not mounting {op.destination}: it resolves to the container's "
+                        "root directory / through the image's symbolic links")
+            self.skip = op.destination
+            return
+        if self.underlays.root_covered:  # resolve later paths through the copy on top
+            self.underlays.root_covered = False
+            os.close(self.root_fd)
+            self.root_fd = None
+        if self.ensured is not None:
+            os.close(self.ensured[1])
+        self.ensured = (op.destination, fd)
 
     def op_bind(self, op) -> None:
-        flags = MS_BIND | (MS_REC if "rec" in op.flags else 0)
-        linux.mount(op.source, self.target(op), None, flags, None,
-                    f"binding {op.source} to {op.destination}")
+        """A host path onto a container path: cloned (open_tree) and attached (move_mount)
+        onto the resolved descriptor; the clone's fd stays for a REMOUNT_RO that follows, so
+        it makes this very mount read-only even if a user renamed its mount point since."""
+        what = f"binding {op.source} to {op.destination}"
+        if "root" not in op.flags:
+            flags = MS_BIND | (MS_REC if "rec" in op.flags else 0)
+            linux.mount(op.source, op.destination, None, flags, None, what)
+            return
+        target = self.target_fd(op)
+        try:
+            source = os.open(op.source, os.O_PATH | os.O_CLOEXEC)
+        except OSError as err:
+            raise ContainerError(f"{what}: {err.strerror}") from None
+        try:
+            tree = linux.open_tree_clone(source, "rec" in op.flags, what)
+        finally:
+            os.close(source)
+        try:
+            linux.move_mount(tree, target, what)
+        except BaseException:
+            os.close(tree)
+            raise
+        self.mounted = (op.destination, tree)
 
     def op_bind_dev_node(self, op) -> None:
-        linux.mount(op.source, self.target(op), None, MS_BIND, None,
+        linux.mount(op.source, self.mount_target(op), None, MS_BIND, None,
                     f"binding device {op.source}")
 
     def op_mount_devpts(self, op) -> None:
-        linux.mount("devpts", self.target(op), "devpts", _mount_flags(op), op.data,
+        linux.mount("devpts", self.mount_target(op), "devpts", _mount_flags(op), op.data,
                     "mounting a devpts instance")
 
     def op_symlink(self, op) -> None:
         parent, _, name = op.destination.rpartition("/")
-        host = underlay.resolve_existing(self.root, parent or "/") + "/" + name
+        found = underlay.resolve_at(self._root_fd(), parent or "/")
+        self.held.append(found.fd)
+        if found.missing:
+            raise ContainerError(f"creating symlink {op.destination}: {parent} does not exist "
+                                 "in the container")
         try:
-            os.symlink(op.source, host)
+            os.symlink(op.source, name, dir_fd=found.fd)
         except FileExistsError:
             pass
         except OSError as err:
             raise ContainerError(f"creating symlink {op.destination}: {err.strerror}") from None
 
     def op_mount_proc(self, op) -> None:
-        linux.mount("proc", self.target(op), "proc", _mount_flags(op), None,
+        linux.mount("proc", self.mount_target(op), "proc", _mount_flags(op), None,
                     "mounting /proc for the new PID namespace")
 
     def op_readonly_path(self, op) -> None:
@@ -309,8 +473,15 @@ class Executor:
                     "making the session directory unbindable")
 
     def op_remount_ro(self, op) -> None:
-        linux.mount_setattr(self.target(op), linux.MOUNT_ATTR_RDONLY, 0, "rec" in op.flags,
-                            f"making {op.destination} read-only")
+        what = f"making {op.destination} read-only"
+        rec = "rec" in op.flags
+        if self.mounted is not None and self.mounted[0] == op.destination:
+            linux.mount_setattr("", linux.MOUNT_ATTR_RDONLY, 0, rec, what, dirfd=self.mounted[1])
+        elif "root" in op.flags:
+            linux.mount_setattr("", linux.MOUNT_ATTR_RDONLY, 0, rec, what,
+                                dirfd=self.target_fd(op))
+        else:
+            linux.mount_setattr(op.destination, linux.MOUNT_ATTR_RDONLY, 0, rec, what)
 
     def op_nosuid_tree(self, op) -> None:
         linux.mount_setattr(op.destination, linux.MOUNT_ATTR_NOSUID, 0, True,
@@ -330,6 +501,9 @@ class Executor:
         groups, user = op.data
         text = etcfiles.merge_group(self._image_text(op.source), groups, user)
         self._write(op.destination, text)
+
+    def op_write_file(self, op) -> None:
+        self._write(op.destination, op.data)
 
     def _image_text(self, path: str) -> str:
         """A small file of the image as text ("" if unreadable or not a regular file: a FIFO
@@ -365,6 +539,9 @@ class Executor:
         self.in_init = True
 
     def op_pivot_root(self, op) -> None:
+        if self.root_fd is not None:
+            os.close(self.root_fd)
+            self.root_fd = None
         linux.pivot_root(op.destination)
 
     def op_chdir(self, op) -> None:
@@ -408,6 +585,19 @@ class Executor:
         supervisor.run_init(self.plan.argv, self.plan.environ)
 
 
+def _why_refused(err: OSError) -> str:
+    if err.errno in (20, 40):  # ENOTDIR, ELOOP: O_NOFOLLOW met a symlink (or a file)
+        return "is a symbolic link or not a directory: refused"
+    return err.strerror
+
+
+def _check_owner(fd: int, path: str, uid: int) -> None:
+    owner = os.fstat(fd).st_uid
+    if owner != uid:
+        raise ContainerError(f"overlay directory {path} belongs to uid {owner}, not to the "
+                             f"caller (uid {uid}): refused")
+
+
 def apply(plan, early=None) -> None:
     """Build the container and exec its first process (does not return on success).
 
@@ -425,6 +615,3 @@ def apply(plan, early=None) -> None:
         if cause is err:
             raise
         raise cause from None
-    def op_write_file(self, op) -> None:
-        self._write(op.destination, op.data)
-

@@ -55,10 +55,22 @@ UMOUNT_NOFOLLOW = 8
 MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
 AT_FDCWD = -100
 AT_RECURSIVE = 0x8000
 AT_EMPTY_PATH = 0x1000
 SYS_mount_setattr = 442  # same number on every architecture (new syscall table)
+# The new mount API (Linux 5.2): a mount made or cloned as a file descriptor, then attached
+# through descriptors. Mounting through descriptors instead of paths is what keeps a user who
+# renames entries of their own image from redirecting a root mount (issue 10, point 2): the
+# object checked is the object mounted.
+SYS_open_tree, SYS_move_mount, SYS_fsopen, SYS_fsconfig, SYS_fsmount = 428, 429, 430, 431, 432
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+FSOPEN_CLOEXEC = FSMOUNT_CLOEXEC = 1
+FSCONFIG_SET_FLAG, FSCONFIG_SET_STRING, FSCONFIG_CMD_CREATE = 0, 1, 6
 # glibc has no pivot_root() wrapper; its number differs between architectures
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217,
                    "i686": 217, "armv7l": 218}
@@ -145,6 +157,55 @@ def mount_setattr(target: str, attr_set: int, attr_clr: int, recursive: bool, wh
                    c_char_p(_b(target)), c_uint(flags), c_char_p(attr), c_size_t(len(attr)))
     if res != 0:
         raise _fail(f"{what} ({target})" if target else what)
+
+
+def fd_path(fd: int) -> str:
+    """A path naming exactly the object behind fd (for calls that take paths: mount(2) and
+    overlayfs options follow this magic link to the checked object, never re-walk a name)."""
+    return f"/proc/self/fd/{fd}"
+
+
+def open_tree_clone(fd: int, recursive: bool, what: str) -> int:
+    """A detached copy of the mount tree at fd (bind mount not yet attached): an fd."""
+    flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH | (AT_RECURSIVE if recursive
+                                                                   else 0)
+    tree = _syscall(c_long(SYS_open_tree), c_int(fd), c_char_p(b""), c_uint(flags))
+    if tree < 0:
+        raise _fail(what)
+    return tree
+
+
+def move_mount(tree: int, target_fd: int, what: str) -> None:
+    """Attach the detached mount `tree` on the directory or file that target_fd names."""
+    if _syscall(c_long(SYS_move_mount), c_int(tree), c_char_p(b""), c_int(target_fd),
+                c_char_p(b""), c_uint(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH)) != 0:
+        raise _fail(what)
+
+
+def new_mount(fstype: str, options: str | None, attrs: int, what: str) -> int:
+    """A new detached mount of fstype (fsopen, fsconfig per comma-separated option, fsmount)
+    with MOUNT_ATTR_* attrs: its fd, which fstat() answers for the new file system."""
+    fs = _syscall(c_long(SYS_fsopen), c_char_p(_b(fstype)), c_uint(FSOPEN_CLOEXEC))
+    if fs < 0:
+        raise _fail(what)
+    try:
+        for option in (options or "").split(","):
+            if not option:
+                continue
+            key, eq, value = option.partition("=")
+            if _syscall(c_long(SYS_fsconfig), c_int(fs),
+                        c_uint(FSCONFIG_SET_STRING if eq else FSCONFIG_SET_FLAG),
+                        c_char_p(_b(key)), c_char_p(_b(value) if eq else None), c_int(0)) != 0:
+                raise _fail(f"{what} (option {option})")
+        if _syscall(c_long(SYS_fsconfig), c_int(fs), c_uint(FSCONFIG_CMD_CREATE),
+                    c_char_p(None), c_char_p(None), c_int(0)) != 0:
+            raise _fail(what)
+        mnt = _syscall(c_long(SYS_fsmount), c_int(fs), c_uint(FSMOUNT_CLOEXEC), c_uint(attrs))
+        if mnt < 0:
+            raise _fail(what)
+        return mnt
+    finally:
+        os.close(fs)
 
 
 def pivot_root(new_root: str) -> None:

@@ -222,11 +222,15 @@ class _Plan:
     def add(self, kind, source=None, destination=None, flags=(), data=None) -> None:
         self.ops.append(Op(kind, source, destination, flags, data))
 
-    def ensure(self, destination: str, kind: str) -> None:
-        self.add(ENSURE_MOUNTPOINT, None, destination, ("root",), kind)
+    def ensure(self, destination: str, kind: str, user: bool = False) -> None:
+        # "user": a user bind, refused if it resolves to the container's root (a system
+        # bind is skipped with a warning then: executor.op_ensure_mountpoint)
+        self.add(ENSURE_MOUNTPOINT, None, destination, ("root", "user") if user else ("root",),
+                 kind)
 
-    def bind(self, source: str, destination: str, kind: str, readonly=False, rec=True) -> None:
-        self.ensure(destination, kind)
+    def bind(self, source: str, destination: str, kind: str, readonly=False, rec=True,
+             user: bool = False) -> None:
+        self.ensure(destination, kind, user)
         flags = ["root"] + (["rec"] if rec else [])
         self.add(BIND, source, destination, flags)
         if readonly:
@@ -248,12 +252,12 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
     warnings: list[str] = []
     if opts.containall:
         opts.contain = opts.cleanenv = opts.pid = opts.ipc = True
+    if opts.no_pid:
+        opts.pid = False
     no_mount = set()
     for value in opts.no_mount or ():
         for item in value.split(","):
             item = item.strip()
-    if opts.no_pid:
-        opts.pid = False
             if not item:
                 continue
             if item not in NO_MOUNT_KEYS and not item.startswith("/"):
@@ -267,11 +271,11 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
     session = session_dir or default_session_dir()
     root = session + "/root"
     p = _Plan(root)
+    _reaper_and_cgroup(p, opts)
 
     namespaces = ["mount"]
     if opts.pid:
         namespaces.append("pid")
-    _reaper_and_cgroup(p, opts)
     if opts.ipc:
         namespaces.append("ipc")
     if opts.uts or opts.hostname:
@@ -335,8 +339,9 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
             p.add(MKDIR, destination=upper)
             p.add(MKDIR, destination=work)
         else:
-            p.add(MKDIR, destination=upper, flags=("host",))
-            p.add(MKDIR, destination=work, flags=("host",))
+            # "owned": refused if a symlink or another user's (executor._owned_dir)
+            p.add(MKDIR, destination=upper, flags=("host", "owned"))
+            p.add(MKDIR, destination=work, flags=("host", "owned"))
         if rootless:
             p.add(FUSE_SNAPSHOT, "overlay")
             p.add(MOUNT_OVERLAY_FUSE, "overlay", root, ("nosuid", "nodev"), (host.uid, host.gid))
@@ -459,7 +464,7 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
 
     # -- 4. user binds ------------------------------------------------------------------------
     for src, dst, kind, readonly in user_binds:
-        p.bind(src, dst, kind, readonly=readonly)
+        p.bind(src, dst, kind, readonly=readonly, user=True)
     for dst in _scratch_dirs(opts.scratch):
         if workdir:  # -W: kept on the host, as Apptainer does, under WORKDIR/scratch/
             host_dir = f"{workdir}/scratch/{dst.strip('/').replace('/', '_')}"
@@ -709,11 +714,6 @@ def _check_bind(spec, host) -> tuple[str, str, str]:
     return host.realpath(src), dst, kind
 
 
-SUPPORTED_NETWORKS = ("none",)
-
-
-def _network_request(opts: RunOptions, warnings: list) -> tuple:
-    """Check --net/--network/--network-args; return the network args as (key, value) pairs.
 def _reaper_and_cgroup(p: _Plan, opts: RunOptions) -> None:
     """First of all, while still in the host's namespaces: the reaper (runtime/reaper.py) for
     what must go when the container ends, then the cgroup the launcher enters, so that every
@@ -749,6 +749,11 @@ def _resolv_conf(servers: str) -> str:
     return "".join(f"nameserver {name}\n" for name in names)
 
 
+SUPPORTED_NETWORKS = ("none",)
+
+
+def _network_request(opts: RunOptions, warnings: list) -> tuple:
+    """Check --net/--network/--network-args; return the network args as (key, value) pairs.
 
     Only `none` is provided: a new network namespace with the loopback interface up, which a
     non-root user may create (the namespace belongs to the user namespace). Apptainer's
