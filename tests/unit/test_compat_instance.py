@@ -167,3 +167,75 @@ def test_parse_signal(text, number):
 def test_parse_signal_rejects(text):
     with pytest.raises(UsageError, match="invalid signal"):
         lifecycle.parse_signal(text)
+
+
+# -- root acting for another user: what a record may make root do (issue 10, points 3-4) --------
+
+@pytest.fixture
+def other_owner(tmp_path):
+    """A user other than the caller (root, in CI) whose home is a temporary directory."""
+    if os.getuid() != 0:
+        pytest.skip("acting for another user is root's: run as root")
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chown(home, 65534, 65534)
+    return state.Owner("nobody", 65534, 65534, str(home))
+
+
+def test_claim_of_a_process_outside_the_users_namespace_is_refused(other_owner):
+    record = _record("web", os.getpid())  # ours: root's, in the host's user namespace
+    with pytest.raises(state.NotOwned, match="not in a user namespace of nobody"):
+        state.claim(record, other_owner)
+
+
+def test_claim_of_a_gone_or_recycled_process_is_none(registry):
+    assert state.claim(_record("web", os.getpid(), starttime=1), registry.owner) is None
+    child = subprocess.Popen(["true"])
+    child.wait()
+    assert state.claim(_record("web", child.pid, starttime=0), registry.owner) is None
+    process = state.claim(_record("web", os.getpid()), registry.owner)
+    assert process.alive() and process.pid == os.getpid()
+    process.close()
+
+
+def test_symlinked_state_directory_is_refused_and_not_followed(other_owner, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "config.json").write_text("{}")
+    registry = state.Registry(other_owner, host="node7")
+    parent = os.path.dirname(registry.state_dir)
+    os.makedirs(parent)
+    while parent != other_owner.home:  # the user's own directories, down to the symlink
+        os.chown(parent, other_owner.uid, other_owner.gid)
+        parent = os.path.dirname(parent)
+    os.symlink(elsewhere, registry.state_dir)
+    for call in (registry.names, registry.running, lambda: registry.remove("config")):
+        with pytest.raises(InstanceError, match="not a directory \\(a symlink\\?\\): not followed"):
+            call()
+    assert (elsewhere / "config.json").exists()
+
+
+def test_directory_of_another_owner_is_refused(other_owner):
+    registry = state.Registry(other_owner, host="node7")
+    os.makedirs(registry.state_dir)  # made by root: not the user's
+    with pytest.raises(InstanceError, match="belongs to uid 0, not to nobody"):
+        registry.running()
+
+
+def test_fifo_record_is_skipped_without_blocking(registry):
+    os.makedirs(registry.state_dir)
+    os.mkfifo(registry.record_path("pipe"))
+    registry.save(_record("web", os.getpid()))
+    assert [r.name for r in registry.running()] == ["web"]
+    assert os.path.exists(registry.record_path("pipe"))
+
+
+def test_new_logs_and_records_are_private(registry):
+    out, err = registry.open_logs("web")
+    os.close(out)
+    os.close(err)
+    registry.save(_record("web", os.getpid()))
+    for path in registry.log_paths("web") + (registry.record_path("web"),):
+        assert os.stat(path).st_mode & 0o777 == 0o600
+    for path in (registry.log_dir, registry.state_dir, registry.twin_log_dir):
+        assert os.stat(path).st_mode & 0o777 == 0o700
