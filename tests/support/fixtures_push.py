@@ -56,6 +56,7 @@ class FaultProxy:
         self.rule = rule
         self.counts: dict[str, int] = {}
         self.log: list[tuple[str, str, int]] = []  # (method, path, status answered)
+        self.ranges: list[str] = []  # Content-Range of every PATCH, in order
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -72,6 +73,8 @@ class FaultProxy:
                 method = self.command
                 n = proxy.counts[method] = proxy.counts.get(method, 0) + 1
                 body = self._body()
+                if method == "PATCH":
+                    proxy.ranges.append(self.headers.get("Content-Range", ""))
                 status = proxy.rule(method, self.path, n)
                 if status is not None:
                     data = b'{"errors":[{"code":"UNKNOWN","message":"injected failure"}]}'

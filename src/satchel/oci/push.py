@@ -72,18 +72,19 @@ class _Upload:
         self.bar = bar
         self.chunk_size = chunk_size if chunk_size > 0 else blob.size
         self.counted = 0  # bytes of this blob the bar has counted
+        self.location = ""  # the URL of the next request of the upload session
 
     def count(self, n: int) -> None:
         self.counted += n
         self.bar.update(n)
 
     def run(self) -> None:
-        location = self.registry.start_upload()
+        self.location = self.registry.start_upload()
         held = 0
         for attempt in range(RETRIES + 1):
             try:
-                location = self.send(location, held)
-                self.registry.finish_upload(location, self.blob.digest)
+                self.send(held)
+                self.registry.finish_upload(self.location, self.blob.digest)
                 self.count(self.blob.size - self.counted)
                 return
             except transport.TransientError as err:
@@ -93,33 +94,33 @@ class _Upload:
                 log.warning(f"{self.blob.what} {self.blob.digest[7:19]}: upload failed: "
                             f"{err.message}; resuming ({attempt + 1}/{RETRIES})")
                 time.sleep(RETRY_WAIT_S * (attempt + 1))
-                held, location = self.resume_point(location)
+                held = self.resume_point()
 
-    def send(self, location: str, held: int) -> str:
-        """PATCH bytes [held, size) in chunks; the upload URL for the next request."""
+    def send(self, held: int) -> None:
+        """PATCH bytes [held, size) in chunks. Each answer names the URL of the next request
+        (distribution's carries the session's state), kept for a resumption too."""
         offset = held
         while offset < self.blob.size:
             count = min(self.chunk_size, self.blob.size - offset)
             body = transport.FileBody(self.fileobj, self.blob.offset + offset, count,
                                       self.count)
-            location = self.registry.upload_chunk(location, body, offset)
+            self.location = self.registry.upload_chunk(self.location, body, offset)
             offset += count
-        return location
 
-    def resume_point(self, location: str) -> tuple[int, str]:
+    def resume_point(self) -> int:
         """Where to go on: what the session holds, or a new session from byte 0."""
-        status = self.registry.upload_status(location)
+        status = self.registry.upload_status(self.location)
         if status is None:
             log.verbose(f"{self.blob.what}: the registry forgot the upload; starting over")
-            held, location = 0, self.registry.start_upload()
+            held, self.location = 0, self.registry.start_upload()
         else:
-            held, location = status
+            held, self.location = status
             if held > self.blob.size:
-                held, location = 0, self.registry.start_upload()
+                held, self.location = 0, self.registry.start_upload()
         log.verbose(f"{self.blob.what} {self.blob.digest[7:19]}: registry holds {held} of "
                     f"{self.blob.size} bytes")
         self.count(held - self.counted)
-        return held, location
+        return held
 
 
 def push_manifest(registry: Registry, reference: str, data: bytes, media_type: str) -> str:
