@@ -135,6 +135,32 @@ def test_oci_layer_with_fifo_labels(who):
     assert not os.path.exists(target)
 
 
+@pytest.mark.parametrize("planted", ["index.json", "blob", "archive"])
+def test_fifo_in_an_oci_layout_or_as_an_archive(who, planted):
+    """Attack: an OCI layout whose index.json or a blob is a FIFO, or a FIFO given as an
+    oci-archive/docker-archive. Promise: the build ends at once in one FATAL line."""
+    work = who.tmp()
+    layout = os.path.join(work, "layout")
+    _write_layout(layout, BUSYBOX_LAYER)
+    if planted == "index.json":
+        plant_fifo(os.path.join(layout, "index.json"), who.uid, who.gid)
+        sources = [f"oci:{layout}:v1"]
+    elif planted == "blob":
+        blobs = os.path.join(layout, "blobs", "sha256")
+        largest = max(os.listdir(blobs), key=lambda n: os.path.getsize(os.path.join(blobs, n)))
+        plant_fifo(os.path.join(blobs, largest), who.uid, who.gid)  # the layer
+        sources = [f"oci:{layout}:v1"]
+    else:
+        archive = os.path.join(work, "image.tar")
+        plant_fifo(archive, who.uid, who.gid)
+        sources = [f"oci-archive:{archive}", f"docker-archive:{archive}"]
+    for source in sources:
+        target = os.path.join(work, "out.sif")
+        r = who.run(["build", target, source], timeout=HANG * 2, cwd=work)
+        fatal_after_info(r, "is a FIFO, not a regular file")
+        assert not os.path.exists(target)
+
+
 # -- 8: bytes that are not UTF-8 text -----------------------------------------------------------
 
 @pytest.mark.parametrize("content, message", [

@@ -12,6 +12,7 @@ import os
 import posixpath
 import tarfile
 
+from satchel import fsutil
 from satchel.errors import OCIError
 
 JSON_LIMIT = 16 << 20
@@ -36,7 +37,8 @@ class DirStore:
 
     def open(self, name: str):
         try:
-            return open(self._path(name), "rb")
+            # regular files only: a FIFO in the layout must not hang the pull
+            return os.fdopen(fsutil.open_regular(self._path(name), follow=True), "rb")
         except FileNotFoundError:
             raise OCIError(f"{self.what}: {name} is missing") from None
         except OSError as err:
@@ -56,11 +58,24 @@ class TarStore:
     def __init__(self, path: str, what: str):
         self.what = what
         try:
-            self.tar = tarfile.open(path, "r:*")
+            # opened here, regular files only: tarfile's own open() waits forever on a FIFO
+            self._raw = os.fdopen(fsutil.open_regular(path, follow=True), "rb")
         except FileNotFoundError:
             raise OCIError(f"{what}: {path} does not exist") from None
         except IsADirectoryError:
             raise OCIError(f"{what}: {path} is a directory, not an archive") from None
+        except OSError as err:
+            raise OCIError(f"{what}: {path}: {err.strerror}") from None
+        try:
+            self._index(path)
+        except BaseException:
+            self._raw.close()
+            raise
+
+    def _index(self, path: str) -> None:
+        what = self.what
+        try:
+            self.tar = tarfile.open(path, "r:*", fileobj=self._raw)
         except (tarfile.TarError, OSError, EOFError) as err:
             raise OCIError(f"{what}: {path} is not a tar archive ({err})") from None
         self.members: dict[str, tarfile.TarInfo] = {}
@@ -86,6 +101,7 @@ class TarStore:
 
     def close(self) -> None:
         self.tar.close()
+        self._raw.close()  # tarfile leaves a file object it was given open
 
 
 def read(store, name: str, limit: int = JSON_LIMIT) -> bytes:
