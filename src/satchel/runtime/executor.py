@@ -432,28 +432,46 @@ class Executor:
                     "mounting /proc for the new PID namespace")
 
     def op_readonly_path(self, op) -> None:
-        """A kernel path (/proc/sys...) bound on itself, that bind and those below read-only."""
-        target = self.target(op)  # outside the try: a resolution error is never tolerated
+        """A kernel path (/proc/sys...) bound on itself, that bind and those below read-only.
+
+        Through descriptors, as op_bind: the path is resolved once (a user who owns a sandbox
+        could otherwise rename the /proc mount point away and leave a decoy at its name), the
+        clone is attached onto that object and the clone itself is made read-only."""
+        target = self.target_fd(op)  # outside the try: a resolution error is never tolerated
+        what = f"binding {op.destination} on itself"
         try:
-            linux.mount(target, target, None, MS_BIND | MS_REC, None,
-                        f"binding {op.destination} on itself")
-            linux.mount_setattr(target, linux.MOUNT_ATTR_RDONLY, 0, True,
-                                f"making {op.destination} read-only")
+            tree = linux.open_tree_clone(target, True, what)
+            try:
+                linux.move_mount(tree, target, what)
+                linux.mount_setattr("", linux.MOUNT_ATTR_RDONLY, 0, True,
+                                    f"making {op.destination} read-only", dirfd=tree)
+            finally:
+                os.close(tree)
         except ContainerError as error:
             self._tolerate(op, error)
 
     def op_mask_path(self, op) -> None:
-        """An empty read-only tmpfs over a kernel directory, /dev/null over a kernel file."""
-        target = self.target(op)
+        """An empty read-only tmpfs over a kernel directory, /dev/null over a kernel file;
+        attached onto the resolved descriptor (see op_readonly_path)."""
+        target = self.target_fd(op)
+        what = f"masking {op.destination}"
         try:
             if op.data == "dir":
-                linux.mount("tmpfs", target, "tmpfs", _mount_flags(op), "mode=0555",
-                            f"masking {op.destination}")
+                mask = linux.new_mount("tmpfs", "mode=0555", _mount_attrs(op), what)
             else:  # a bind keeps /dev/null's own flags: no device bit, but no nosuid either
-                linux.mount("/dev/null", target, None, MS_BIND, None,
-                            f"masking {op.destination}")
-                linux.mount_setattr(target, linux.MOUNT_ATTR_RDONLY | linux.MOUNT_ATTR_NOSUID,
-                                    0, False, f"making the mask of {op.destination} read-only")
+                null = os.open("/dev/null", os.O_PATH | os.O_CLOEXEC)
+                try:
+                    mask = linux.open_tree_clone(null, False, what)
+                finally:
+                    os.close(null)
+            try:
+                linux.move_mount(mask, target, what)
+                if op.data != "dir":
+                    linux.mount_setattr("", linux.MOUNT_ATTR_RDONLY | linux.MOUNT_ATTR_NOSUID,
+                                        0, False, f"making the mask of {op.destination} "
+                                        "read-only", dirfd=mask)
+            finally:
+                os.close(mask)
         except ContainerError as error:
             self._tolerate(op, error)
 
