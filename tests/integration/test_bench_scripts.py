@@ -65,3 +65,10 @@ def test_mpi_pingpong_bench(mpi_image, test_user, tmp_path):
     summary = json.loads(results.read_text())["summary"]
     for key in ("latency_8B_us", "bandwidth_1MiB_MBps"):
         assert summary[key]["bare"] > 0 and summary[key]["container"] > 0, summary
+
+
+def test_push_bench():
+    out = bench([sys.executable, os.path.join(BENCH, "push_bench.py"), "--runs", "1",
+                 "--size-mb", "4"])
+    assert "oras push: satchel / skopeo = " in out
+    assert "OCI export to a registry: satchel / (unsquashfs + tar + skopeo) = " in out
