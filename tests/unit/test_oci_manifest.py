@@ -157,5 +157,6 @@ def test_credentials_order(tmp_path):
     (home / ".docker" / "config.json").write_text("{broken")
     with pytest.raises(OCIError, match="reading docker credentials"):
         auth.find_credentials(keys, environ=env)
-    assert os.path.basename(auth.docker_config_paths({"DOCKER_CONFIG": "/d"}, "/h")[0]) == \
-        "config.json"
+    paths = auth.docker_config_paths({"DOCKER_CONFIG": "/d"}, "/h")
+    assert paths == ["/h/.apptainer/docker-config.json", "/d/config.json",
+                     "/h/.docker/config.json"]  # registry login's store first

@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "keyserver": "satchel.cli.commands.library",
     "pull": "satchel.cli.commands.pull",
     "push": "satchel.cli.commands.push",
+    "registry": "satchel.cli.commands.registry",
     "remote": "satchel.cli.commands.library",
     "run": "satchel.cli.commands.action",
     "run-help": "satchel.cli.commands.run_help",

@@ -3,7 +3,8 @@
 Where credentials come from, first match wins (as Apptainer does):
 1. --docker-username / --docker-password on the command line;
 2. APPTAINER_DOCKER_USERNAME / APPTAINER_DOCKER_PASSWORD (or the SINGULARITY_ twins);
-3. an entry for the registry in the --authfile file, $DOCKER_CONFIG/config.json or
+3. an entry for the registry in the --authfile file, ~/.apptainer/docker-config.json (where
+   `registry login` stores them; $APPTAINER_CONFIGDIR moves it), $DOCKER_CONFIG/config.json or
    ~/.docker/config.json ("auth": base64 "user:password", "username"/"password", or an
    "identitytoken" used as an OAuth2 refresh token).
 Credential helpers (credsStore/credHelpers) are not run.
@@ -48,10 +49,15 @@ def _first_env(names, environ) -> str | None:
 
 
 def docker_config_paths(environ, home: str | None) -> list[str]:
-    paths = []
+    """Docker-style credential files, first match wins: Apptainer's own (written by
+    `registry login`: $APPTAINER_CONFIGDIR or ~/.apptainer, docker-config.json), then
+    $DOCKER_CONFIG/config.json and ~/.docker/config.json (written by `docker login`)."""
+    home = home or environ.get("HOME") or os.path.expanduser("~")
+    configdir = environ.get("APPTAINER_CONFIGDIR") or environ.get("SINGULARITY_CONFIGDIR") or (
+        os.path.join(home, ".apptainer") if home else "")
+    paths = [os.path.join(configdir, "docker-config.json")] if configdir else []
     if environ.get("DOCKER_CONFIG"):
         paths.append(os.path.join(environ["DOCKER_CONFIG"], "config.json"))
-    home = home or environ.get("HOME") or os.path.expanduser("~")
     if home:
         paths.append(os.path.join(home, ".docker", "config.json"))
     return paths

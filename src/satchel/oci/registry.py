@@ -62,7 +62,8 @@ class Registry:
         return OCIError(f"{self.ref}: unauthorized: access denied {who}"
                         + (f" ({detail})" if detail else ""),
                         hint="check --docker-username/--docker-password, "
-                             "APPTAINER_DOCKER_USERNAME/PASSWORD or ~/.docker/config.json")
+                             "APPTAINER_DOCKER_USERNAME/PASSWORD, 'registry login' or "
+                             "~/.docker/config.json")
 
     def _authenticate(self, challenge: str, detail: str, previous: str | None) -> str:
         schemes = dict(auth.parse_challenges(challenge))
