@@ -182,15 +182,56 @@ def test_apply_fetch_result(rootfs):
     assert layout.read_labels(rootfs) == {"maintainer": "x"}
 
 
+def _patched_action(sd, tmp_path, name):
+    """actions/NAME pointed at this test's tree (its env scripts, test and runscript)."""
+    text = open(os.path.join(sd, "actions", name)).read()
+    for part in ("/env", "/runscript", "/test"):
+        text = text.replace("/.singularity.d" + part, sd + part)
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_action_files_are_what_the_runtime_runs(rootfs):
+    """Issue 11 point 4: /.singularity.d/actions/X is, byte for byte, the script `satchel X`
+    runs (default options), for every action the runtime has; none is left out or extra."""
+    from satchel.runtime import environment
+    layout.prepare(rootfs)
+    actions = os.path.join(rootfs, ".singularity.d", "actions")
+    assert sorted(os.listdir(actions)) == sorted(environment.ACTION_FILES)
+    assert set(environment.ACTION_FILES) == {"exec", "run", "shell", "start", "test"}
+    for name in environment.ACTION_FILES:
+        script = environment.action_script(name, "Satchel> ", instance=name == "start")
+        assert open(os.path.join(actions, name)).read() == "#!/bin/sh\n" + script, name
+        assert os.access(os.path.join(actions, name), os.X_OK)
+
+
+def test_action_test_without_test_script_agrees_with_satchel_test(rootfs, tmp_path):
+    """Issue 11 point 4: on an image without %test, actions/test says what `satchel test`
+    says (Apptainer's runtime: "No test script found in container, exiting", status 0), not
+    a second message of its own."""
+    from satchel.runtime import environment
+    layout.prepare(rootfs)
+    sd = os.path.join(rootfs, ".singularity.d")
+    env = {"PATH": "/usr/bin:/bin"}
+    from_file = subprocess.run(["/bin/sh", _patched_action(sd, tmp_path, "test")],
+                               capture_output=True, text=True, env=env)
+    runtime = environment.action_script("test", "Satchel> ")
+    for part in ("/env", "/test"):
+        runtime = runtime.replace("/.singularity.d" + part, sd + part)
+    from_runtime = subprocess.run(["/bin/sh", "-c", runtime, "test"], capture_output=True,
+                                  text=True, env=env)
+    assert from_file.returncode == from_runtime.returncode == 0
+    assert from_file.stderr == from_runtime.stderr
+    assert "No test script found in container, exiting" in from_file.stderr
+
+
 def test_action_scripts_run(rootfs, tmp_path):
     layout.prepare(rootfs)
     sd = os.path.join(rootfs, ".singularity.d")
-    # point the scripts at this test's tree instead of /.singularity.d
+
     def patched(name):
-        text = open(os.path.join(sd, "actions", name)).read().replace("/.singularity.d", sd)
-        path = tmp_path / name
-        path.write_text(text)
-        return str(path)
+        return _patched_action(sd, tmp_path, name)
     with open(os.path.join(sd, "env", "90-environment.sh"), "a") as fh:
         fh.write("export FROM_ENV=yes\n")
     out = subprocess.run(["/bin/sh", patched("exec"), "/bin/sh", "-c", 'echo "$FROM_ENV $LD_LIBRARY_PATH"'],

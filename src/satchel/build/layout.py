@@ -1,7 +1,7 @@
 """Apptainer's in-image layout: /.singularity.d and the mount points a runtime needs.
 
     /.singularity.d/
-        actions/{exec,run,shell,start,test}   entry scripts: source env/*.sh, then run
+        actions/{exec,run,shell,start,test}   what `satchel ACTION` runs (runtime/environment.py)
         env/01-base.sh                        (empty hook)
         env/10-docker2singularity.sh          ENV of an OCI image config (only for OCI sources)
         env/90-environment.sh                 %environment
@@ -36,6 +36,7 @@ import time
 from satchel import fsutil
 from satchel.errors import BuildError, os_error
 from satchel.image.metadata import go_json
+from satchel.runtime import environment
 
 SD = "/.singularity.d"
 ENV_DIR = SD + "/env"
@@ -43,85 +44,10 @@ POST_ENVIRONMENT = ENV_DIR + "/91-environment.sh"
 BUILD_LABELS = "/.build.labels"
 HELP_FILE = SD + "/runscript.help"
 
-ENV_SOURCE_LOOP = """for script in /.singularity.d/env/*.sh; do
-    if [ -f "$script" ]; then
-        . "$script"
-    fi
-done
-"""
-
-ACTION_EXEC = "#!/bin/sh\n# satchel: set up the container environment, then run the command.\n" \
-    + ENV_SOURCE_LOOP + '\nexec "$@"\n'
-
-ACTION_RUN = "#!/bin/sh\n# satchel: set up the container environment, then run the runscript.\n" \
-    + ENV_SOURCE_LOOP + """
-app="${APPTAINER_APPNAME:-${SINGULARITY_APPNAME:-}}"
-if [ -n "$app" ]; then
-    for candidate in "/scif/apps/$app/scif/runscript" /scif/apps/singularity/scif/runscript; do
-        if [ -x "$candidate" ]; then
-            exec "$candidate" "$@"
-        fi
-    done
-    echo "No runscript for contained app: $app" >&2
-    exit 1
-fi
-if [ -x /.singularity.d/runscript ]; then
-    exec /.singularity.d/runscript "$@"
-fi
-echo "No runscript found in the container, executing /bin/sh" >&2
-exec /bin/sh "$@"
-"""
-
-ACTION_SHELL = "#!/bin/sh\n# satchel: set up the container environment, then start a shell.\n" \
-    + ENV_SOURCE_LOOP + """
-wanted="${APPTAINER_SHELL:-${SINGULARITY_SHELL:-}}"
-if [ -n "$wanted" ] && [ -x "$wanted" ]; then
-    exec "$wanted" "$@"
-fi
-if [ -x /bin/bash ]; then
-    SHELL=/bin/bash
-    PS1="Apptainer ${APPTAINER_NAME:-}:\\\\w> "
-    export SHELL PS1
-    exec /bin/bash --norc "$@"
-fi
-if [ -x /bin/sh ]; then
-    SHELL=/bin/sh
-    export SHELL
-    exec /bin/sh "$@"
-fi
-echo "ERROR: no shell (/bin/sh) in the container" >&2
-exit 1
-"""
-
-# An instance's process 1 waits for SIGCONT before the startscript runs (Apptainer's protocol);
-# elsewhere the signal is harmless and its failure is ignored.
-ACTION_START = """#!/bin/sh
-# satchel: tell the instance's init to continue, set up the environment, run the startscript.
-kill -CONT 1 2>/dev/null
-""" + ENV_SOURCE_LOOP + """
-if [ -x /.singularity.d/startscript ]; then
-    exec /.singularity.d/startscript "$@"
-fi
-"""
-
-ACTION_TEST = "#!/bin/sh\n# satchel: set up the container environment, then run the test.\n" \
-    + ENV_SOURCE_LOOP + """
-app="${APPTAINER_APPNAME:-${SINGULARITY_APPNAME:-}}"
-if [ -n "$app" ]; then
-    for candidate in "/scif/apps/$app/scif/test" /scif/apps/singularity/scif/test; do
-        if [ -x "$candidate" ]; then
-            exec "$candidate" "$@"
-        fi
-    done
-    echo "No test for contained app: $app" >&2
-    exit 1
-fi
-if [ -x /.singularity.d/test ]; then
-    exec /.singularity.d/test "$@"
-fi
-echo "No test found in the container, executing /bin/sh -c true" >&2
-exec /bin/sh -c true
-"""
+# The action scripts come from the runtime (environment.action_file): an image's
+# /.singularity.d/actions/X is exactly what `satchel X` runs there, one source for both.
+ACTION_SCRIPTS = tuple((SD + "/actions/" + name, 0o755, environment.action_file(name))
+                       for name in environment.ACTION_FILES)
 
 ENV_01_BASE = "#!/bin/sh\n# satchel: first environment hook (intentionally empty).\n"
 
@@ -205,12 +131,7 @@ DEFAULT_STARTSCRIPT = "#!/bin/sh\n"
 BASE_DIRS = (SD, SD + "/libs", SD + "/actions", ENV_DIR, "/dev", "/proc", "/sys", "/root",
              "/tmp", "/var/tmp", "/etc", "/home")
 
-BASE_FILES = (  # (path, mode, content): written when missing, or always with overwrite
-    (SD + "/actions/exec", 0o755, ACTION_EXEC),
-    (SD + "/actions/run", 0o755, ACTION_RUN),
-    (SD + "/actions/shell", 0o755, ACTION_SHELL),
-    (SD + "/actions/start", 0o755, ACTION_START),
-    (SD + "/actions/test", 0o755, ACTION_TEST),
+BASE_FILES = ACTION_SCRIPTS + (  # (path, mode, content): written when missing, or always
     (ENV_DIR + "/01-base.sh", 0o755, ENV_01_BASE),
     (ENV_DIR + "/90-environment.sh", 0o755, ENV_90_ENVIRONMENT),
     (ENV_DIR + "/94-appsbase.sh", 0o755, ENV_94_APPSBASE),

@@ -293,10 +293,28 @@ exit 0
 
 def action_script(command: str, prompt: str, libs_first: bool = False,
                   instance: bool = False) -> str:
-    """The sh program run as `/bin/sh -c SCRIPT NAME ARGS...` inside the container."""
+    """The sh program run as `/bin/sh -c SCRIPT NAME ARGS...` inside the container.
+
+    The one source of the action scripts: the build writes action_file() of each action into
+    /.singularity.d/actions (build/layout.py), so an image's own scripts do what the runtime
+    does (tests/unit/test_layout.py checks they agree)."""
     body = _ACTIONS.get(command) or (_INSTANCE_ACTIONS.get(command) if instance else None)
     if body is None:
         raise UsageError(f"unknown container action {command!r}")
     libs = _LIBS_FIRST if libs_first else _LIBS_LAST
     ps1 = f'if [ -z "${{PS1:-}}" ]; then PS1={sh_quote(prompt)}; fi\nexport PS1\n'
     return _PROLOGUE + libs + ps1 + body
+
+
+DEFAULT_PROMPT = "Satchel> "
+# the files of /.singularity.d/actions; "start" is what `instance start` runs
+ACTION_FILES = tuple(_ACTIONS) + tuple(_INSTANCE_ACTIONS)
+
+
+def action_file(command: str) -> str:
+    """Text of /.singularity.d/actions/COMMAND in every image: the very script `satchel
+    COMMAND` runs (default prompt, host libraries last), as an executable sh file. Without the
+    runtime's variables (__SATCHEL_*) its prologue only sources the image's env scripts, so the
+    file also works alone (`/.singularity.d/actions/exec CMD`, the /.run links, %post)."""
+    return "#!/bin/sh\n" + action_script(command, DEFAULT_PROMPT,
+                                          instance=command in _INSTANCE_ACTIONS)
