@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "build": "satchel.cli.commands.build",
     "cache": "satchel.cli.commands.cache",
     "completion": "satchel.cli.commands.completion",
+    "config": "satchel.cli.commands.config",
     "delete": "satchel.cli.commands.library",
     "dropin": "satchel.cli.commands.dropin",
     "exec": "satchel.cli.commands.action",
