@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "instance.stop": "satchel.cli.commands.instance",
     "key": "satchel.cli.commands.key",
     "keyserver": "satchel.cli.commands.library",
+    "overlay": "satchel.cli.commands.overlay",
     "pull": "satchel.cli.commands.pull",
     "push": "satchel.cli.commands.push",
     "registry": "satchel.cli.commands.registry",

@@ -316,3 +316,27 @@ def drop_all_capabilities() -> None:
     if _capset(header, _CAP_DATA_ZERO) != 0:
         raise _fail("clearing capabilities (capset)")
 
+
+PR_SET_CHILD_SUBREAPER = 36
+PR_CAP_AMBIENT_RAISE = 2
+
+
+def keep_capability_across_exec(cap: int) -> None:
+    """Keep only capability `cap`, and keep it across execve (ambient set).
+
+    For a FUSE server that mounts itself (fuse2fs on libfuse 2 has no /dev/fd/N): a process
+    that is not uid 0 of its user namespace loses every capability at execve, and its mount(2)
+    then fails with EPERM. Ambient needs the capability permitted and inheritable first.
+    """
+    bit = 1 << (cap % 32)
+    words = [0, 0]
+    words[cap // 32] = bit
+    data = struct.pack("=6I", words[0], words[0], words[0], words[1], words[1], words[1])
+    if _capset(_CAP_HEADER.pack(_LINUX_CAPABILITY_VERSION_3, 0), data) != 0:
+        raise _fail(f"keeping capability {cap} (capset)")
+    prctl_args(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, f"raising ambient capability {cap}")
+
+
+def prctl_args(option: int, arg2: int, arg3: int, what: str) -> None:
+    if _prctl(option, arg2, arg3, 0, 0) != 0:
+        raise _fail(what)
