@@ -60,6 +60,22 @@ class ContainerError(SatchelError):
     """Container setup failed (namespaces, mounts, exec)."""
 
 
+class PathError(SatchelError):
+    """A path inside a root (an image, a rootfs, the staged container) cannot be resolved:
+    a symbolic link loop, a component that is not a directory, '..' after a missing
+    component, an entry that cannot be opened. `errno` says which (ELOOP, ENOTDIR, ENOENT,
+    or the errno of the failed open). Raised by fsutil's one resolver only."""
+
+    def __init__(self, message: str, errno: int, hint: str | None = None):
+        super().__init__(message, hint)
+        self.errno = errno
+
+    def context(self, prefix: str) -> "PathError":
+        new = super().context(prefix)
+        new.errno = self.errno
+        return new
+
+
 class OCIError(SatchelError):
     """An OCI/Docker image or registry operation failed."""
 

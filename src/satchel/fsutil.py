@@ -1,10 +1,18 @@
 """Path safety and atomic file writes, shared by build, OCI extraction and the runtime.
 
-`secure_join(root, path)` answers "which host path does `path` name inside a container whose
-root is `root`?": symlinks are followed as the container would see them (an absolute link target
-starts again at `root`), `..` never climbs above `root`. Build steps that write into an image
-(%files, layer extraction, mount points) use it so that an image symlink such as
-`/opt -> /../../host/dir` cannot make them write outside the rootfs.
+One resolver answers "which object does `path` name inside a tree whose root is `root`?" for
+every caller: the runtime's mount points and binds (runtime/underlay.py, executor.py), %files
+(build/files.py), the /.singularity.d layout, OCI layer extraction and sandbox metadata.
+Symlinks are followed as the container would see them (an absolute target starts again at the
+root), `..` never climbs above the root, at most MAX_SYMLINKS links are followed (Linux's
+limit), and every failure is one PathError.
+
+resolve_at() walks the path one component at a time from a descriptor of the root (openat
+O_PATH|O_NOFOLLOW; a symlink is read through the descriptor of the link itself; `..` drops the
+last descriptor held): nothing is named twice, so a user who renames entries of their own tree
+meanwhile cannot redirect what was checked (issue 10). secure_join() and
+make_dirs_in_root() give the same answer as a host path, for callers that need one; such a
+path is only as trustworthy as the tree: a concurrent writer could swap a component afterwards.
 
 The runtime imports this module on the exec path: only os, errno and stat at module level.
 """
@@ -15,51 +23,146 @@ import errno
 import os
 import stat
 
-# Same limit as Linux's MAXSYMLINKS on the whole walk (filepath-securejoin uses 255 too).
-MAX_SYMLINKS = 255
+from satchel.errors import PathError
+
+# Linux's MAXSYMLINKS (40) on the whole walk, as the kernel would resolve it in the container.
+MAX_SYMLINKS = 40
+
+_DIR = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+_ANY = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class Found:
+    """resolve_at()'s answer: an O_PATH descriptor of the deepest existing component (the
+    caller closes it), its components below the root and the components missing after it
+    (empty when the whole path exists). With missing components, fd is a directory."""
+
+    __slots__ = ("fd", "parts", "missing")
+
+    def __init__(self, fd: int, parts: list, missing: list):
+        self.fd = fd
+        self.parts = parts
+        self.missing = missing
+
+    @property
+    def container_path(self) -> str:
+        return "/" + "/".join(self.parts)
+
+
+def _fail(path: str, reason: str, code: int) -> PathError:
+    return PathError(f"path {path} in the container: {reason}", code)
+
+
+def resolve_at(root_fd: int, path: str) -> Found:
+    """Resolve `path` below the directory root_fd names, through descriptors (module doc).
+
+    Each component is opened O_PATH|O_NOFOLLOW from the descriptor of the one before (a
+    directory in one call, the common case); a symlink is read through its own descriptor and
+    its target walked from root_fd (absolute) or from its directory; `..` drops the last
+    descriptor held, never above root_fd. Mounts on the way are entered as the container will
+    see them. Raises PathError.
+    """
+    pending = [c for c in reversed(path.split("/")) if c and c != "."]
+    fds = [root_fd]    # fds[i + 1] is the descriptor of parts[i]; root_fd is the caller's
+    parts: list[str] = []
+    links = 0
+    try:
+        while pending:
+            part = pending.pop()
+            if part == "..":
+                if parts:
+                    parts.pop()
+                    os.close(fds.pop())
+                continue
+            try:
+                fds.append(os.open(part, _DIR, dir_fd=fds[-1]))
+                parts.append(part)
+                continue
+            except FileNotFoundError:
+                missing = [c for c in os.path.normpath("/".join([part] + pending[::-1]))
+                           .split("/") if c not in ("", ".")]
+                if ".." in missing:
+                    raise _fail(path, "'..' after a missing component cannot be resolved",
+                                errno.ENOENT) from None
+                return _found(fds, parts, missing)
+            except NotADirectoryError:
+                pass  # a symlink, or the last component and not a directory
+            except OSError as err:
+                raise _fail(path, err.strerror, err.errno) from None
+            try:
+                fd = os.open(part, _ANY, dir_fd=fds[-1])
+            except OSError as err:  # swapped away meanwhile: no answer is right, say so
+                raise _fail(path, err.strerror, err.errno) from None
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISLNK(mode):
+                try:
+                    target = os.readlink("", dir_fd=fd)  # the link opened, not its name
+                finally:
+                    os.close(fd)
+                links += 1
+                if links > MAX_SYMLINKS:
+                    raise _fail(path, "too many levels of symbolic links", errno.ELOOP)
+                if target.startswith("/"):
+                    while len(fds) > 1:
+                        os.close(fds.pop())
+                    parts.clear()
+                pending.extend(c for c in reversed(target.split("/")) if c and c != ".")
+                continue
+            if pending or stat.S_ISDIR(mode):  # a directory here: it changed since the open
+                os.close(fd)
+                raise _fail(path, f"/{'/'.join(parts + [part])} is not a directory",
+                            errno.ENOTDIR)
+            fds.append(fd)
+            parts.append(part)
+        return _found(fds, parts, [])
+    except BaseException:
+        for fd in fds[1:]:
+            os.close(fd)
+        raise
+
+
+def _found(fds: list, parts: list, missing: list) -> Found:
+    """Keep the last descriptor (a copy of root_fd if nothing was walked), close the rest."""
+    if len(fds) == 1:
+        return Found(os.dup(fds[0]), parts, missing)
+    last = fds.pop()
+    while len(fds) > 1:
+        os.close(fds.pop())
+    return Found(last, parts, missing)
+
+
+def _open_root(root: str) -> int:
+    try:
+        return os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as err:
+        raise PathError(f"opening the root {root}: {err.strerror}", err.errno) from None
+
+
+def _joined(root: str, parts: list) -> str:
+    return root + "/" + "/".join(parts) if parts else root
+
+
+def resolve_path(root: str, path: str) -> tuple[str, list[str]]:
+    """resolve_at() below host directory `root`, answered as (host path of the deepest
+    existing component, components missing after it)."""
+    root = os.path.abspath(root)
+    root_fd = _open_root(root)
+    try:
+        found = resolve_at(root_fd, path)
+        os.close(found.fd)
+    finally:
+        os.close(root_fd)
+    return _joined(root, found.parts), found.missing
 
 
 def secure_join(root: str, path: str) -> str:
-    """Resolve `path` inside `root` as if `root` were `/`; the result never leaves `root`.
+    """The host path `path` names inside `root`, as if `root` were `/` (never outside it).
 
-    Components that do not exist are appended lexically (so the result can name a file to
-    create). Raises OSError(ELOOP) after MAX_SYMLINKS links. The returned path is only as
-    trustworthy as the tree: a concurrent writer could swap a component afterwards.
+    Missing components are appended to the deepest existing one, so the result can name a
+    file to create. Raises PathError (a loop, a file in the middle of the path).
     """
-    root = os.path.abspath(root)
-    pending = [c for c in path.split("/") if c not in ("", ".")]
-    pending.reverse()  # a stack: the next component is at the end
-    resolved: list[str] = []
-    links = 0
-    while pending:
-        part = pending.pop()
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = root + "/" + "/".join(resolved + [part]) if resolved else root + "/" + part
-        try:
-            st = os.lstat(candidate)
-        except (FileNotFoundError, NotADirectoryError):
-            resolved.append(part)
-            continue
-        if not stat.S_ISLNK(st.st_mode):
-            resolved.append(part)
-            continue
-        links += 1
-        if links > MAX_SYMLINKS:
-            raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
-        target = os.readlink(candidate)
-        if target.startswith("/"):
-            resolved = []
-        extra = [c for c in target.split("/") if c not in ("", ".")]
-        extra.reverse()
-        pending.extend(extra)
-    if not resolved:
-        return root
-    return root + "/" + "/".join(resolved)
+    host, missing = resolve_path(root, path)
+    return _joined(host, missing)
 
 
 def inside(root: str, path: str) -> bool:
@@ -72,25 +175,38 @@ def inside(root: str, path: str) -> bool:
 def make_dirs_in_root(root: str, path: str, mode: int = 0o755) -> str:
     """Create directory `path` (container view) inside `root`; return its host path.
 
-    Each missing component is created only after the path above it has been resolved with
-    secure_join, so a symlink met half-way is followed inside `root`, never out of it.
+    Resolved with resolve_at(); the missing components are created one below the other
+    through descriptors (mkdirat, then opened O_NOFOLLOW), so nothing met on the way, even
+    renamed meanwhile, leads out of `root`. An existing component that is not a directory
+    raises PathError (ENOTDIR).
     """
     root = os.path.abspath(root)
-    host = root
-    for part in (c for c in path.split("/") if c not in ("", ".")):
-        container_path = host[len(root):] + "/" + part
-        host = secure_join(root, container_path)
-        try:
-            os.mkdir(host, mode)
-        except FileNotFoundError:
-            # a symlink led to a deeper path whose parents are missing; secure_join resolved
-            # every existing component, so the missing ones are plain names below root
-            os.makedirs(os.path.dirname(host), mode, exist_ok=True)
-            os.mkdir(host, mode)
-        except FileExistsError:
-            if not os.path.isdir(host):
-                raise NotADirectoryError(errno.ENOTDIR, "not a directory", container_path) from None
-    return host
+    root_fd = _open_root(root)
+    try:
+        found = resolve_at(root_fd, path)
+    finally:
+        os.close(root_fd)
+    current = found.fd
+    try:
+        if not found.missing and not stat.S_ISDIR(os.fstat(current).st_mode):
+            raise _fail(path, f"{found.container_path} is not a directory", errno.ENOTDIR)
+        for part in found.missing:
+            try:
+                os.mkdir(part, mode, dir_fd=current)
+            except FileExistsError:
+                pass
+            except OSError as err:
+                raise _fail(path, f"creating {part}: {err.strerror}", err.errno) from None
+            try:
+                following = os.open(part, _DIR, dir_fd=current)
+            except OSError as err:  # a file, or a symlink put there meanwhile
+                code = errno.ENOTDIR if err.errno == errno.ELOOP else err.errno
+                raise _fail(path, f"{part} is not a directory", code) from None
+            os.close(current)
+            current = following
+    finally:
+        os.close(current)
+    return _joined(root, found.parts + found.missing)
 
 
 # -- reading files that someone else controls ---------------------------------------------------

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from satchel import fsutil
+from satchel.errors import PathError
 
 
 @pytest.fixture
@@ -57,14 +58,60 @@ def test_dotdot_after_symlink_uses_the_link_target(root):
 def test_symlink_loop_raises_eloop(root):
     os.symlink("/loop2", os.path.join(root, "loop1"))
     os.symlink("/loop1", os.path.join(root, "loop2"))
-    with pytest.raises(OSError) as info:
+    with pytest.raises(PathError, match="too many levels of symbolic links") as info:
         fsutil.secure_join(root, "/loop1/x")
     assert info.value.errno == errno.ELOOP
 
 
-def test_file_in_the_middle_is_lexical(root):
+def _chain(root, count):
+    """/l0 -> /l1 -> ... -> /l{count-1} -> /etc: `count` links to follow."""
+    for i in range(count):
+        os.symlink(f"/l{i + 1}" if i + 1 < count else "/etc", os.path.join(root, f"l{i}"))
+
+
+@pytest.mark.parametrize("resolver", ["secure_join", "resolve_at", "make_dirs_in_root"])
+def test_one_symlink_limit_as_the_kernel(root, resolver):
+    """Issue 11 point 3: every resolver entry point follows at most 40 links, as Linux does
+    (fsutil's path resolver allowed 255 while the runtime's allowed 40)."""
+    _chain(root, 40)
+    os.symlink("/l0", os.path.join(root, "over"))  # 41 links
+
+    def resolve(path):
+        if resolver == "resolve_at":
+            fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+            try:
+                found = fsutil.resolve_at(fd, path)
+                os.close(found.fd)
+                return found.container_path
+            finally:
+                os.close(fd)
+        return getattr(fsutil, resolver)(root, path)[len(root):]
+
+    assert resolve("/l0") == "/etc"
+    with pytest.raises(PathError) as info:
+        resolve("/over")
+    assert info.value.errno == errno.ELOOP
+
+
+def test_file_in_the_middle_is_not_a_directory(root):
+    """As the kernel: a component below a regular file is ENOTDIR, whatever follows it."""
     open(os.path.join(root, "etc", "hosts"), "w").close()
-    assert fsutil.secure_join(root, "/etc/hosts/x/../y") == root + "/etc/hosts/y"
+    with pytest.raises(PathError, match="/etc/hosts is not a directory") as info:
+        fsutil.secure_join(root, "/etc/hosts/x/../y")
+    assert info.value.errno == errno.ENOTDIR
+
+
+def test_dotdot_after_missing_components(root):
+    # the missing tail is normalised lexically; a '..' that climbs above it cannot be answered
+    assert fsutil.secure_join(root, "/etc/missing/../passwd") == root + "/etc/passwd"
+    with pytest.raises(PathError, match="'..' after a missing component"):
+        fsutil.secure_join(root, "/etc/missing/../../x")
+
+
+def test_resolve_path_splits_existing_and_missing(root):
+    os.symlink("usr/lib", os.path.join(root, "lib"))
+    assert fsutil.resolve_path(root, "/lib/a/b") == (root + "/usr/lib", ["a", "b"])
+    assert fsutil.resolve_path(root, "/lib") == (root + "/usr/lib", [])
 
 
 def test_make_dirs_in_root_follows_links_inside(root, tmp_path):
@@ -77,8 +124,11 @@ def test_make_dirs_in_root_follows_links_inside(root, tmp_path):
 
 def test_make_dirs_in_root_refuses_file(root):
     open(os.path.join(root, "etc", "f"), "w").close()
-    with pytest.raises(NotADirectoryError):
+    with pytest.raises(PathError) as info:
         fsutil.make_dirs_in_root(root, "/etc/f/sub")
+    assert info.value.errno == errno.ENOTDIR
+    with pytest.raises(PathError, match="is not a directory"):
+        fsutil.make_dirs_in_root(root, "/etc/f")
 
 
 def test_write_new_file_replaces_symlink_instead_of_following(root, tmp_path):

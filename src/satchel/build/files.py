@@ -5,7 +5,8 @@ in the source are followed; DST defaults to the source path; a DST that is an ex
 directory (or ends in `/`) receives SRC under its own name; missing parent directories are
 created. Host sources are relative to the definition file's directory.
 
-Unlike a plain `cp`, every destination path is resolved with fsutil.secure_join each time it is
+Unlike a plain `cp`, every destination path is resolved with fsutil.secure_join (the one
+resolver of paths inside a root, as the runtime's) each time it is
 written, so neither an image symlink (`/opt -> /../../host/dir`) nor `..` in a destination can
 make the copy write outside the rootfs, and an existing symlink at a destination file is
 replaced, never written through. Sources from another stage are resolved inside that stage's
@@ -19,7 +20,7 @@ import os
 import stat
 
 from satchel import fsutil, log
-from satchel.errors import BuildError
+from satchel.errors import BuildError, PathError
 
 _GLOB_CHARS = "*?["
 
@@ -58,7 +59,10 @@ def expand_stage_sources(src: str, stage_root: str) -> list[tuple[str, str]]:
                             if fsutil.inside(stage_root, m))
     pairs = []
     for path in candidates:
-        host = fsutil.secure_join(stage_root, path)
+        try:
+            host = fsutil.secure_join(stage_root, path)
+        except PathError as err:
+            raise BuildError(f"%files from stage: {err}") from None
         if os.path.exists(host):
             pairs.append((host, path))
     if not pairs:
@@ -91,13 +95,15 @@ def copy_in(host_src: str, rootfs: str, dst: str, default_dst: str,
     target = dst or default_dst
     if not target.startswith("/"):
         target = "/" + target
-    resolved = fsutil.secure_join(rootfs, target)
-    into_dir = target.endswith("/") or os.path.isdir(resolved)
-    if into_dir:
-        fsutil.make_dirs_in_root(rootfs, target)
-        target = target.rstrip("/") + "/" + os.path.basename(os.path.normpath(host_src))
     try:
+        resolved = fsutil.secure_join(rootfs, target)
+        into_dir = target.endswith("/") or os.path.isdir(resolved)
+        if into_dir:
+            fsutil.make_dirs_in_root(rootfs, target)
+            target = target.rstrip("/") + "/" + os.path.basename(os.path.normpath(host_src))
         _copy(host_src, rootfs, target, set(), skip)
+    except PathError as err:
+        raise BuildError(f"%files: while copying {host_src} to {target}: {err}") from None
     except OSError as err:
         raise BuildError(f"%files: while copying {host_src} to {target}: "
                          f"{err.strerror or err}") from None

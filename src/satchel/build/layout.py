@@ -28,13 +28,14 @@ without a definition (the OCI layer's pull).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
 import time
 
 from satchel import fsutil
-from satchel.errors import BuildError, os_error
+from satchel.errors import BuildError, PathError, os_error
 from satchel.image.metadata import go_json
 from satchel.runtime import environment
 
@@ -157,12 +158,17 @@ COMPAT_LINKS = (  # (link in /, target)
 # --- writing inside a rootfs, never outside -------------------------------------------------
 
 def host_path(rootfs: str, path: str) -> str:
-    return fsutil.secure_join(rootfs, path)
+    try:
+        return fsutil.secure_join(rootfs, path)
+    except PathError as err:
+        raise BuildError(f"in the image: {err}") from None
 
 
 def ensure_dir(rootfs: str, path: str, mode: int = 0o755) -> str:
     try:
         return fsutil.make_dirs_in_root(rootfs, path, mode)
+    except PathError as err:
+        raise BuildError(f"while creating {path} in the image: {err}") from None
     except OSError as err:
         raise os_error(f"while creating {path} in the image", err, BuildError) from None
 
@@ -207,7 +213,12 @@ def write_file(rootfs: str, path: str, content: str | bytes, mode: int = 0o644,
 
 
 def read_file(rootfs: str, path: str) -> str | None:
-    target = host_path(rootfs, path)
+    try:
+        target = fsutil.secure_join(rootfs, path)
+    except PathError as err:
+        if err.errno == errno.ENOTDIR:  # a file where a directory of the path should be
+            return None
+        raise BuildError(f"while reading {path} in the image: {err}") from None
     try:
         # the rootfs comes from a base image or OCI layers: a FIFO at labels.json must not
         # hang the build, a device node there must not be opened
@@ -225,7 +236,12 @@ def append_file(rootfs: str, path: str, text: str, mode: int = 0o755) -> None:
 
 def remove_file(rootfs: str, path: str) -> None:
     parent, _, name = path.rstrip("/").rpartition("/")
-    target = os.path.join(host_path(rootfs, parent or "/"), name)
+    try:
+        target = os.path.join(fsutil.secure_join(rootfs, parent or "/"), name)
+    except PathError as err:
+        if err.errno == errno.ENOTDIR:  # nothing there to remove
+            return
+        raise BuildError(f"while removing {path} in the image: {err}") from None
     try:
         os.unlink(target)
     except (FileNotFoundError, NotADirectoryError):

@@ -10,12 +10,13 @@ names and order, empty attributes omitted) and comes from, fastest first:
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
 import os
 
 from satchel import fsutil, log
-from satchel.errors import ImageError, SatchelError
+from satchel.errors import ImageError, PathError, SatchelError
 
 INSPECT_OBJECT_NAME = "inspect-metadata.json"
 SD = "/.singularity.d"
@@ -50,6 +51,10 @@ class SandboxReader:
             return fsutil.read_regular(fsutil.secure_join(self.root, path))
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
+        except PathError as err:
+            if err.errno == errno.ENOTDIR:
+                return None
+            raise ImageError(f"while reading {path} in {self.root}: {err}") from None
         except OSError as err:
             raise ImageError(f"while reading {path} in {self.root}: {err.strerror}") from None
 
@@ -58,11 +63,18 @@ class SandboxReader:
             return sorted(os.listdir(fsutil.secure_join(self.root, path)))
         except (FileNotFoundError, NotADirectoryError):
             return []
+        except PathError as err:
+            if err.errno == errno.ENOTDIR:
+                return []
+            raise ImageError(f"while listing {path} in {self.root}: {err}") from None
         except OSError as err:
             raise ImageError(f"while listing {path} in {self.root}: {err.strerror}") from None
 
     def isdir(self, path: str) -> bool:
-        return os.path.isdir(fsutil.secure_join(self.root, path))
+        try:
+            return os.path.isdir(fsutil.secure_join(self.root, path))
+        except PathError:
+            return False
 
 
 class SquashfsReader:

@@ -34,7 +34,7 @@ import stat
 import tarfile
 
 from satchel import log
-from satchel.errors import OCIError, os_error
+from satchel.errors import OCIError, PathError, os_error
 from satchel.fsutil import make_dirs_in_root, secure_join
 from satchel.oci.stream import ForwardReader
 
@@ -176,16 +176,18 @@ class Extractor:
                 host = secure_join(self.root, where)
                 if not stat.S_ISDIR(os.lstat(host).st_mode):
                     return None
-        except (FileNotFoundError, NotADirectoryError):
+        except FileNotFoundError:  # the lstat: nothing there
+            return None
+        except PathError as err:
+            if err.errno == errno.ELOOP:
+                raise OCIError(f"layer {self._layer}: too many levels of symbolic links in "
+                               f"{where}") from None
+            if err.errno != errno.ENOTDIR:
+                raise OCIError(f"layer {self._layer}: {err}") from None
             if not create:
                 return None
             raise OCIError(f"layer {self._layer}: {where} is not a directory, but the layer "
                            "puts files in it") from None
-        except OSError as err:
-            if err.errno != errno.ELOOP:
-                raise
-            raise OCIError(f"layer {self._layer}: too many levels of symbolic links in "
-                           f"{where}") from None
         self._dirs[key] = host
         return host
 

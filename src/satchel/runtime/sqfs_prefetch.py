@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import struct
 
+from satchel.fsutil import MAX_SYMLINKS  # the kernel's limit, as every path walk's
 from satchel.runtime import elfdeps
 from satchel.runtime.cfunc import (Library, address_of, c_char, c_char_p, c_int, c_long,
                                    c_size_t, c_ulong, c_void_p, char_buffer)
@@ -34,7 +35,6 @@ MAX_FILES = 24              # the first reads, their ELF interpreters and librar
 LD_SO_CACHE = "/etc/ld.so.cache"
 # ...and what the action script sources before anything else (environment.action_script)
 ENVIRONMENT_SCRIPTS = "/.singularity.d/env/*.sh"
-MAX_SYMLINKS = 40
 MAX_ENTRIES = 4096          # directory entries looked at for a pattern
 _S_IFMT, _S_IFDIR, _S_IFREG, _S_IFLNK = 0o170000, 0o040000, 0o100000, 0o120000
 _FUSE_ROOT_ID = 1
