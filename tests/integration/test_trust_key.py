@@ -116,7 +116,7 @@ def test_passphrase_newpair_needs_it_to_sign(tmp_path):
 
 
 @pytest.mark.parametrize("args", [["search", "alice"], ["push", CORPUS_FPR],
-                                  ["pull", CORPUS_FPR], ["newpair", "-N", "x", "--push", "y"]])
+                                  ["pull", CORPUS_FPR], ["newpair", "-N", "x", "--push"]])
 def test_no_keyserver(args, tmp_path):
     line = _fatal(run_satchel(["key"] + args, env={"APPTAINER_KEYSDIR": str(tmp_path)}))
     assert "no keyserver" in line

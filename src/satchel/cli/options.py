@@ -200,6 +200,20 @@ def parse(spec: Spec, argv: list[str], environ_defaults: bool = True) -> Parsed:
     return out
 
 
+def refused(names: str, dest: str, why: str, kind: str = FLAG) -> tuple[Opt, str, str]:
+    """An Apptainer flag satchel parses but does not support: (hidden Opt, dest, reason)."""
+    return Opt(names, dest, kind, help=why, hidden=True), dest, why
+
+
+def check_refused(parsed: Parsed, table) -> None:
+    """One UsageError for the first refused flag given ('--flag: why'), so a script stops
+    on the reason, never on "unknown flag"."""
+    for opt, dest, why in table:
+        if dest in parsed.explicit and getattr(parsed, dest, None) not in (None, False, [], ""):
+            name = [n for n in opt.names if n.startswith("--")][0]
+            raise UsageError(f"{name} is not supported: {why}")
+
+
 def format_help(spec: Spec, prog: str = "satchel") -> str:
     lines = ["Usage:", f"  {prog} {spec.usage}", ""]
     if spec.description or spec.summary:

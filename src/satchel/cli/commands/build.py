@@ -4,6 +4,28 @@ from __future__ import annotations
 
 from satchel.cli import options as o
 
+_NO_GPU = "GPUs are not bound into %post/%test; build on the host, run with --nv/--rocm"
+# Apptainer 1.3 build flags satchel parses and refuses (tests/unit/test_apptainer_command_flags.py)
+REFUSED = (
+    o.refused("-B --bind", "bind", "binds into %post are not supported yet", o.LIST),
+    o.refused("--mount", "mount", "binds into %post are not supported yet", o.LIST),
+    o.refused("--docker-host", "docker_host", "satchel does not talk to a Docker daemon",
+              o.VALUE),
+    o.refused("-e --encrypt", "encrypt", "satchel cannot build encrypted images"),
+    o.refused("--passphrase", "passphrase", "satchel cannot build encrypted images"),
+    o.refused("--pem-path", "pem_path", "satchel cannot build encrypted images", o.VALUE),
+    o.refused("--json", "json", "JSON build definitions are not supported"),
+    o.refused("--library", "library", "no library endpoint is configured here", o.VALUE),
+    o.refused("--remote", "remote", "there is no remote build service"),
+    o.refused("--no-cleanup", "no_cleanup",
+              "satchel always removes a failed build's temporary files"),
+    o.refused("--nv", "nv", _NO_GPU),
+    o.refused("--rocm", "rocm", _NO_GPU),
+    o.refused("--nvccli", "nvccli", _NO_GPU),
+    o.refused("--writable-tmpfs", "writable_tmpfs",
+              "%test runs on the built root file system directly"),
+)
+
 SPECS = {
     "build": o.Spec(
         "build", "build [build options...] <image path> <build spec>",
@@ -35,7 +57,12 @@ SPECS = {
             o.Opt("--fix-perms", "fix_perms", help="ensure owner has rwX permissions on all container content"),
             o.Opt("--ignore-subuid", "ignore_subuid",
                   help="use a root-mapped user namespace even if /etc/subuid has a range"),
-            o.Opt("--nohttps", "nohttps", help="use http instead of https for docker:// registries"),
+            o.Opt("--no-https --nohttps", "nohttps",
+                  help="use http instead of https for docker:// registries"),
+            o.Opt("--userns", "userns", hidden=True,
+                  help="accepted: a non-root build always runs in a user namespace"),
+            o.Opt("--ignore-userns --ignore-fakeroot-command", "ignore_userns", hidden=True,
+                  help="accepted with no effect (satchel runs no fakeroot command)"),
             o.Opt("--disable-cache", "disable_cache", help="do not use cache or create cache"),
             o.Opt("--authfile", "authfile", o.VALUE, help="docker-style auth file to use for registries"),
             o.Opt("--docker-login", "docker_login", help="login to a Docker Repository interactively"),
@@ -46,7 +73,7 @@ SPECS = {
                   env=("APPTAINER_DOCKER_PASSWORD", "SINGULARITY_DOCKER_PASSWORD"),
                   help="password for Docker Repository authentication"),
             o.Opt("--arch", "arch", o.VALUE, help="architecture to pull from a registry (e.g. arm64)"),
-        ),
+        ) + tuple(r[0] for r in REFUSED),
         min_args=2, max_args=2,
         examples=("  satchel build image.sif image.def\n"
                   "  satchel build --sandbox dir/ docker://alpine\n"
@@ -58,6 +85,7 @@ SPECS = {
 def run(name: str, parsed) -> int:
     from satchel.build.builder import SECTION_NAMES, BuildOptions, build
     from satchel.errors import UsageError
+    o.check_refused(parsed, REFUSED)
     sections = []
     for item in parsed.sections:
         sections.extend(s.strip() for s in item.split(",") if s.strip())

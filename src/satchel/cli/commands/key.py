@@ -36,6 +36,11 @@ SPECS = {
 }
 
 _SECRET = o.Opt("-s --secret", "secret", help="operate on the private (secret) keyring")
+_KEYSDIR = o.Opt("-d --keysdir", "keysdir", o.VALUE,
+                 help="the local keys directory (instead of $APPTAINER_KEYSDIR or ~/.apptainer/keys)")
+_GLOBAL = o.Opt("-g --global", "global_",
+                help="the global public keyring beside satchel.conf (admins)")
+_WHERE = (_GLOBAL, _KEYSDIR)
 _SUBS = {
     "newpair": o.Spec("key", "key newpair [newpair options...]", "Create a new key pair",
                       options=(o.Opt("-N --name", "name", o.VALUE, help="key owner name"),
@@ -44,27 +49,33 @@ _SUBS = {
                                o.Opt("-P --password", "password", o.VALUE,
                                      help="passphrase protecting the private key"),
                                o.Opt("-b --bit-length", "bits", o.VALUE, hidden=True),
-                               o.Opt("-U --push", "push", o.VALUE, hidden=True)),
+                               o.Opt("-U --push", "push", hidden=True), _KEYSDIR),
                       max_args=0),
     "list": o.Spec("key", "key list [-s]", "List keys in your local keyring",
-                   options=(_SECRET,), max_args=0),
+                   options=(_SECRET,) + _WHERE, max_args=0),
     "import": o.Spec("key", "key import [-s] <input-key>", "Import a local key",
-                     options=(_SECRET, o.Opt("--new-password", "new_password", hidden=True)),
+                     options=(_SECRET, o.Opt("--new-password", "new_password", hidden=True))
+                     + _WHERE,
                      min_args=1, max_args=1),
     "export": o.Spec("key", "key export [-s] [-a] [-k N] <output-file>",
                      "Export a public or private key into a specific file",
                      options=(_SECRET, o.Opt("-a --armor", "armor", help="ascii armored format"),
                               o.Opt("-k --keyidx", "keyidx", o.VALUE, metavar="int",
-                                    help="which key (index from 'key list')")),
+                                    help="which key (index from 'key list')")) + _WHERE,
                      min_args=1, max_args=1),
-    "remove": o.Spec("key", "key remove [-s] <fingerprint>", "Remove a local key",
-                     options=(_SECRET,), min_args=1, max_args=1),
+    "remove": o.Spec("key", "key remove [-s|-p|-b] <fingerprint>", "Remove a local key",
+                     options=(_SECRET, o.Opt("-p --public", "public",
+                                             help="remove the public key (the default)"),
+                              o.Opt("-b --both", "both",
+                                    help="remove the public and the private key")) + _WHERE,
+                     min_args=1, max_args=1),
     "search": o.Spec("key", "key search <query>", "Search for keys on a key server",
-                     options=(o.Opt("-u --url", "url", o.VALUE),), min_args=0),
+                     options=(o.Opt("-u --url", "url", o.VALUE),
+                              o.Opt("-l --long-list", "long_list")), min_args=0),
     "push": o.Spec("key", "key push <fingerprint>", "Upload a public key to a key server",
-                   options=(o.Opt("-u --url", "url", o.VALUE),), min_args=0),
+                   options=(o.Opt("-u --url", "url", o.VALUE),) + _WHERE, min_args=0),
     "pull": o.Spec("key", "key pull <fingerprint>", "Fetch a public key from a key server",
-                   options=(o.Opt("-u --url", "url", o.VALUE),), min_args=0),
+                   options=(o.Opt("-u --url", "url", o.VALUE),) + _WHERE, min_args=0),
 }
 
 
@@ -82,20 +93,26 @@ def run(name: str, parsed) -> int:
         sys.stdout.write(o.format_help(spec, prog))
         return 0
     args = o.parse(spec, rest, environ_defaults=False)
+    if getattr(args, "keysdir", None):  # Apptainer's --keysdir: the same as $APPTAINER_KEYSDIR
+        os.environ["APPTAINER_KEYSDIR"] = args.keysdir
+    if getattr(args, "global_", False) and getattr(args, "secret", False):
+        raise UsageError("--global: the global keyring holds public keys only (drop --secret)")
     if sub in ("search", "push", "pull"):
         raise TrustError(f"cannot {sub} keys: {NO_KEYSERVER}",
                          hint="move keys with 'satchel key export' and 'satchel key import'")
     return globals()[f"_{sub}"](args)
 
 
-def _paths(secret: bool) -> str:
+def _paths(secret: bool, global_: bool = False) -> str:
     from satchel.trust import keyring
+    if global_:
+        return keyring.global_path()
     return keyring.secret_path() if secret else keyring.public_path()
 
 
 def _list(args) -> int:
     from satchel.trust import keyring
-    path = _paths(args.secret)
+    path = _paths(args.secret, args.global_)
     keys = keyring.load(path)
     kind = "Private" if args.secret else "Public"
     out = [f"{kind} key listing ({path}):\n\n"]
@@ -116,6 +133,11 @@ def _import(args) -> int:
     if args.secret and not secret:
         raise TrustError(f"{args.args[0]} holds no private key (drop --secret to import public "
                          f"keys)")
+    if args.global_:  # the admin's keyring of public keys
+        keyring.merge_into(keyring.global_path(), [k.public() for k in keys])
+        for key in keys:
+            log.info(f"Key with fingerprint {key.fingerprint} added to the global keyring")
+        return 0
     if secret:
         keyring.merge_into(keyring.secret_path(), secret)
     keyring.merge_into(keyring.public_path(), [k.public() for k in keys])
@@ -141,7 +163,7 @@ def _select(keys, keyidx: str | None, path: str):
 def _export(args) -> int:
     from satchel import log
     from satchel.trust import keyring
-    path = _paths(args.secret)
+    path = _paths(args.secret, args.global_)
     key = _select(keyring.load(path), args.keyidx, path)
     data = key.armored().encode() if args.armor else key.binary()
     out = args.args[0]
@@ -165,10 +187,13 @@ def _remove(args) -> int:
     fpr = args.args[0].replace(" ", "").upper()
     if len(fpr) != 40 or any(c not in "0123456789ABCDEF" for c in fpr):
         raise UsageError(f"invalid fingerprint {args.args[0]!r}: expected 40 hex digits")
-    path = _paths(args.secret)
-    if not keyring.remove(path, fpr):
-        raise TrustError(f"no key with fingerprint {fpr} in {path}")
-    log.info(f"Key with fingerprint {fpr} removed from {path}")
+    paths = ([_paths(False), _paths(True)] if args.both
+             else [_paths(args.secret, args.global_)])
+    removed = [path for path in paths if keyring.remove(path, fpr)]
+    if not removed:
+        raise TrustError(f"no key with fingerprint {fpr} in {' or '.join(paths)}")
+    for path in removed:
+        log.info(f"Key with fingerprint {fpr} removed from {path}")
     return 0
 
 

@@ -4,6 +4,15 @@ from __future__ import annotations
 
 from satchel.cli import options as o
 
+# Apptainer 1.3 pull flags satchel parses and refuses (tests/unit/test_apptainer_command_flags.py)
+REFUSED = (
+    o.refused("--docker-host", "docker_host", "satchel does not talk to a Docker daemon",
+              o.VALUE),
+    o.refused("--library", "library", "no library endpoint is configured here", o.VALUE),
+    o.refused("--no-cleanup", "no_cleanup",
+              "satchel always removes a failed pull's temporary files"),
+)
+
 SPECS = {
     "pull": o.Spec(
         "pull", "pull [pull options...] [output file] <URI>",
@@ -19,6 +28,12 @@ SPECS = {
         options=(
             o.Opt("-F --force", "force", help="overwrite an image file if it exists"),
             o.Opt("--dir", "dir", o.VALUE, help="download images to the specific directory"),
+            o.Opt("--name", "name", o.VALUE, env=("APPTAINER_PULL_NAME",), hidden=True,
+                  help="name of the image file (the same as giving it before the URI)"),
+            o.Opt("--arch-variant", "arch_variant", o.VALUE,
+                  help="architecture variant to pull from a registry (e.g. v8 of arm64)"),
+            o.Opt("-U --allow-unsigned --allow-unauthenticated", "allow_unsigned", hidden=True,
+                  help="accepted: satchel does not check signatures when pulling"),
             o.Opt("--arch", "arch", o.VALUE,
                   help="architecture to pull from a multi-architecture image (default: the host's)"),
             o.Opt("--disable-cache", "disable_cache",
@@ -39,7 +54,7 @@ SPECS = {
             o.Opt("--mksquashfs-args", "mksquashfs_args", o.VALUE,
                   env=("APPTAINER_MKSQUASHFS_ARGS", "SINGULARITY_MKSQUASHFS_ARGS"),
                   help="additional arguments for mksquashfs", hidden=True),
-        ),
+        ) + tuple(r[0] for r in REFUSED),
         min_args=1, max_args=2,
         examples=("  satchel pull docker://alpine:3.19\n"
                   "  satchel pull --arch arm64 mine.sif docker://registry.example.org/team/tool:1.2\n"
@@ -54,10 +69,14 @@ def run(name: str, parsed) -> int:
     from satchel import log
     from satchel.build.builder import BuildOptions
     from satchel.oci import pull, source
+    o.check_refused(parsed, REFUSED)
     if len(parsed.args) == 2:
         output, uri = parsed.args
     else:
-        output, uri = None, parsed.args[0]
+        output, uri = parsed.name or None, parsed.args[0]
+    if parsed.arch_variant:  # Apptainer's --arch arm64 --arch-variant v8 = arm64/v8
+        from satchel.oci.manifest import host_platform
+        parsed.arch = f"{parsed.arch or host_platform()[0]}/{parsed.arch_variant}"
     fetch = source.FetchOptions.from_options(parsed)
     dest = pull.destination(uri, output, parsed.dir)
     if uri.startswith("oras://"):

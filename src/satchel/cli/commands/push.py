@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from satchel.cli import options as o
 
+# Apptainer 1.3 push flags satchel parses and refuses (tests/unit/test_apptainer_command_flags.py)
+REFUSED = (
+    o.refused("--docker-host", "docker_host", "satchel does not talk to a Docker daemon",
+              o.VALUE),
+    o.refused("--library", "library", "no library endpoint is configured here", o.VALUE),
+    o.refused("-D --description", "description",
+              "descriptions belong to library:// pushes (no library endpoint is configured here)",
+              o.VALUE),
+)
+
 SPECS = {
     "push": o.Spec(
         "push", "push [push options...] <image file> <URI>",
@@ -42,7 +52,7 @@ SPECS = {
                   hidden=True),
             o.Opt("--tmpdir", "tmpdir", o.VALUE, env=("APPTAINER_TMPDIR", "SINGULARITY_TMPDIR"),
                   help="directory for temporary files of an --oci export"),
-        ),
+        ) + tuple(r[0] for r in REFUSED),
         min_args=2, max_args=2,
         examples=("  satchel push image.sif oras://registry.example.org/team/tool:1.2\n"
                   "  satchel push --oci image.sif docker://registry.example.org/team/tool:1.2\n"
@@ -56,6 +66,7 @@ def run(name: str, parsed) -> int:
     from satchel import log
     from satchel.errors import UsageError
     from satchel.oci import source
+    o.check_refused(parsed, REFUSED)
     image, uri = parsed.args
     fetch = source.FetchOptions.from_options(parsed)
     chunk_size = _size(parsed.chunk_size) if parsed.chunk_size else 0

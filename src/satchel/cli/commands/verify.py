@@ -13,6 +13,14 @@ import sys
 from satchel.cli import options as o
 from satchel.errors import TrustError, UsageError
 
+_X509 = "X.509 certificate signatures are not supported (PGP and DSSE key signatures are)"
+# Apptainer 1.3 verify flags satchel parses and refuses (tests/unit/test_apptainer_command_flags.py)
+REFUSED = (
+    o.refused("--certificate", "certificate", _X509, o.VALUE),
+    o.refused("--certificate-intermediates", "certificate_intermediates", _X509, o.VALUE),
+    o.refused("--certificate-roots", "certificate_roots", _X509, o.VALUE),
+    o.refused("--ocsp-verify", "ocsp_verify", _X509),
+)
 SPECS = {
     "verify": o.Spec(
         "verify", "verify [verify options...] <image path>",
@@ -35,7 +43,7 @@ SPECS = {
             o.Opt("--legacy-insecure", "legacy",
                   help="enable verification of (insecure) legacy signatures"),
             o.Opt("-u --url", "url", o.VALUE, help="specify a URL for a key server", hidden=True),
-        ),
+        ) + tuple(r[0] for r in REFUSED),
         min_args=1, max_args=1,
         examples="  satchel verify container.sif\n  satchel verify --key public.pem container.sif",
     ),
@@ -74,6 +82,7 @@ def key_material(key_path: str | None):
 def run(name: str, parsed) -> int:
     from satchel import log
     from satchel.trust import verify
+    o.check_refused(parsed, REFUSED)
 
     if parsed.url:
         raise TrustError(f"cannot verify against {parsed.url}: {NO_KEYSERVER}",
