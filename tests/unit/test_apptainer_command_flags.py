@@ -1,5 +1,5 @@
 """Every flag of Apptainer's other commands (build, pull, push, inspect, instance list/stop,
-cache, key, sign, verify, overlay, registry, config) parses in satchel: never "unknown flag".
+cache, key, sign, verify, overlay create, registry, config) parses in satchel: never "unknown flag".
 Each flag is implemented, or refused by one FATAL line naming it (test_..._refused below and
 tests/integration/test_command_flags.py run them).
 
@@ -12,8 +12,8 @@ commands and instance start/run have their own table (test_apptainer_flags.py).
 import pytest
 
 from satchel.cli import options as o
-from satchel.cli.commands import (build, cache, config, inspect, instance, key, pull, push,
-                                  registry, sign, verify)
+from satchel.cli.commands import (build, cache, config, inspect, instance, key, overlay, pull,
+                                  push, registry, sign, verify)
 
 B, V = "bool", "value"
 # command -> [(long name, shorthand, kind)]
@@ -75,13 +75,15 @@ APPTAINER_FLAGS = {
                        ("config", "c", V)],
     "registry logout": [("config", "c", V)],
     "registry list": [("config", "c", V)],
+    "overlay create": [("create-dir", "", V), ("fakeroot", "f", B), ("size", "s", V),
+                       ("sparse", "S", B)],
     "config fakeroot": [("add", "a", B), ("remove", "r", B), ("enable", "e", B),
                         ("disable", "d", B)],
     "config global": [("dry-run", "d", B), ("get", "g", B), ("reset", "r", B), ("set", "s", B),
                       ("unset", "u", B)],
 }
 SAMPLE = {"days": "3", "timeout": "5", "signal": "TERM", "keyidx": "0", "bit-length": "4096",
-          "group-id": "1", "groupid": "1", "sif-id": "1", "id": "1", "type": "all"}
+          "group-id": "1", "groupid": "1", "sif-id": "1", "id": "1", "type": "all", "size": "64"}
 
 
 def spec_for(command: str) -> o.Spec:
@@ -93,7 +95,8 @@ def spec_for(command: str) -> o.Spec:
     if words[0] == "config":
         return config.SUBCOMMANDS[words[1]]
     module = {"build": build, "pull": pull, "push": push, "inspect": inspect, "cache": cache,
-              "sign": sign, "verify": verify, "registry": registry}[words[0]]
+              "sign": sign, "verify": verify, "registry": registry,
+              "overlay": overlay}[words[0]]
     return module.SPECS[words[0]]
 
 
