@@ -293,7 +293,7 @@ def test_writable_tmpfs_killed_mid_setup(who, busybox_sif):
     before = set(live_processes("fuse-overlayfs"))
     for _ in range(8):
         proc = who.popen(["exec", "--writable-tmpfs", busybox_sif, "sleep", "5"])
-        time.sleep(rng.uniform(0.0, 0.12))
+        time.sleep(rng.uniform(0.0, 0.12))  # the kill moment under test, not a wait
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
     assert_nothing_left(busybox_sif)

@@ -149,7 +149,8 @@ def test_sigkill_of_launcher_mid_setup_leaves_nothing(who, busybox_sif):
     rng = random.Random(1234)
     for _ in range(12):
         proc = who.popen(["exec", busybox_sif, "sleep", "5"])
-        time.sleep(rng.uniform(0.0, 0.08))  # somewhere in the ~30-80 ms of setup, or just after
+        # the kill moment under test (not a wait): in the ~30-80 ms of setup, or just after
+        time.sleep(rng.uniform(0.0, 0.08))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
     assert_nothing_left(busybox_sif)

@@ -494,7 +494,7 @@ class Proxy:
                     else:
                         self.sent_by_clients += data
                 if to_client and self.rate:
-                    time.sleep(len(data) / self.rate)
+                    time.sleep(len(data) / self.rate)  # the throttling itself
         except OSError:
             pass
         finally:

@@ -16,7 +16,21 @@ import tempfile
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SATCHEL = os.environ.get("SATCHEL_BIN", os.path.join(ROOT, ".venv", "bin", "satchel"))
+
+
+def find_satchel() -> str:
+    """The satchel under test: $SATCHEL_BIN, else the one installed beside the Python running
+    the tests (`pip install -e .` in any environment), else the first on PATH."""
+    if os.environ.get("SATCHEL_BIN"):
+        return os.environ["SATCHEL_BIN"]
+    import sys
+    beside = os.path.join(os.path.dirname(sys.executable), "satchel")
+    if os.access(beside, os.X_OK):
+        return beside
+    return shutil.which("satchel") or beside
+
+
+SATCHEL = find_satchel()
 TEST_USER = "satchel-test"
 
 
@@ -105,5 +119,6 @@ def run_satchel(args: list[str], user: User | None = None, env: dict | None = No
 @pytest.fixture(scope="session")
 def satchel_bin() -> str:
     if not os.access(SATCHEL, os.X_OK):
-        pytest.fail(f"{SATCHEL} missing: run ./scripts/install-deps first")
+        pytest.fail(f"{SATCHEL} missing: pip install -e . (or ./scripts/install-deps), or "
+                    "set SATCHEL_BIN")
     return SATCHEL

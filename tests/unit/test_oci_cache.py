@@ -177,13 +177,18 @@ def test_wrong_size_cached_blob_is_not_trusted(cache):
     assert server.requests == [0]
 
 
-def _slow_download(root, data, counter_path):
+def _slow_download(root, data, counter_path, started, count):
     cache = Cache(root).ensure()
+    open(os.path.join(started, str(os.getpid())), "w").close()
 
     def opener(offset):
         with open(counter_path, "a") as fh:
             fh.write("x")
-        time.sleep(0.3)
+        # the download lasts until every process has started (bounded): all of them ask
+        # for the blob while one holds its lock
+        deadline = time.monotonic() + 10
+        while len(os.listdir(started)) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
         return Served(200 if not offset else 206, data[offset:])
     blobs.ensure_blob(cache, descriptor(data), opener)
 
@@ -193,7 +198,10 @@ def test_concurrent_processes_download_once(tmp_path):
     root = str(tmp_path / "cache")
     counter = str(tmp_path / "requests")
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_slow_download, args=(root, data, counter)) for _ in range(8)]
+    started = str(tmp_path / "started")
+    os.mkdir(started)
+    procs = [ctx.Process(target=_slow_download, args=(root, data, counter, started, 8))
+             for _ in range(8)]
     for p in procs:
         p.start()
     for p in procs:
