@@ -13,6 +13,8 @@ import pytest
 from satchel.cli import options as o
 from satchel.cli.commands import action, instance
 from satchel.errors import SatchelError
+from satchel.runtime import launch
+from satchel.runtime.config import default_config_path, load_config
 
 B, V = "bool", "value"  # a boolean flag, a flag that takes a value
 ACTIONS = ("exec", "run", "shell", "test")
@@ -141,7 +143,7 @@ def test_flag_is_implemented_or_refused_with_reason(cmd, flag):
     """Each flag either maps onto the run options or is refused by one line naming it."""
     parsed = o.parse(_spec(cmd), _argv(cmd, flag, "long"), environ_defaults=False)
     try:
-        action.to_run_options(cmd, parsed)
+        launch.run_options(cmd, parsed, load_config(default_config_path()))
     except SatchelError as err:  # UsageError, or ContainerError where the host lacks something
         assert (f"--{flag[0]}" in err.message or flag[0] == "env-file"
                 or "resource limits" in err.message), err.message
@@ -162,7 +164,7 @@ def test_uri_images_load_no_oci_code_for_image_files():
     import subprocess
     import sys
 
-    code = ("import sys; import satchel.cli.commands.action as a; "
+    code = ("import sys; import satchel.cli.commands.action; import satchel.runtime.launch as a; "
             "assert a.is_uri('docker://x/y') and a.is_uri('oci-archive:/f.tar'); "
             "assert not a.is_uri('/img.sif') and not a.is_uri('instance://x'); "
             "print(a.resolve_image('/img.sif', None)); "

@@ -6,6 +6,7 @@ import pytest
 
 from satchel.errors import ConfigError, ContainerError, UsageError
 from satchel.image.formats import ImageRef
+from satchel.runtime import binds as bindmod
 from satchel.runtime import plan as P
 from satchel.runtime.config import Config, default_config_path, load_config
 from satchel.runtime.host import HostInfo
@@ -56,6 +57,8 @@ def plan(host=None, image=SIF, config=None, **opts):
     command = opts.pop("command", "exec")
     args = opts.pop("args", ["/bin/true"])
     cfg = config or load_config(default_config_path())
+    if "binds" in opts or "mounts" in opts:  # -B and --mount, parsed once (launch.run_options)
+        opts["binds"] = bindmod.from_options(opts.pop("binds", ()), opts.pop("mounts", ()))
     return P.build_plan(P.RunOptions(command, args, **opts), cfg, image, host or FakeHost(),
                         session_dir=SESSION)
 
@@ -83,9 +86,12 @@ def test_rootless_sif_order():
     assert p.ops[0].data == ("user",)
     assert p.ops[1].data == ("1000 1000 1", "1000 1000 1")  # own ids, never root
     prep = p.ops[2]
-    assert prep.data[0] == "squashfuse_ll" and "builtin" in prep.flags
+    # the built-in server, named by the plan (started by the launcher, adopted here)
+    assert "builtin" in prep.flags and prep.data is None
+    assert (p.server.image, p.server.offset) == ("/imgs/a.sif", 4096)
     # the built-in server's fallback: the program, in the foreground (already detached)
-    assert prep.data[1:] == ("-f", "-o", "offset=4096", "/imgs/a.sif", "/dev/fd/{fd}")
+    assert p.server.fallback_argv == ("squashfuse_ll", "-f", "-o", "offset=4096", "/imgs/a.sif",
+                                      "/dev/fd/{fd}")
     program = plan(config=Config.parse("squashfuse mode = program\n")).ops[2]
     assert program.flags == () and program.data[1:] == ("-o", "offset=4096", "/imgs/a.sif",
                                                         "/dev/fd/{fd}")
@@ -172,7 +178,8 @@ def test_contain_with_workdir():
     b = binds(p)
     assert ("/scratch/w/tmp", "/tmp") in b and ("/scratch/w/var_tmp", "/var/tmp") in b
     assert ("/scratch/w/home", "/home/alice") in b
-    made = [op.destination for op in p.ops if op.kind == P.MKDIR and "host" in op.flags]
+    made = [op.destination for op in p.ops if op.kind == P.MKDIR
+            and not op.destination.startswith(SESSION)]
     assert made == ["/scratch/w/home", "/scratch/w/tmp", "/scratch/w/var_tmp"]
 
 
@@ -368,14 +375,18 @@ def test_user_bind_over_cwd_wins():
     assert binds(p)[-1] == ("/data", "/work")
 
 
-def test_early_server_matches_the_plan():
-    cfg = load_config(default_config_path())
-    argv = P.early_server(cfg, SIF, 1000)
-    assert argv == ["squashfuse_ll", "-f", "-o", "offset=4096", "/imgs/a.sif", "/dev/fd/{fd}"]
-    assert plan().ops[2].data == tuple(argv)
-    assert P.early_server(cfg, SIF, 0) is None          # root: loop device
-    assert P.early_server(cfg, SANDBOX, 1000) is None   # nothing to serve
-    assert P.early_server(Config.parse("squashfuse mode = program\n"), SIF, 1000) is None
+def test_server_start_is_in_the_plan():
+    """The built-in server is a field of the plan, decided once: what the launcher starts."""
+    p = plan(args=["/opt/app"])
+    assert p.server.fallback_argv == ("squashfuse_ll", "-f", "-o", "offset=4096", "/imgs/a.sif",
+                                      "/dev/fd/{fd}")
+    assert p.server.reads == p.ops[index(p, P.PREFETCH)].data == ("/bin/sh", "/opt/app")
+    assert p.to_dict()["server"]["image"] == "/imgs/a.sif"
+    assert plan(FakeHost(uid=0, gid=0)).server is None  # root: loop device
+    assert plan(image=SANDBOX).server is None           # nothing to serve
+    program = plan(config=Config.parse("squashfuse mode = program\n"))
+    assert program.server is None and program.ops[2].data[0] == "squashfuse_ll"
+    assert plan(config=Config.parse("prefetch = no\n")).server.reads == ()
 
 
 def test_prefetch_first_reads():
@@ -469,3 +480,67 @@ def test_session_mount_is_unbindable_before_the_session_tmpfs(uid):
     anchor = index(p, P.UNBINDABLE, destination=SESSION)
     assert anchor < index(p, P.TMPFS, destination=SESSION)
     assert index(p, P.MAKE_PRIVATE) < anchor
+
+
+def test_build_plan_does_not_change_the_options():
+    """What --containall and --no-pid imply is derived in the plan, not written back."""
+    opts = P.RunOptions("exec", ["/bin/true"], containall=True, no_pid=True,
+                        binds=bindmod.from_options(["/data:/d"], ()))
+    before = {name: getattr(opts, name) for name in P.RunOptions.__slots__}
+    p = P.build_plan(opts, load_config(default_config_path()), SIF, FakeHost(),
+                     session_dir=SESSION)
+    assert {name: getattr(opts, name) for name in P.RunOptions.__slots__} == before
+    assert p.namespaces == ("user", "mount", "ipc")  # --no-pid wins over --containall
+    assert ("/tmp", "/tmp") not in binds(p) and "USER" not in p.environ
+
+
+def test_ops_are_frozen_and_their_data_immutable():
+    """No operation changes after the plan is made; data is a str, int or tuple of them."""
+    p = plan(binds=["/data:/d:ro"], pid=True, hostname="box", net=True, network="none")
+    op = p.ops[0]
+    for name in ("kind", "source", "destination", "flags", "data", "extra"):
+        with pytest.raises(AttributeError):
+            setattr(op, name, None)
+    with pytest.raises(AttributeError):
+        p.server.image = "/elsewhere.sif"
+
+    def immutable(value):
+        if isinstance(value, tuple):
+            return all(immutable(v) for v in value)
+        return value is None or isinstance(value, (str, int))
+    for candidate in (p, plan(FakeHost(uid=0, gid=0, paths={"/ov": "dir"}, writable={"/ov"}),
+                              overlay=["/ov"]), plan(image=SANDBOX, dns="1.1.1.1")):
+        for op in candidate.ops:
+            assert immutable(op.data) and isinstance(op.flags, tuple), op
+
+
+def test_every_kind_is_documented_and_applied():
+    """The table at the top of plan.py is the list of kinds; the executor has one method each."""
+    import inspect
+
+    from satchel.runtime import executor
+    source = inspect.getsource(P)
+    kinds_ = [v for k, v in vars(P).items() if k.isupper() and isinstance(v, str)
+              and f'{k} = "{v}"' in source]
+    assert len(kinds_) > 40
+    for kind in kinds_:
+        assert hasattr(executor.Executor, "op_" + kind), kind
+        line = next(line for line in source.splitlines() if line.endswith(f'"{kind}"')
+                    or f'= "{kind}"  ' in line)
+        assert "#" in line, f"{kind}: no shape documented"
+
+
+def test_bind_specs_stay_bind_specs():
+    """A -B value is parsed once; the plan checks it into a BindSpec and keeps it one."""
+    host = FakeHost(environ={"APPTAINER_BIND": "/data:/e"})
+    opts = P.RunOptions("exec", ["/bin/true"], binds=bindmod.from_options(["/data/../data:/d:ro"],
+                                                                        ()))
+    spec = opts.binds[0]
+    p = P.build_plan(opts, load_config(default_config_path()), SIF, host, session_dir=SESSION)
+    assert isinstance(spec, bindmod.BindSpec) and spec.host_path is None  # not changed
+    assert p.environ["APPTAINER_BIND"] == "/data:/e,/data/../data:/d:ro"
+    checked = bindmod.from_options(["/data/../data:/d/../d:ro"], ())[0].checked("/data", "/d",
+                                                                               "dir")
+    assert (checked.host_path, checked.destination, checked.kind, checked.readonly) == \
+        ("/data", "/d", "dir", True)
+    assert checked.text() == "/data/../data:/d:ro"

@@ -54,8 +54,7 @@ _POLL = 0.02
 
 def start(command: str, parsed, prog: str = "satchel") -> state.Record:
     """`instance start|run [options] IMAGE NAME [ARGS...]`; returns the running record."""
-    from satchel.cli.commands import action
-    from satchel.image.formats import open_image
+    from satchel.runtime import launch
     from satchel.runtime.config import load_config
     from satchel.runtime.host import HostInfo
     from satchel.runtime.plan import build_plan
@@ -64,21 +63,12 @@ def start(command: str, parsed, prog: str = "satchel") -> state.Record:
     state.check_name(name)
     if image_arg.startswith(state.URI_PREFIX):
         raise UsageError("an instance cannot be started from another instance: give an image")
-    image_arg, temporary = action.resolve_image(image_arg, parsed)  # docker://... pulled
-    image = open_image(image_arg)
     config = load_config()
-    from satchel.trust.ecl import enforce
-    enforce(image, config.path)  # an activated ECL may refuse the image (trust/ecl.py)
-    opts = action.to_run_options("run", parsed)
-    opts.command = command
-    opts.args = args
-    opts.pid = True  # always a PID namespace (as Apptainer's instances): see the module doc
-    if getattr(opts, "no_pid", False):
-        log.warning("--no-pid is ignored: an instance always has its own PID namespace, so "
-                    "that nothing of it outlives its init")
-        opts.no_pid = False
-    opts.gpu = action.gpu_binds(parsed, config)
-    opts.cleanup = temporary  # a temporary SIF: the reaper removes it when the instance ends
+    temporary: list[str] = []  # a temporary SIF: the reaper removes it when the instance ends
+    image = launch.open_image_arg(image_arg, parsed, config, temporary)  # docker://... pulled
+    # always a PID namespace (as Apptainer's instances): see the module doc
+    opts = launch.run_options(command, parsed, config, args=args, cleanup=temporary,
+                              instance=True)
     registry = state.Registry(state.Owner.current())
 
     with registry.lock():
@@ -220,8 +210,8 @@ def _become_instance(plan, read_fd: int, write_fd: int, out_fd: int, err_fd: int
         for fd in (null, out_fd, err_fd):
             if fd > 2:
                 os.close(fd)
-        from satchel.runtime import executor
-        executor.apply(plan)  # the INSTANCE_INIT operation never returns
+        from satchel.runtime import executor, launch
+        executor.apply(plan, launch.start_server(plan))  # INSTANCE_INIT never returns
         raise ContainerError("the container plan ended without starting the instance's init")
     except SatchelError as err:
         _report(write_fd, err.message, err.hint or "")

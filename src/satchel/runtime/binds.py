@@ -15,15 +15,28 @@ from satchel.errors import UsageError
 
 
 class BindSpec:
-    """One requested bind: host source, container destination, read-only or not."""
+    """One requested bind, from its parse to its mount: host source, container destination,
+    read-only or not; once checked by the plan (checked()), also the resolved host path and
+    what it is ("dir" or "file"). Never reshaped into tuples or strings on the way."""
 
-    __slots__ = ("source", "destination", "readonly", "origin")
+    __slots__ = ("source", "destination", "readonly", "origin", "host_path", "kind")
 
-    def __init__(self, source: str, destination: str, readonly: bool = False, origin: str = ""):
+    def __init__(self, source: str, destination: str, readonly: bool = False, origin: str = "",
+                 host_path: str | None = None, kind: str | None = None):
         self.source = source
         self.destination = destination
         self.readonly = readonly
         self.origin = origin  # the text it came from, for error messages
+        self.host_path = host_path  # the source resolved on the host (checked specs)
+        self.kind = kind            # "dir" | "file" (checked specs)
+
+    def checked(self, host_path: str, destination: str, kind: str) -> "BindSpec":
+        """This request as the plan checked it: the source resolved, the destination clean."""
+        return BindSpec(self.source, destination, self.readonly, self.origin, host_path, kind)
+
+    def text(self) -> str:
+        """SRC:DST[:ro], as APPTAINER_BIND lists it inside the container."""
+        return f"{self.source}:{self.destination}" + (":ro" if self.readonly else "")
 
     def __eq__(self, other):
         return (isinstance(other, BindSpec) and self.source == other.source
@@ -135,21 +148,30 @@ def parse_mount(value: str) -> BindSpec:
     return BindSpec(source, destination, readonly, value)
 
 
-def collect(bind_values, mount_values, environ) -> list[BindSpec]:
-    """All user binds in Apptainer's order: APPTAINER_BIND (or SINGULARITY_BIND), -B, --mount."""
-    specs: list[BindSpec] = []
-    env_value = None
-    for name in ("APPTAINER_BIND", "APPTAINER_BINDPATH", "SINGULARITY_BIND",
-                 "SINGULARITY_BINDPATH"):
+_ENV_NAMES = ("APPTAINER_BIND", "APPTAINER_BINDPATH", "SINGULARITY_BIND",
+              "SINGULARITY_BINDPATH")
+
+
+def from_environ(environ) -> tuple[BindSpec, ...]:
+    """APPTAINER_BIND (or its SINGULARITY_/BINDPATH twins: the first set wins)."""
+    for name in _ENV_NAMES:
         if environ.get(name):
-            env_value = environ[name]
-            break
-    if env_value:
-        specs.extend(parse_bind(env_value))
+            return tuple(parse_bind(environ[name]))
+    return ()
+
+
+def from_options(bind_values, mount_values) -> tuple[BindSpec, ...]:
+    """-B values, then --mount values (one per line), in the order given."""
+    specs: list[BindSpec] = []
     for value in bind_values or ():
         specs.extend(parse_bind(value))
     for value in mount_values or ():
         for line in value.splitlines():
             if line.strip():
                 specs.append(parse_mount(line))
-    return specs
+    return tuple(specs)
+
+
+def collect(bind_values, mount_values, environ) -> list[BindSpec]:
+    """All user binds in Apptainer's order: APPTAINER_BIND (or SINGULARITY_BIND), -B, --mount."""
+    return list(from_environ(environ) + from_options(bind_values, mount_values))

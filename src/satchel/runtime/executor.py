@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from satchel import fsutil, log
-from satchel.errors import ContainerError
+from satchel.errors import ContainerError, PathError
 from satchel.runtime import linux, underlay
 from satchel.runtime.linux import (MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE,
                                    MS_RDONLY, MS_REC, MS_UNBINDABLE)
@@ -44,7 +44,7 @@ class Executor:
 
     def __init__(self, plan, early=None):
         self.plan = plan
-        self.early = early  # a BuiltinServer started before the plan existed, or None
+        self.early = early  # the plan's BuiltinServer, started by launch.start_server
         self.root = plan.root
         self.underlays = underlay.Underlays(plan.session)
         self.fuse = {}
@@ -64,15 +64,18 @@ class Executor:
             return op.destination
         if self.ensured is not None and self.ensured[0] == op.destination:
             return linux.fd_path(self.ensured[1])  # resolved just before; nothing mounted since
-        return underlay.resolve_existing(self.root, op.destination)
+        host, missing = fsutil.resolve_path(self.root, op.destination)
+        if missing:
+            raise ContainerError(f"path {op.destination} does not exist in the container")
+        return host
 
     def target_fd(self, op) -> int:
         """O_PATH descriptor of a "root" op's destination, resolved below the staged root
-        through descriptors (underlay.resolve_at: nothing renamed meanwhile can redirect it;
+        through descriptors (fsutil.resolve_at: nothing renamed meanwhile can redirect it;
         a mount at the destination is entered). Closed after the operation."""
         if self.ensured is not None and self.ensured[0] == op.destination:
             return self.ensured[1]
-        found = underlay.resolve_at(self._root_fd(), op.destination)
+        found = fsutil.resolve_at(self._root_fd(), op.destination)
         self.held.append(found.fd)
         if found.missing:
             raise ContainerError(f"path {op.destination} does not exist in the container")
@@ -186,23 +189,18 @@ class Executor:
     def op_fuse_prepare(self, op) -> None:
         from satchel.runtime import fuse
 
-        argv = list(op.data)
-        builtin = "builtin" in op.flags  # the program is only its fallback then
-        argv[0] = fuse.find_program(argv[0], os.environ, required=not builtin)
-        if builtin:
-            image = self.plan.image
+        if "builtin" in op.flags:  # the plan's server, started by the launcher: adopted
             server = self.early
-            if server is None or (server.image, server.offset) != (image.path, image.fs_offset):
-                if server is not None:
-                    server.cancel()
-                reads = self.plan.ops_of("prefetch")
-                server = fuse.start_builtin(op.source, image.path, image.fs_offset, argv,
-                                            reads[0].data if reads else ())
+            if server is None:
+                raise ContainerError("the built-in SquashFS server was not started "
+                                     "(launch.start_server before executor.apply)")
             self.early = None
             server.open_device()
             self.fuse[op.source] = server
-        else:
-            self.fuse[op.source] = fuse.prepare(op.source, argv)
+            return
+        argv = list(op.data)
+        argv[0] = fuse.find_program(argv[0], os.environ)
+        self.fuse[op.source] = fuse.prepare(op.source, argv)
 
     def op_fuse_snapshot(self, op) -> None:
         self.fuse[op.source].snapshot_namespace()
@@ -234,8 +232,8 @@ class Executor:
     def _existing(self, path: str) -> str | None:
         """Host path of an existing container path (looked up: the kernel knows it), or None."""
         try:
-            host, missing = underlay.resolve(self.root, path)
-        except ContainerError:
+            host, missing = fsutil.resolve_path(self.root, path)
+        except PathError:
             return None
         return None if missing else host
 
@@ -359,7 +357,7 @@ class Executor:
         ...) with a warning, and the operations on that destination that follow are skipped.
         Apptainer does the same for its own binds ("Skipping impossible home directory mount
         to '/'", its issue 5228) and refuses a user's bind onto /. Nothing can resolve above
-        the root: resolution is clamped to it (underlay.resolve_at).
+        the root: resolution is clamped to it (fsutil.resolve_at).
         """
         try:
             fd = self.underlays.ensure(self._root_fd(), op.destination, op.data)
@@ -415,7 +413,7 @@ class Executor:
 
     def op_symlink(self, op) -> None:
         parent, _, name = op.destination.rpartition("/")
-        found = underlay.resolve_at(self._root_fd(), parent or "/")
+        found = fsutil.resolve_at(self._root_fd(), parent or "/")
         self.held.append(found.fd)
         if found.missing:
             raise ContainerError(f"creating symlink {op.destination}: {parent} does not exist "
@@ -527,7 +525,7 @@ class Executor:
         """A small file of the image as text ("" if unreadable or not a regular file: a FIFO
         at /etc/passwd must not hang the launch). os-level reads: open() would add an isatty()
         ioctl, one more FUSE request, and the text layer."""
-        host, missing = underlay.resolve(self.root, path)
+        host, missing = fsutil.resolve_path(self.root, path)
         if missing:
             return ""
         try:
@@ -619,13 +617,13 @@ def _check_owner(fd: int, path: str, uid: int) -> None:
 def apply(plan, early=None) -> None:
     """Build the container and exec its first process (does not return on success).
 
-    early: a fuse.BuiltinServer started ahead of the plan (fuse.fork_builtin), adopted by
-    the plan's FUSE_PREPARE for the same image.
+    early: the built-in server the plan names (ContainerPlan.server), started by the launcher
+    (launch.start_server) and adopted by the plan's FUSE_PREPARE "builtin".
     """
     executor = Executor(plan, early)
     try:
         executor.run()
-    except (ContainerError, OSError) as err:
+    except (ContainerError, PathError, OSError) as err:
         if not executor.fuse:
             raise
         from satchel.runtime import fuse

@@ -1,10 +1,18 @@
 """build_plan(): every decision about a container, as plain data, before anything happens.
 
 The plan is PURE: the options, the admin Config, the ImageRef and a HostInfo go in; a
-ContainerPlan comes out (namespaces, id maps, an ordered tuple of small Op records, the
-environment, argv, working directory, hostname). Nothing is read from the world except through
-HostInfo, so unit tests feed a fake host and assert on the operations; `-d` prints the plan as
-JSON. executor.apply() then performs the operations in order and decides nothing.
+ContainerPlan comes out (namespaces, id maps, an ordered tuple of small frozen Op records, the
+environment, argv, working directory, hostname, and the built-in FUSE server to start). Nothing
+is read from the world except through HostInfo, so unit tests feed a fake host and assert on the
+operations; `-d` prints the plan as JSON. executor.apply() then performs the operations in order
+and decides nothing. The options are read, never changed: what they imply (--containall's
+--contain, --pid...) is derived into the _Plan being built.
+
+build_plan() reads as the list of what a container gets, one named step each, in the order the
+operations run (as bubblewrap's setup ops and Apptainer's lifecycle stages): clean-up and
+limits, namespaces, the session, the image, /proc and /sys, /dev, home, /tmp, the system binds,
+passwd and group, the working directory, the user's binds, GPUs, the finished root, kernel path
+protection, the switch to the root, and the process.
 
 Op destinations are host paths, except for ops flagged "root", whose destination is a path
 inside the container, resolved below ContainerPlan.root at apply time the way the container
@@ -19,52 +27,66 @@ from satchel.errors import ConfigError, ContainerError, UsageError
 from satchel.runtime import binds as bindmod
 from satchel.runtime import environment
 
-# --- operation kinds (executor.py has one method per kind) ---------------------------------
-UNSHARE = "unshare"                # data: namespace names
-ID_MAP = "id_map"                  # data: (uid_map, gid_map) lines; setgroups deny
-FUSE_PREPARE = "fuse_prepare"      # source: server name; data: server argv ('{fd}' = fd)
-MAKE_PRIVATE = "make_private"      # destination: mount tree whose propagation becomes private
-TMPFS = "tmpfs"                    # data: tmpfs options
-MKDIR = "mkdir"                    # host directory in a tmpfs the runtime owns (or a workdir)
-MOUNT_SQUASHFS_FUSE = "mount_squashfs_fuse"  # source: server name; data: uid, gid
-FUSE_WAIT = "fuse_wait"            # source: server name
-FUSE_SNAPSHOT = "fuse_snapshot"    # the server's helper takes a private copy of the mounts
-PREFETCH = "prefetch"              # source: server name; data: container files to read ahead
-PREFETCH_STORE = "prefetch_store"  # source: server name; let it store the pages it read ahead
-MOUNT_SQUASHFS_LOOP = "mount_squashfs_loop"  # source: image; data: (offset, size)
-BIND_IMAGE_DIR = "bind_image_dir"  # source: sandbox directory
-MOUNT_OVERLAY = "mount_overlay"    # data: (lower, upper, work); kernel overlayfs (root)
-MOUNT_OVERLAY_FUSE = "mount_overlay_fuse"  # source: server name; data: uid, gid (non-root)
-ENSURE_MOUNTPOINT = "ensure_mountpoint"  # data: "dir" | "file"; underlay if missing
-BIND = "bind"                      # flags: rec, ro
-BIND_DEV_NODE = "bind_dev_node"    # a host device node onto a file in the /dev tmpfs
-MOUNT_DEVPTS = "mount_devpts"      # a new devpts instance (ptys openable by the container)
-SYMLINK = "symlink"                # source: link target
-WRITE_FILE = "write_file"          # data: text
-GEN_PASSWD = "gen_passwd"          # destination: host file; data: (entry line, uid, name)
-GEN_GROUP = "gen_group"            # destination: host file; data: ((gid, name), ...), user
-MOUNT_PROC = "mount_proc"          # a fresh procfs (in a new pid namespace)
-READONLY_PATH = "readonly_path"    # a kernel path bound on itself, read-only (rec); "optional":
-                                   # EPERM/EACCES tolerated (rootless, see _protect_kernel)
-MASK_PATH = "mask_path"            # data: "dir" (an empty read-only tmpfs over it) | "file"
-                                   # (/dev/null bound over it); "optional" as READONLY_PATH
-UNBINDABLE = "unbindable"          # destination bound on itself and made MS_UNBINDABLE: the
-                                   # recursive bind of a directory above it skips what is below
-REMOUNT_RO = "remount_ro"          # flags: rec
-NOSUID_TREE = "nosuid_tree"        # nosuid on every mount below destination
-SETHOSTNAME = "sethostname"        # data: name
-NET_LOOPBACK = "net_loopback"      # --net --network none: bring up lo in the new net namespace
-FORK_INIT = "fork_init"            # --pid: parent forwards signals, child (pid 1) goes on
-PIVOT_ROOT = "pivot_root"
-CHDIR = "chdir"                    # data: candidate directories, first that works
-DROP_CAPS = "drop_caps"            # no_new_privs + every capability set emptied
-CHECK_SHELL = "check_shell"        # /bin/sh must exist in the container
-EXEC = "exec"                      # execve(argv, environ): the launcher becomes the payload
-EXEC_CHILD = "exec_child"          # --pid: init forks the payload, reaps, returns its status
-INSTANCE_INIT = "instance_init"    # instance start: stay as the instance's init (data: ready fd)
-JOIN_NAMESPACES = "join_namespaces"  # instance://: data: (pid, namespace names), user first
-REAPER = "reaper"                  # data: (host paths, cgroup dirs) removed after the container
-CGROUP = "cgroup"                  # data: cgroups.CgroupPlan.to_data(): create, limit, enter
+# --- operation kinds: executor.py has one op_KIND method each -------------------------------
+# Each line: what source, destination and data hold (absent: None). Data is immutable: a str,
+# an int, or a tuple of them (nested tuples where said). Flags common to many kinds: "root"
+# (destination is a container path), "rec", "ro", "nosuid", "nodev", "noexec".
+#   kind                              source        destination      data
+UNSHARE = "unshare"                # -             -                tuple of namespace names
+ID_MAP = "id_map"                  # -             -                (uid_map line, gid_map line);
+                                   #                                setgroups is denied first
+FUSE_PREPARE = "fuse_prepare"      # server name   -                program argv tuple ('{fd}':
+                                   # the fd); flag "builtin": data None, the server is
+                                   # ContainerPlan.server, started by the launcher, adopted here
+MAKE_PRIVATE = "make_private"      # -             mount tree       - (propagation: private)
+TMPFS = "tmpfs"                    # "tmpfs"       path             tmpfs options str
+MKDIR = "mkdir"                    # -             host directory   - ("owned": refused if a
+                                   # symlink or another user's; else made if missing)
+MOUNT_SQUASHFS_FUSE = "mount_squashfs_fuse"  # server name  host dir  (uid, gid)
+FUSE_WAIT = "fuse_wait"            # server name   -                - ("writable": an overlay)
+FUSE_SNAPSHOT = "fuse_snapshot"    # server name   -                - (the helper copies the
+                                   #                                mounts so far)
+PREFETCH = "prefetch"              # server name   -                container paths to read ahead
+PREFETCH_STORE = "prefetch_store"  # server name   -                - (store the pages read)
+MOUNT_SQUASHFS_LOOP = "mount_squashfs_loop"  # image path  host dir  (offset, size)
+BIND_IMAGE_DIR = "bind_image_dir"  # sandbox dir   host dir         -
+MOUNT_OVERLAY = "mount_overlay"    # "overlay"     host dir         (lower, upper, work): root
+MOUNT_OVERLAY_FUSE = "mount_overlay_fuse"  # server name  host dir  (uid, gid): non-root
+ENSURE_MOUNTPOINT = "ensure_mountpoint"  # -       container path   "dir" | "file" (underlay
+                                   # if missing; "user": refused if it resolves to the root)
+BIND = "bind"                      # host path     container path   -
+BIND_DEV_NODE = "bind_dev_node"    # host node     container path   - (onto a file in /dev)
+MOUNT_DEVPTS = "mount_devpts"      # "devpts"      container path   devpts options str
+SYMLINK = "symlink"                # link target   container path   -
+WRITE_FILE = "write_file"          # -             host file        text
+GEN_PASSWD = "gen_passwd"          # image file    host file        (entry line, uid, user name)
+GEN_GROUP = "gen_group"            # image file    host file        (((gid, name), ...), user)
+MOUNT_PROC = "mount_proc"          # "proc"        container path   - (a fresh procfs: --pid)
+READONLY_PATH = "readonly_path"    # -             container path   - (bound on itself, ro, rec;
+                                   # "optional": EPERM/EACCES tolerated, see _protect_kernel)
+MASK_PATH = "mask_path"            # -             container path   "dir" (empty ro tmpfs) |
+                                   #                                "file" (/dev/null over it)
+UNBINDABLE = "unbindable"          # -             host dir         - (bound on itself, made
+                                   # MS_UNBINDABLE: recursive binds above skip what is below)
+REMOUNT_RO = "remount_ro"          # -             container path   - ("rec")
+NOSUID_TREE = "nosuid_tree"        # -             host dir         - (nosuid on every mount below)
+SETHOSTNAME = "sethostname"        # -             -                host name
+NET_LOOPBACK = "net_loopback"      # "lo"          -                ((key, value), ...) network args
+FORK_INIT = "fork_init"            # -             -                - (--pid: the parent forwards
+                                   # signals, the child, pid 1, goes on)
+PIVOT_ROOT = "pivot_root"          # -             host dir         -
+CHDIR = "chdir"                    # -             -                candidate dirs, first that
+                                   # works ("strict": only the first)
+DROP_CAPS = "drop_caps"            # -             -                - (no_new_privs, caps emptied)
+CHECK_SHELL = "check_shell"        # -             "/bin/sh"        - (must exist in the container)
+EXEC = "exec"                      # "/bin/sh"     -                - (execve(ContainerPlan.argv))
+EXEC_CHILD = "exec_child"          # "/bin/sh"     -                - (--pid: init forks, reaps)
+INSTANCE_INIT = "instance_init"    # "/bin/sh"     -                ready fd (stay as the init)
+JOIN_NAMESPACES = "join_namespaces"  # -           -                (pid, namespace names), user
+                                   #                                first (instance://)
+REAPER = "reaper"                  # -             -                (host paths, cgroup dirs)
+                                   #                                removed after the container
+CGROUP = "cgroup"                  # -             -                cgroups.CgroupPlan.to_data()
 
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 # runc's and crun's defaults (the OCI spec's readonlyPaths and maskedPaths, plus powercap from
@@ -83,17 +105,32 @@ ACTIONS = ("exec", "run", "shell", "test")
 INSTANCE_ACTIONS = ("start", "run")  # what `instance start|run` runs as the instance's payload
 
 
-class Op:
-    """One setup operation: what to do, from where, to where, how."""
+
+_set = object.__setattr__
+
+
+class _Frozen:
+    """Instances take their values in __init__ (through _set) and refuse assignment after."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{type(self).__name__} is frozen: cannot set {name}")
+
+    __delattr__ = __setattr__
+
+
+class Op(_Frozen):
+    """One setup operation: what to do, from where, to where, how (frozen; shapes above)."""
 
     __slots__ = ("kind", "source", "destination", "flags", "data")
 
     def __init__(self, kind: str, source=None, destination=None, flags=(), data=None):
-        self.kind = kind
-        self.source = source
-        self.destination = destination
-        self.flags = tuple(flags)
-        self.data = data
+        _set(self, "kind", kind)
+        _set(self, "source", source)
+        _set(self, "destination", destination)
+        _set(self, "flags", tuple(flags))
+        _set(self, "data", data)
 
     def to_dict(self) -> dict:
         out = {"op": self.kind}
@@ -111,21 +148,41 @@ class Op:
         return f"Op({self.kind}, {self.source!r} -> {self.destination!r}, {self.flags})"
 
 
-class RunOptions:
-    """The options of exec/run/shell/test, as the plan needs them (action.py fills it)."""
+class ServerStart(_Frozen):
+    """The built-in SquashFS server this launch uses (sqfs_server.py), as the launcher starts
+    it before anything else (launch.start_server): the image and offset it opens, the
+    squashfuse_ll argv it execs instead if its libraries are missing ('{fd}': the fd), and
+    the container paths it reads ahead. FUSE_PREPARE "builtin" adopts the started server."""
 
-    __slots__ = ("command", "args", "binds", "mounts", "contain", "containall", "cleanenv",
+    __slots__ = ("image", "offset", "fallback_argv", "reads")
+
+    def __init__(self, image: str, offset: int, fallback_argv, reads=()):
+        _set(self, "image", image)
+        _set(self, "offset", offset)
+        _set(self, "fallback_argv", tuple(fallback_argv))
+        _set(self, "reads", tuple(reads))
+
+    def to_dict(self) -> dict:
+        return {"image": self.image, "offset": self.offset,
+                "fallback": list(self.fallback_argv), "reads": list(self.reads)}
+
+
+class RunOptions:
+    """The options of exec/run/shell/test and instance start, as the plan needs them.
+
+    Filled by launch.run_options() from the parsed command line; build_plan() only reads it.
+    """
+
+    __slots__ = ("command", "args", "binds", "contain", "containall", "cleanenv",
                  "env", "env_file_pairs", "home", "no_home", "no_mount", "pwd", "workdir",
-                 "writable_tmpfs", "overlay", "pid", "ipc", "uts", "hostname", "userns", "net",
+                 "writable_tmpfs", "overlay", "pid", "ipc", "uts", "hostname", "net",
                  "network", "network_args", "no_eval", "instance_ready_fd", "join",
-                 "shell", "gpu", "prog", "scratch", "dns", "no_pid", "cleanup", "cgroup",
-                 "fusemount", "seccomp")
+                 "shell", "gpu", "prog", "scratch", "dns", "no_pid", "cleanup", "cgroup")
 
     def __init__(self, command: str = "exec", args=(), **values):
         self.command = command
-        self.args = list(args)
-        self.binds = []
-        self.mounts = []
+        self.args = tuple(args)
+        self.binds = ()         # -B and --mount, parsed once: BindSpec objects (binds.py)
         self.contain = self.containall = self.cleanenv = False
         self.env = []
         self.env_file_pairs = []
@@ -136,7 +193,7 @@ class RunOptions:
         self.workdir = None
         self.writable_tmpfs = False
         self.overlay = []
-        self.pid = self.ipc = self.uts = self.userns = self.net = False
+        self.pid = self.ipc = self.uts = self.net = False
         self.hostname = None
         self.network = None     # --network: comma-separated network names
         self.network_args = []  # --network-args: KEY=VALUE strings
@@ -144,15 +201,13 @@ class RunOptions:
         self.instance_ready_fd = None  # instance start: end as its init, report on this fd
         self.join = None        # exec|run|shell instance://NAME: a JoinTarget
         self.shell = None
-        self.gpu = []       # satchel.hpc.gpu.GpuBinds objects, found by action.py
+        self.gpu = []       # satchel.hpc.gpu.GpuBinds objects (launch.run_options finds them)
         self.prog = "satchel"
         self.scratch = []       # -S/--scratch: container directories, empty and writable
         self.dns = None         # --dns: comma-separated name servers for /etc/resolv.conf
         self.no_pid = False     # --no-pid: no PID namespace even with --containall
         self.cleanup = ()       # host paths the reaper removes after the container (--unsquash)
         self.cgroup = None      # a cgroups.CgroupRequest (resource limits), or None
-        self.fusemount = []     # --fusemount specs (runtime/fusemount.py parses them)
-        self.seccomp = None     # --security seccomp:FILE, a compiled BPF program's path
         for key, value in values.items():
             setattr(self, key, value)
 
@@ -161,7 +216,7 @@ class ContainerPlan:
     """Everything the executor needs; printable as JSON (to_dict)."""
 
     __slots__ = ("rootless", "namespaces", "uid", "gid", "session", "root", "ops", "environ",
-                 "argv", "cwd", "hostname", "image", "warnings", "binds")
+                 "argv", "cwd", "hostname", "image", "warnings", "server")
 
     def __init__(self, **values):
         for key in self.__slots__:
@@ -175,6 +230,7 @@ class ContainerPlan:
             "namespaces": list(self.namespaces),
             "uid": self.uid, "gid": self.gid,
             "session": self.session, "root": self.root,
+            "server": self.server.to_dict() if self.server is not None else None,
             "operations": [op.to_dict() for op in self.ops],
             "argv": [a if len(a) < 200 else a[:60] + "...<script>" for a in self.argv],
             "cwd": list(self.cwd), "hostname": self.hostname,
@@ -212,12 +268,40 @@ def _under(path: str, top: str) -> bool:
 
 
 class _Plan:
-    """Accumulates operations; the methods keep build_plan() readable."""
+    """The plan being built: the inputs, what they imply (derived once, here, never written
+    back to the options), and the operations so far. The step functions below read it and
+    add operations; the checks that can fail on bad input run in __init__, before any step."""
 
-    def __init__(self, root: str):
-        self.root = root
+    def __init__(self, opts: RunOptions, config, image, host, session_dir: str | None):
+        self.opts, self.config, self.image, self.host = opts, config, image, host
         self.ops: list[Op] = []
+        self.warnings: list[str] = []
         self.binds_done: list[tuple[str, str]] = []  # (source, destination) of host binds
+        containall = opts.containall
+        self.contain = opts.contain or containall
+        self.cleanenv = opts.cleanenv or containall
+        self.pid = (opts.pid or containall) and not opts.no_pid
+        self.ipc = opts.ipc or containall
+        self.no_mount = _no_mount(opts.no_mount)
+        # -u/--userns is accepted for compatibility: it is already the mode of every non-root
+        # caller, and root keeps the kernel SquashFS runtime (a loop device needs no FUSE
+        # server)
+        self.rootless = host.uid != 0
+        self.session = session_dir or default_session_dir()
+        self.root = self.session + "/root"
+        self.network_args = _network_request(opts, self.warnings)
+        self.overlay = _overlay_request(opts, config, host, self.session)
+        self.image_target = self.root if self.overlay is None else self.session + "/lower"
+        self.server = _server_start(config, image, host.uid, opts) if self.rootless else None
+        self.user_binds = _user_bind_specs(opts, config, host)
+        self.home_src, self.home_dst, self.home_explicit = _home_dirs(opts, host)
+        self.workdir = _workdir(opts, host)
+        self.cwd: list[str] = []
+        self.gpu_env: dict[str, str] = {}
+
+    def mounts(self, key: str) -> bool:
+        """Whether --no-mount leaves KEY, and the admin's `mount KEY` allows it."""
+        return key not in self.no_mount and self.config.get_bool("mount " + key, True)
 
     def add(self, kind, source=None, destination=None, flags=(), data=None) -> None:
         self.ops.append(Op(kind, source, destination, flags, data))
@@ -241,174 +325,196 @@ class _Plan:
         self.ensure(destination, "dir")
         self.add(TMPFS, "tmpfs", destination, ("root", "nosuid", "nodev"), options)
 
+    def namespaces(self) -> tuple[str, ...]:
+        """The namespaces created after the user namespace (and the FUSE servers)."""
+        opts = self.opts
+        return tuple(name for name, wanted in (
+            ("mount", True), ("pid", self.pid), ("ipc", self.ipc),
+            ("uts", opts.uts or opts.hostname), ("net", opts.net)) if wanted)
+
 
 def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = None):
-    """Decide the whole container (see the module docstring). Raises UsageError/ContainerError."""
+    """Decide the whole container (see the module docstring). Raises UsageError/ContainerError.
+
+    Reads `opts`, never changes it."""
     instance = opts.instance_ready_fd is not None
     if opts.command not in ACTIONS and not (instance and opts.command in INSTANCE_ACTIONS):
         raise UsageError(f"unknown action {opts.command!r}")
     if opts.join is not None:
         return _join_plan(opts, config, host)
-    warnings: list[str] = []
-    if opts.containall:
-        opts.contain = opts.cleanenv = opts.pid = opts.ipc = True
-    if opts.no_pid:
-        opts.pid = False
-    no_mount = set()
-    for value in opts.no_mount or ():
-        for item in value.split(","):
-            item = item.strip()
-            if not item:
-                continue
-            if item not in NO_MOUNT_KEYS and not item.startswith("/"):
-                raise UsageError(f"--no-mount {item}: unknown mount; use one of "
-                                 f"{', '.join(sorted(NO_MOUNT_KEYS))} or an absolute bind path")
-            no_mount.add(item)
+    p = _Plan(opts, config, image, host, session_dir)
+    _cleanup_and_limits(p)
+    _namespaces(p)
+    _session(p)
+    _image(p)
+    _proc_and_sys(p)
+    _devices(p)
+    _home(p)
+    _tmp(p)
+    _system_binds(p)
+    _identity(p)
+    _working_directory(p)
+    _user_binds(p)
+    _gpus(p)
+    _finish_root(p)
+    _protect_kernel(p)
+    _switch_root(p)
+    environ, argv = _process(p)
+    return ContainerPlan(
+        rootless=p.rootless, namespaces=(("user",) if p.rootless else ()) + p.namespaces(),
+        uid=host.uid, gid=host.gid, session=p.session, root=p.root, ops=tuple(p.ops),
+        environ=environ, argv=argv, cwd=tuple(p.cwd), hostname=opts.hostname, image=image,
+        warnings=p.warnings, server=p.server)
 
-    # -u/--userns is accepted for compatibility: it is already the mode of every non-root
-    # caller, and root keeps the kernel SquashFS runtime (a loop device needs no FUSE server).
-    rootless = host.uid != 0
-    session = session_dir or default_session_dir()
-    root = session + "/root"
-    p = _Plan(root)
-    _reaper_and_cgroup(p, opts)
 
-    namespaces = ["mount"]
-    if opts.pid:
-        namespaces.append("pid")
-    if opts.ipc:
-        namespaces.append("ipc")
-    if opts.uts or opts.hostname:
-        namespaces.append("uts")
-    network_args = _network_request(opts, warnings)
-    if opts.net:
-        namespaces.append("net")
+# -- the steps, in the order their operations run ----------------------------------------------
 
-    # -- 1. namespaces and the image mount --------------------------------------------------
-    overlay_dirs = _overlay_request(opts, config, host, rootless, session)
-    image_target = root if overlay_dirs is None else session + "/lower"
-    if rootless:
+def _cleanup_and_limits(p: _Plan) -> None:
+    """First of all, while still in the host's namespaces: the reaper (runtime/reaper.py) for
+    what must go when the container ends, then the cgroup the launcher enters, so that every
+    process of the container (the payload and all it starts) is in it from the start. The
+    reaper is forked before the cgroup is entered: it must not count against its limits."""
+    opts = p.opts
+    cgroup_dirs = opts.cgroup.dirs if opts.cgroup is not None else ()
+    if opts.cleanup or cgroup_dirs:
+        p.add(REAPER, data=(tuple(opts.cleanup), tuple(cgroup_dirs)))
+    if opts.cgroup is not None:
+        p.add(CGROUP, data=opts.cgroup.to_data())
+
+
+def _namespaces(p: _Plan) -> None:
+    """Non-root: the user namespace (own ids mapped to themselves, never root) and, before
+    the mount namespace exists, the FUSE servers (fuse.py says why); then the others."""
+    host, config, image = p.host, p.config, p.image
+    if p.rootless:
         p.add(UNSHARE, data=("user",))
         p.add(ID_MAP, data=(f"{host.uid} {host.uid} 1", f"{host.gid} {host.gid} 1"))
-        if image.kind != "sandbox":
-            builtin = early_server(config, image, host.uid)
-            if builtin is not None:
-                p.add(FUSE_PREPARE, "image", flags=("builtin",), data=tuple(builtin))
-            else:
-                server = config.get("squashfuse path", "squashfuse_ll") or "squashfuse_ll"
-                p.add(FUSE_PREPARE, "image", data=(
-                    server, "-o", f"offset={image.fs_offset}", image.path, "/dev/fd/{fd}"))
-        if overlay_dirs is not None:
+        if p.server is not None:
+            p.add(FUSE_PREPARE, "image", flags=("builtin",))
+        elif image.kind != "sandbox":
+            program = config.get("squashfuse path", "squashfuse_ll") or "squashfuse_ll"
+            p.add(FUSE_PREPARE, "image", data=(
+                program, "-o", f"offset={image.fs_offset}", image.path, "/dev/fd/{fd}"))
+        if p.overlay is not None:
             # fuse-overlayfs must see the image mount (its lower layer): its helper takes a
             # private copy of the container's mounts before the overlay is mounted
             # (FUSE_SNAPSHOT), so the server pins neither the container nor its own mount
-            upper, work, _ = overlay_dirs
-            server = config.get("fuse-overlayfs path", "fuse-overlayfs") or "fuse-overlayfs"
-            options = (f"lowerdir={image_target},upperdir={upper},workdir={work},"
+            upper, work, _ = p.overlay
+            program = config.get("fuse-overlayfs path", "fuse-overlayfs") or "fuse-overlayfs"
+            options = (f"lowerdir={p.image_target},upperdir={upper},workdir={work},"
                        f"squash_to_uid={host.uid},squash_to_gid={host.gid}")
-            p.add(FUSE_PREPARE, "overlay", data=(server, "-o", options, "/dev/fd/{fd}"))
-    p.add(UNSHARE, data=tuple(namespaces))
-    if opts.net:
-        p.add(NET_LOOPBACK, "lo", data=network_args)
+            p.add(FUSE_PREPARE, "overlay", data=(program, "-o", options, "/dev/fd/{fd}"))
+    p.add(UNSHARE, data=p.namespaces())
+    if p.opts.net:
+        p.add(NET_LOOPBACK, "lo", data=p.network_args)
+
+
+def _session(p: _Plan) -> None:
+    """Private propagation, then the session tmpfs where the root is staged."""
     p.add(MAKE_PRIVATE, destination="/", flags=("rec",))
     # satchel installed under a directory bound recursively (home, /tmp, a user bind) would
     # copy the session's mounts, the staged root included, into the container: recursive
     # binds skip an unbindable mount and everything below it
-    p.add(UNBINDABLE, destination=session)
-    size = config.get_int("sessiondir max size", 64)
-    p.add(TMPFS, "tmpfs", session, ("nosuid", "nodev", "session"), f"mode=0755,size={size}m")
-    p.add(MKDIR, destination=root)
-    if image_target != root:
-        p.add(MKDIR, destination=image_target)
-    p.add(MKDIR, destination=session + "/files")
+    p.add(UNBINDABLE, destination=p.session)
+    size = p.config.get_int("sessiondir max size", 64)
+    p.add(TMPFS, "tmpfs", p.session, ("nosuid", "nodev"), f"mode=0755,size={size}m")
+    p.add(MKDIR, destination=p.root)
+    if p.image_target != p.root:
+        p.add(MKDIR, destination=p.image_target)
+    p.add(MKDIR, destination=p.session + "/files")
+
+
+def _image(p: _Plan) -> None:
+    """The image at the root (or below the overlay that becomes the root)."""
+    image, host, target = p.image, p.host, p.image_target
     if image.kind == "sandbox":
         # like the SquashFS mount: a sandbox's device nodes and setuid bits grant nothing
-        p.add(BIND_IMAGE_DIR, image.path, image_target, ("rec", "ro", "nosuid", "nodev"))
-    elif rootless:
-        p.add(MOUNT_SQUASHFS_FUSE, "image", image_target, ("ro", "nosuid", "nodev"),
+        p.add(BIND_IMAGE_DIR, image.path, target, ("rec", "ro", "nosuid", "nodev"))
+    elif p.rootless:
+        p.add(MOUNT_SQUASHFS_FUSE, "image", target, ("ro", "nosuid", "nodev"),
               (host.uid, host.gid))
         p.add(FUSE_WAIT, "image")
-        if config.get_bool("prefetch", True):
-            p.add(PREFETCH, "image", data=first_reads(opts.command, opts.args))
+        if p.config.get_bool("prefetch", True):
+            p.add(PREFETCH, "image", data=first_reads(p.opts.command, p.opts.args))
     else:
-        p.add(MOUNT_SQUASHFS_LOOP, image.path, image_target, ("ro", "nosuid", "nodev"),
+        p.add(MOUNT_SQUASHFS_LOOP, image.path, target, ("ro", "nosuid", "nodev"),
               (image.fs_offset, image.fs_size))
-    if overlay_dirs is not None:
-        upper, work, tmpfs_upper = overlay_dirs
-        if tmpfs_upper:
-            p.add(MKDIR, destination=upper)
-            p.add(MKDIR, destination=work)
-        else:
-            # "owned": refused if a symlink or another user's (executor._owned_dir)
-            p.add(MKDIR, destination=upper, flags=("host", "owned"))
-            p.add(MKDIR, destination=work, flags=("host", "owned"))
-        if rootless:
-            p.add(FUSE_SNAPSHOT, "overlay")
-            p.add(MOUNT_OVERLAY_FUSE, "overlay", root, ("nosuid", "nodev"), (host.uid, host.gid))
-            p.add(FUSE_WAIT, "overlay", flags=("writable",))
-        else:
-            p.add(MOUNT_OVERLAY, "overlay", root, ("nosuid", "nodev"),
-                  (image_target, upper, work))
+    if p.overlay is None:
+        return
+    upper, work, tmpfs_upper = p.overlay
+    # a directory of the user's: refused if a symlink or another user's (executor._owned_dir)
+    flags = () if tmpfs_upper else ("owned",)
+    p.add(MKDIR, destination=upper, flags=flags)
+    p.add(MKDIR, destination=work, flags=flags)
+    if p.rootless:
+        p.add(FUSE_SNAPSHOT, "overlay")
+        p.add(MOUNT_OVERLAY_FUSE, "overlay", p.root, ("nosuid", "nodev"), (host.uid, host.gid))
+        p.add(FUSE_WAIT, "overlay", flags=("writable",))
+    else:
+        p.add(MOUNT_OVERLAY, "overlay", p.root, ("nosuid", "nodev"), (target, upper, work))
 
-    # -- 2. what the container sees of the host ---------------------------------------------
-    specs = bindmod.collect(opts.binds, opts.mounts, host.environ)
-    if specs and not config.get_bool("user bind control", True):
-        raise ConfigError("user bind control is disabled by the administrator: -B/--mount "
-                          "not allowed")
-    user_binds, bind_list = [], []
-    for spec in specs:
-        src, dst, kind = _check_bind(spec, host)
-        user_binds.append((src, dst, kind, spec.readonly))
-        bind_list.append(f"{spec.source}:{dst}" + (":ro" if spec.readonly else ""))
-    home_src, home_dst, home_explicit = _home(opts, host)
-    contain = opts.contain
-    workdir = _workdir(opts, host)
 
-    if "proc" not in no_mount and config.get_bool("mount proc", True):
+def _proc_and_sys(p: _Plan) -> None:
+    """The host's /proc (a fresh one comes later under --pid: _finish_root), /sys read-only."""
+    if p.mounts("proc"):
         p.ensure("/proc", "dir")
-        if not opts.pid:
+        if not p.pid:
             p.add(BIND, "/proc", "/proc", ("root", "rec"))
-    if "sys" not in no_mount and config.get_bool("mount sys", True):
+    if p.mounts("sys"):
         p.bind("/sys", "/sys", "dir")
         p.add(REMOUNT_RO, None, "/sys", ("root", "rec"))
-    dev_mode = (config.get("mount dev", "minimal") or "minimal").lower()
-    if "dev" not in no_mount and dev_mode != "no":
-        if dev_mode in ("yes", "true") and not contain:
-            p.bind("/dev", "/dev", "dir")
+
+
+def _devices(p: _Plan) -> None:
+    """/dev: the host's whole (`mount dev = yes`) or a minimal one (the default)."""
+    dev_mode = (p.config.get("mount dev", "minimal") or "minimal").lower()
+    if "dev" in p.no_mount or dev_mode == "no":
+        return
+    if dev_mode in ("yes", "true") and not p.contain:
+        p.bind("/dev", "/dev", "dir")
+    else:
+        _minimal_dev(p, terminal=p.host.terminal, devpts=p.mounts("devpts"), contain=p.contain)
+
+
+def _home(p: _Plan) -> None:
+    """The home directory: the caller's (or -H's), or an empty one under --contain."""
+    if p.config.get_bool("mount hostfs", False) and "hostfs" not in p.no_mount:
+        p.warnings.append("mount hostfs is not supported: ignored")
+    if p.opts.no_home or not p.mounts("home"):
+        return
+    src, dst = p.home_src, p.home_dst
+    if p.contain and not p.home_explicit:
+        if p.workdir:
+            p.add(MKDIR, destination=p.workdir + "/home")
+            p.bind(p.workdir + "/home", dst, "dir")
         else:
-            _minimal_dev(p, terminal=host.terminal, devpts="devpts" not in no_mount
-                         and config.get_bool("mount devpts", True), contain=contain)
+            p.tmpfs(dst, "mode=0700")
+    elif p.host.path_kind(src) == "dir":
+        p.bind(src, dst, "dir")
+    elif p.home_explicit:
+        raise ContainerError(f"home directory {src} does not exist (-H)")
+    else:
+        p.warnings.append(f"home directory {src} does not exist: not mounted")
 
-    if config.get_bool("mount hostfs", False) and "hostfs" not in no_mount:
-        warnings.append("mount hostfs is not supported: ignored")
 
-    mount_home = (not opts.no_home and "home" not in no_mount
-                  and config.get_bool("mount home", True))
-    if mount_home:
-        if contain and not home_explicit:
-            if workdir:
-                p.add(MKDIR, destination=workdir + "/home", flags=("host",))
-                p.bind(workdir + "/home", home_dst, "dir")
+def _tmp(p: _Plan) -> None:
+    """/tmp and /var/tmp: the host's, or private ones under --contain (in -W if given)."""
+    if not p.mounts("tmp"):
+        return
+    for path, name in (("/tmp", "tmp"), ("/var/tmp", "var_tmp")):
+        if p.contain:
+            if p.workdir:
+                p.add(MKDIR, destination=f"{p.workdir}/{name}")
+                p.bind(f"{p.workdir}/{name}", path, "dir")
             else:
-                p.tmpfs(home_dst, "mode=0700")
-        elif host.path_kind(home_src) == "dir":
-            p.bind(home_src, home_dst, "dir")
-        elif home_explicit:
-            raise ContainerError(f"home directory {home_src} does not exist (-H)")
-        else:
-            warnings.append(f"home directory {home_src} does not exist: not mounted")
+                p.tmpfs(path, "mode=1777")
+        elif p.host.path_kind(path) == "dir":
+            p.bind(path, path, "dir")
 
-    if "tmp" not in no_mount and config.get_bool("mount tmp", True):
-        for path, name in (("/tmp", "tmp"), ("/var/tmp", "var_tmp")):
-            if contain:
-                if workdir:
-                    p.add(MKDIR, destination=f"{workdir}/{name}", flags=("host",))
-                    p.bind(f"{workdir}/{name}", path, "dir")
-                else:
-                    p.tmpfs(path, "mode=1777")
-            elif host.path_kind(path) == "dir":
-                p.bind(path, path, "dir")
 
+def _system_binds(p: _Plan) -> None:
+    """The admin's `bind path` entries (read-only) and /etc/resolv.conf (or --dns's)."""
+    host, config, no_mount = p.host, p.config, p.no_mount
     if "bind-paths" not in no_mount:
         for entry in config.get_list("bind path"):
             src, _, dst = entry.partition(":")
@@ -420,117 +526,126 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
             if kind is None:
                 continue
             p.bind(host.realpath(src), dst, kind, readonly=True, rec=False)
-    if opts.dns:  # --dns: a resolv.conf of those servers instead of the host's
-        p.add(WRITE_FILE, None, session + "/files/resolv.conf", (), _resolv_conf(opts.dns))
-        p.bind(session + "/files/resolv.conf", "/etc/resolv.conf", "file", readonly=True,
-               rec=False)
+    if p.opts.dns:  # --dns: a resolv.conf of those servers instead of the host's
+        resolv = p.session + "/files/resolv.conf"
+        p.add(WRITE_FILE, None, resolv, (), _resolv_conf(p.opts.dns))
+        p.bind(resolv, "/etc/resolv.conf", "file", readonly=True, rec=False)
     elif (config.get_bool("config resolv_conf", True) and "resolv" not in no_mount
             and "/etc/resolv.conf" not in no_mount
             and host.path_kind("/etc/resolv.conf") == "file"):
         p.bind(host.realpath("/etc/resolv.conf"), "/etc/resolv.conf", "file", readonly=True,
                rec=False)
 
-    if host.uid != 0:
-        files = session + "/files"
-        if config.get_bool("config passwd", True) and "passwd" not in no_mount:
-            shell = host.shell or "/bin/sh"
-            line = f"{host.user}:x:{host.uid}:{host.gid}:{host.gecos}:{home_dst}:{shell}"
-            p.add(GEN_PASSWD, "/etc/passwd", files + "/passwd", ("root",),
-                  (line, host.uid, host.user))
-            p.bind(files + "/passwd", "/etc/passwd", "file", readonly=True, rec=False)
-        if config.get_bool("config group", True) and "group" not in no_mount:
-            groups = tuple((gid, host.group_names.get(gid, str(gid))) for gid in host.groups)
-            p.add(GEN_GROUP, "/etc/group", files + "/group", ("root",), (groups, host.user))
-            p.bind(files + "/group", "/etc/group", "file", readonly=True, rec=False)
 
-    # -- 3. working directory -------------------------------------------------------------------
-    cwd_candidates = []
-    if opts.pwd:
-        cwd_candidates.append(opts.pwd)
-    else:
-        cwd = host.cwd
-        if (cwd and not contain and "cwd" not in no_mount and config.get_bool("mount cwd", True)
-                and cwd not in SYSTEM_CWDS
-                and not any(_under(cwd, top) for top in ("/proc", "/sys", "/dev"))):
-            # bound already (home, /tmp...), or a user bind decides what is there
-            covered = (any(src == dst and _under(cwd, dst) for src, dst in p.binds_done)
-                       or any(_under(cwd, dst) for _, dst, _, _ in user_binds))
-            if not covered and host.path_kind(cwd) == "dir":
-                p.bind(cwd, cwd, "dir")
-        if cwd and not contain:
-            cwd_candidates.append(cwd)
-        cwd_candidates.append(home_dst)
-        cwd_candidates.append("/")
+def _identity(p: _Plan) -> None:
+    """Non-root: /etc/passwd and /etc/group of the image plus the caller's entries."""
+    host, config = p.host, p.config
+    if not p.rootless:
+        return  # root keeps the image's own
+    files = p.session + "/files"
+    if config.get_bool("config passwd", True) and "passwd" not in p.no_mount:
+        shell = host.shell or "/bin/sh"
+        line = f"{host.user}:x:{host.uid}:{host.gid}:{host.gecos}:{p.home_dst}:{shell}"
+        p.add(GEN_PASSWD, "/etc/passwd", files + "/passwd", ("root",),
+              (line, host.uid, host.user))
+        p.bind(files + "/passwd", "/etc/passwd", "file", readonly=True, rec=False)
+    if config.get_bool("config group", True) and "group" not in p.no_mount:
+        groups = tuple((gid, host.group_names.get(gid, str(gid))) for gid in host.groups)
+        p.add(GEN_GROUP, "/etc/group", files + "/group", ("root",), (groups, host.user))
+        p.bind(files + "/group", "/etc/group", "file", readonly=True, rec=False)
 
-    # -- 4. user binds ------------------------------------------------------------------------
-    for src, dst, kind, readonly in user_binds:
-        p.bind(src, dst, kind, readonly=readonly, user=True)
-    for dst in _scratch_dirs(opts.scratch):
-        if workdir:  # -W: kept on the host, as Apptainer does, under WORKDIR/scratch/
-            host_dir = f"{workdir}/scratch/{dst.strip('/').replace('/', '_')}"
-            p.add(MKDIR, destination=host_dir, flags=("host",))
+
+def _working_directory(p: _Plan) -> None:
+    """--pwd, else the caller's directory (bound unless a bind covers it), home, /."""
+    if p.opts.pwd:
+        p.cwd.append(p.opts.pwd)
+        return
+    cwd = p.host.cwd
+    if (cwd and not p.contain and p.mounts("cwd") and cwd not in SYSTEM_CWDS
+            and not any(_under(cwd, top) for top in ("/proc", "/sys", "/dev"))):
+        # bound already (home, /tmp...), or a user bind decides what is there
+        covered = (any(src == dst and _under(cwd, dst) for src, dst in p.binds_done)
+                   or any(_under(cwd, spec.destination) for spec in p.user_binds))
+        if not covered and p.host.path_kind(cwd) == "dir":
+            p.bind(cwd, cwd, "dir")
+    if cwd and not p.contain:
+        p.cwd.append(cwd)
+    p.cwd.append(p.home_dst)
+    p.cwd.append("/")
+
+
+def _user_binds(p: _Plan) -> None:
+    """-B/--mount/APPTAINER_BIND (checked in _Plan), then -S/--scratch directories."""
+    for spec in p.user_binds:
+        p.bind(spec.host_path, spec.destination, spec.kind, readonly=spec.readonly, user=True)
+    for dst in _scratch_dirs(p.opts.scratch):
+        if p.workdir:  # -W: kept on the host, as Apptainer does, under WORKDIR/scratch/
+            host_dir = f"{p.workdir}/scratch/{dst.strip('/').replace('/', '_')}"
+            p.add(MKDIR, destination=host_dir)
             p.bind(host_dir, dst, "dir")
         else:
             p.tmpfs(dst, "mode=0755")
 
-    gpu_env: dict[str, str] = {}
-    for gpu in opts.gpu or ():
+
+def _gpus(p: _Plan) -> None:
+    """--nv/--rocm: the driver's libraries, programs and devices found by hpc/gpu.py."""
+    for gpu in p.opts.gpu or ():
         for lib in gpu.libraries:
             p.bind(lib, "/.singularity.d/libs/" + posixpath.basename(lib), "file",
                    readonly=True, rec=False)
         for src, dst in gpu.binaries:
             p.bind(src, dst, "file", readonly=True, rec=False)
         for dev in gpu.devices:
-            kind = host.path_kind(dev) or "file"
+            kind = p.host.path_kind(dev) or "file"
             p.bind(dev, "/dev/" + posixpath.basename(dev), kind, rec=kind == "dir")
-        gpu_env.update(gpu.env)
-        warnings.extend(gpu.warnings)
+        p.gpu_env.update(gpu.env)
+        p.warnings.extend(gpu.warnings)
 
-    # -- 5. finish the root and switch to it ------------------------------------------------
-    p.add(NOSUID_TREE, None, root)
+
+def _finish_root(p: _Plan) -> None:
+    """nosuid everywhere, the read-ahead stored, hostname, and --pid's init with its /proc."""
+    p.add(NOSUID_TREE, None, p.root)
     if any(op.kind == PREFETCH for op in p.ops):
         # late enough that the server has found and begun reading the files, early enough
         # that it stores most of their pages before the payload asks for them
         p.add(PREFETCH_STORE, "image")
-    hostname = opts.hostname
-    if hostname:
-        p.add(SETHOSTNAME, data=hostname)
-    if opts.pid:
+    if p.opts.hostname:
+        p.add(SETHOSTNAME, data=p.opts.hostname)
+    if p.pid:
         p.add(FORK_INIT)
-        if "proc" not in no_mount and config.get_bool("mount proc", True):
+        if p.mounts("proc"):
             p.add(MOUNT_PROC, "proc", "/proc", ("root", "nosuid", "nodev", "noexec"))
-    _protect_kernel(p, host, rootless,
-                    proc="proc" not in no_mount and config.get_bool("mount proc", True),
-                    sysfs="sys" not in no_mount and config.get_bool("mount sys", True))
-    p.add(PIVOT_ROOT, None, root)
-    p.add(CHDIR, data=tuple(cwd_candidates), flags=("strict",) if opts.pwd else ())
+
+
+def _switch_root(p: _Plan) -> None:
+    p.add(PIVOT_ROOT, None, p.root)
+    p.add(CHDIR, data=tuple(p.cwd), flags=("strict",) if p.opts.pwd else ())
     p.add(DROP_CAPS)
     p.add(CHECK_SHELL, None, "/bin/sh")
 
-    # -- 6. the process ---------------------------------------------------------------------------
-    environ, argv = _process(opts, host, image.path, home_dst, bind_list, gpu_env, warnings)
+
+def _process(p: _Plan) -> tuple[dict, list]:
+    """The first process: its environment, `/bin/sh -c ACTION-SCRIPT` argv, and how it runs."""
+    opts = p.opts
+    environ, argv = _environment_and_argv(
+        opts, p.host, p.image.path, p.home_dst, p.user_binds, p.gpu_env, p.cleanenv, p.warnings)
     if opts.instance_ready_fd is not None:
         p.add(INSTANCE_INIT, "/bin/sh", None, (), opts.instance_ready_fd)
     else:
-        p.add(EXEC_CHILD if opts.pid else EXEC, "/bin/sh", None, (), None)
-
-    all_ns = (("user",) if rootless else ()) + tuple(namespaces)
-    return ContainerPlan(
-        rootless=rootless, namespaces=all_ns, uid=host.uid, gid=host.gid, session=session,
-        root=root, ops=tuple(p.ops), environ=environ, argv=argv,
-        cwd=tuple(cwd_candidates), hostname=hostname, image=image, warnings=warnings,
-        binds=bind_list)
+        p.add(EXEC_CHILD if p.pid else EXEC, "/bin/sh")
+    return environ, argv
 
 
-def _process(opts: RunOptions, host, image_path: str, home_dst: str, bind_list, gpu_env,
-             warnings: list) -> tuple[dict, list]:
-    """The first process: its environment and `/bin/sh -c ACTION-SCRIPT` argv."""
+def _environment_and_argv(opts: RunOptions, host, image_path: str, home_dst: str, user_binds,
+                          gpu_env, cleanenv: bool, warnings: list) -> tuple[dict, list]:
+    extra = dict(gpu_env)
     if opts.no_eval:  # read by runscripts of images converted from OCI (build/layout.py)
-        gpu_env["SINGULARITY_NO_EVAL"] = gpu_env["APPTAINER_NO_EVAL"] = "1"
+        extra["SINGULARITY_NO_EVAL"] = extra["APPTAINER_NO_EVAL"] = "1"
     env = environment.build_environment(
-        host.environ, cleanenv=opts.cleanenv, home=home_dst, image_path=image_path,
+        host.environ, cleanenv=cleanenv, home=home_dst, image_path=image_path,
         command=opts.command, env_pairs=environment.parse_env_option(opts.env),
-        env_file_pairs=opts.env_file_pairs, extra=gpu_env, bind_list=",".join(bind_list),
+        env_file_pairs=opts.env_file_pairs, extra=extra,
+        bind_list=",".join(spec.text() for spec in user_binds),
         shell=opts.shell, evaluate=not opts.no_eval)
     warnings.extend(env.warnings)
     prompt = {"apptainer": "Apptainer> ", "singularity": "Singularity> "}.get(
@@ -542,7 +657,7 @@ def _process(opts: RunOptions, host, image_path: str, home_dst: str, bind_list, 
 
 
 # options that shape a new container; a running instance's mounts and namespaces are fixed
-_FIXED_BY_INSTANCE = ("binds", "mounts", "contain", "containall", "home", "no_home", "no_mount",
+_FIXED_BY_INSTANCE = ("binds", "contain", "containall", "home", "no_home", "no_mount",
                       "workdir", "writable_tmpfs", "overlay", "pid", "ipc", "uts", "hostname",
                       "net", "gpu")
 
@@ -563,22 +678,20 @@ def _join_plan(opts: RunOptions, config, host):
     names = [n for n in ("user", "mount", "ipc", "uts", "net", "pid") if n in target.namespaces]
     if "mount" not in names:
         raise ContainerError(f"instance {target.name} has no mount namespace to join")
-    p = _Plan("/")
-    p.add(JOIN_NAMESPACES, data=(target.pid, tuple(names)))
+    ops = [Op(JOIN_NAMESPACES, data=(target.pid, tuple(names)))]
     if "pid" in names:
-        p.add(FORK_INIT)
-    _, home_dst, _ = _home(opts, host)
-    cwd = [opts.pwd] if opts.pwd else [c for c in (host.cwd, home_dst, "/") if c]
-    p.add(CHDIR, data=tuple(cwd), flags=("strict",) if opts.pwd else ())
-    p.add(DROP_CAPS)
-    p.add(CHECK_SHELL, None, "/bin/sh")
-    environ, argv = _process(opts, host, target.image, home_dst, [], {}, warnings)
-    p.add(EXEC, "/bin/sh", None, (), None)
+        ops.append(Op(FORK_INIT))
+    _, home_dst, _ = _home_dirs(opts, host)
+    cwd = (opts.pwd,) if opts.pwd else tuple(c for c in (host.cwd, home_dst, "/") if c)
+    ops += [Op(CHDIR, data=cwd, flags=("strict",) if opts.pwd else ()), Op(DROP_CAPS),
+            Op(CHECK_SHELL, None, "/bin/sh"), Op(EXEC, "/bin/sh")]
+    environ, argv = _environment_and_argv(opts, host, target.image, home_dst, (), {},
+                                          opts.cleanenv or opts.containall, warnings)
     from satchel.image.formats import ImageRef
     return ContainerPlan(
         rootless=host.uid != 0, namespaces=tuple(names), uid=host.uid, gid=host.gid,
-        session=None, root="/", ops=tuple(p.ops), environ=environ, argv=argv, cwd=tuple(cwd),
-        hostname=None, image=ImageRef(target.image, "instance"), warnings=warnings, binds=[])
+        session=None, root="/", ops=tuple(ops), environ=environ, argv=argv, cwd=cwd,
+        hostname=None, image=ImageRef(target.image, "instance"), warnings=warnings, server=None)
 
 
 def first_reads(command: str, args) -> tuple[str, ...]:
@@ -586,7 +699,7 @@ def first_reads(command: str, args) -> tuple[str, ...]:
 
     The first exec from a fresh FUSE mount decompresses every page it touches (~15 ms for a
     static busybox). The built-in server reads these files (and the loader and libraries they
-    need) ahead from its start (action.py hands it this list) and stores their pages in the
+    need) ahead from its start (ContainerPlan.server.reads) and stores their pages in the
     kernel's cache after PREFETCH_STORE; the squashfuse_ll program is asked to read them at
     PREFETCH. Either way they are decompressed while the launcher stages the container.
     """
@@ -598,12 +711,9 @@ def first_reads(command: str, args) -> tuple[str, ...]:
     return tuple(dict.fromkeys(paths))
 
 
-def early_server(config, image, uid: int):
-    """The built-in SquashFS server's fallback argv if this launch uses that server, else None.
-
-    action.py asks this before anything else, so the server can start (and open the image)
-    while the rest of the plan is built; FUSE_PREPARE in the plan carries the same argv.
-    """
+def _server_start(config, image, uid: int, opts: RunOptions):
+    """The built-in SquashFS server this launch uses (ServerStart), or None: root (a loop
+    device), a sandbox (nothing to serve), or `squashfuse mode = program`."""
     if uid == 0 or image.kind == "sandbox":
         return None
     mode = (config.get("squashfuse mode", "builtin") or "builtin").lower()
@@ -611,13 +721,40 @@ def early_server(config, image, uid: int):
         raise ConfigError(f"squashfuse mode = {mode}: expected builtin or program")
     if mode != "builtin":
         return None
-    server = config.get("squashfuse path", "squashfuse_ll") or "squashfuse_ll"
+    program = config.get("squashfuse path", "squashfuse_ll") or "squashfuse_ll"
     # the program is the fallback when the libraries are missing: in the foreground (-f), as
     # the built-in server is already detached
-    return [server, "-f", "-o", f"offset={image.fs_offset}", image.path, "/dev/fd/{fd}"]
+    reads = first_reads(opts.command, opts.args) if config.get_bool("prefetch", True) else ()
+    return ServerStart(image.path, image.fs_offset, (
+        program, "-f", "-o", f"offset={image.fs_offset}", image.path, "/dev/fd/{fd}"), reads)
 
 
-def _protect_kernel(p: _Plan, host, rootless: bool, proc: bool, sysfs: bool) -> None:
+def _no_mount(values) -> frozenset:
+    """--no-mount values (comma-separated lists allowed): keys of NO_MOUNT_KEYS or paths."""
+    out = set()
+    for value in values or ():
+        for item in value.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            if item not in NO_MOUNT_KEYS and not item.startswith("/"):
+                raise UsageError(f"--no-mount {item}: unknown mount; use one of "
+                                 f"{', '.join(sorted(NO_MOUNT_KEYS))} or an absolute bind path")
+            out.add(item)
+    return frozenset(out)
+
+
+def _user_bind_specs(opts: RunOptions, config, host) -> tuple:
+    """APPTAINER_BIND (or SINGULARITY_BIND) then -B and --mount (opts.binds), each checked:
+    BindSpecs with host_path and kind (binds.BindSpec.checked)."""
+    specs = bindmod.from_environ(host.environ) + tuple(opts.binds)
+    if specs and not config.get_bool("user bind control", True):
+        raise ConfigError("user bind control is disabled by the administrator: -B/--mount "
+                          "not allowed")
+    return tuple(_check_bind(spec, host) for spec in specs)
+
+
+def _protect_kernel(p: _Plan) -> None:
     """READONLY_PATHS and MASKED_PATHS, those the host has, once /proc and /sys are in place.
 
     Last before pivot_root, after MOUNT_PROC under --pid (a fresh procfs of the same kernel:
@@ -628,7 +765,8 @@ def _protect_kernel(p: _Plan, host, rootless: bool, proc: bool, sysfs: bool) -> 
     mounts over procfs in a user namespace) is tolerated: the caller's uid owns none of these
     files and its capabilities are dropped, so it could not write them anyway.
     """
-    flags = ("root", "optional") if rootless else ("root",)
+    host, proc, sysfs = p.host, p.mounts("proc"), p.mounts("sys")
+    flags = ("root", "optional") if p.rootless else ("root",)
     for path in READONLY_PATHS:
         if (proc if path.startswith("/proc/") else sysfs) and host.path_kind(path):
             p.add(READONLY_PATH, None, path, flags)
@@ -672,7 +810,8 @@ def _minimal_dev(p: _Plan, devpts: bool, terminal: bool, contain: bool = False) 
         p.add(SYMLINK, f"/proc/self/fd/{number}", "/dev/" + name, ("root",))
 
 
-def _home(opts: RunOptions, host) -> tuple[str, str, bool]:
+def _home_dirs(opts: RunOptions, host) -> tuple[str, str, bool]:
+    """(source, destination, given with -H) of the home directory."""
     if opts.home:
         src, _, dst = opts.home.partition(":")
         if not src:
@@ -698,7 +837,8 @@ def _workdir(opts: RunOptions, host) -> str | None:
     return path
 
 
-def _check_bind(spec, host) -> tuple[str, str, str]:
+def _check_bind(spec, host):
+    """The BindSpec checked against the host: absolute, not onto /, an existing source."""
     src, dst = spec.source, spec.destination
     if not src.startswith("/"):
         src = posixpath.join(host.cwd or "/", src)
@@ -711,19 +851,7 @@ def _check_bind(spec, host) -> tuple[str, str, str]:
     kind = host.path_kind(src)
     if kind is None:
         raise ContainerError(f"bind source {spec.source} does not exist (in {spec.origin!r})")
-    return host.realpath(src), dst, kind
-
-
-def _reaper_and_cgroup(p: _Plan, opts: RunOptions) -> None:
-    """First of all, while still in the host's namespaces: the reaper (runtime/reaper.py) for
-    what must go when the container ends, then the cgroup the launcher enters, so that every
-    process of the container (the payload and all it starts) is in it from the start. The
-    reaper is forked before the cgroup is entered: it must not count against its limits."""
-    cgroup_dirs = opts.cgroup.dirs if opts.cgroup is not None else ()
-    if opts.cleanup or cgroup_dirs:
-        p.add(REAPER, data=(tuple(opts.cleanup), tuple(cgroup_dirs)))
-    if opts.cgroup is not None:
-        p.add(CGROUP, data=opts.cgroup.to_data())
+    return spec.checked(host.realpath(src), dst, kind)
 
 
 def _scratch_dirs(values) -> list[str]:
@@ -789,7 +917,7 @@ def _network_request(opts: RunOptions, warnings: list) -> tuple:
     return tuple(pairs)
 
 
-def _overlay_request(opts: RunOptions, config, host, rootless: bool, session: str):
+def _overlay_request(opts: RunOptions, config, host, session: str):
     """(upper, work, upper_is_tmpfs) for --overlay/--writable-tmpfs, or None."""
     if not opts.overlay and not opts.writable_tmpfs:
         return None

@@ -4,14 +4,14 @@ Wiring only: the decisions live in satchel.runtime.plan, the system calls in
 satchel.runtime.executor. On the exec path, so only lean modules are imported at load time.
 
 The option table is data (ACTION_OPTIONS): each Opt names its Apptainer flags and the
-APPTAINER_/SINGULARITY_ variables that give its default; to_run_options() maps parsed values
-onto plan.RunOptions. Other layers extend the table by appending Opts and mapping their dest.
+APPTAINER_/SINGULARITY_ variables that give its default; runtime/launch.py maps parsed values
+onto plan.RunOptions (and refuses what satchel does not support). run() makes one call down,
+launch.plan_launch(), and applies the plan it gets back.
 """
 
 from __future__ import annotations
 
 from satchel.cli import options as o
-from satchel.errors import UsageError
 
 
 def _env(*names: str) -> tuple[str, ...]:
@@ -176,23 +176,6 @@ ACTION_OPTIONS = [
 ]
 SHELL_OPTIONS = [o.Opt("-s --shell", "shell", o.VALUE, env=_env("SHELL"),
                        help="path to program to use for interactive shell")]
-# dest -> why it is refused (each becomes one FATAL line)
-REFUSED = {
-    "fakeroot": "--fakeroot is not supported yet by satchel exec/run/shell/test",
-    "writable": "--writable is not supported yet: use --writable-tmpfs or --overlay",
-    "keep_privs": "--keep-privs is not supported: satchel never keeps privileges",
-    "add_caps": "--add-caps is not supported: satchel never grants capabilities",
-    "app": "--app (SCIF apps) is not supported yet",
-    "nvccli": "--nvccli is not supported: satchel binds the driver itself with --nv "
-              "(nvidia-container-cli is not used)",
-    "pem_path": "--pem-path is not supported: satchel cannot run encrypted images",
-    "passphrase": "--passphrase is not supported: satchel cannot run encrypted images",
-    "sharens": "--sharens is not supported: start an instance and use instance://NAME",
-    "containlibs": "--containlibs is not supported: bind the libraries with -B",
-    "netns_path": "--netns-path is not supported: satchel provides --net --network none only",
-    "boot": "--boot is not supported: satchel does not run a system init in instances",
-}
-
 _USAGE = {
     "exec": ("exec [exec options...] <container> <command>",
              "Run a command within a container", 2),
@@ -214,127 +197,6 @@ def _spec(name: str) -> o.Spec:
 SPECS = {name: _spec(name) for name in _USAGE}
 
 
-def to_run_options(name: str, parsed):
-    """Map parsed CLI values onto plan.RunOptions (reads --env-file, finds --nv/--rocm files)."""
-    from satchel.runtime.plan import RunOptions
-
-    for dest, why in REFUSED.items():
-        value = getattr(parsed, dest, None)
-        if value and not (dest == "app" and value == ""):
-            raise UsageError(why)
-    _check_compat_flags(parsed)
-    opts = RunOptions(
-        name, parsed.args[1:], binds=parsed.bind, mounts=parsed.mount, contain=parsed.contain,
-        containall=parsed.containall, cleanenv=parsed.cleanenv, env=parsed.env,
-        home=parsed.home, no_home=parsed.no_home, no_mount=parsed.no_mount, pwd=parsed.pwd,
-        workdir=parsed.workdir, writable_tmpfs=parsed.writable_tmpfs, overlay=parsed.overlay,
-        pid=parsed.pid, ipc=parsed.ipc, uts=parsed.uts, hostname=parsed.hostname,
-        net=parsed.net, network=parsed.network, network_args=parsed.network_args,
-        no_eval=parsed.no_eval,
-        userns=parsed.userns, shell=getattr(parsed, "shell", None),
-        prog=getattr(parsed, "prog", "satchel"), scratch=parsed.scratch, dns=parsed.dns,
-        no_pid=parsed.no_pid, fusemount=parsed.fusemount)
-    if any(getattr(parsed, name, None) not in (None, [], False, "") for name in _LIMIT_DESTS):
-        from satchel.runtime import cgroups  # resource limits: only when asked for
-        opts.cgroup = cgroups.request_for_options(parsed)
-    if parsed.env_file:
-        from satchel.runtime.environment import parse_env_file
-        try:
-            with open(parsed.env_file, "rb") as fh:
-                data = fh.read()
-        except OSError as err:
-            raise UsageError(f"--env-file {parsed.env_file}: {err.strerror}") from None
-        opts.env_file_pairs = parse_env_file(_env_file_text(data, parsed.env_file),
-                                             parsed.env_file)
-    return opts
-
-
-def _check_compat_flags(parsed) -> None:
-    """Apptainer's flags whose meaning depends on the caller, and --compat's implications.
-
-    Accepted with no effect (README "Apptainer flags"): --drop-caps (every capability is
-    dropped anyway), --underlay (missing mount points always come from satchel's underlay),
-    --ignore-subuid/--ignore-userns/--ignore-fakeroot-command, --no-rocm, --runscript-timeout.
-    """
-    import os
-
-    if parsed.allow_setuid:
-        if os.getuid() != 0:
-            raise UsageError("--allow-setuid is for root only (setuid programs never run "
-                             "setuid in a container of a non-root user)")
-        raise UsageError("--allow-setuid is not supported: satchel mounts every image nosuid "
-                         "and sets no_new_privs, also for root")
-    if parsed.compat:  # Apptainer: "Infers --containall, --no-init, --no-umask, --no-eval,
-        # --writable-tmpfs"
-        parsed.containall = parsed.no_init = parsed.no_umask = True
-        parsed.no_eval = parsed.writable_tmpfs = True
-    for item in parsed.security or ():
-        raise UsageError(_security_refusal(item))
-    if parsed.fusemount:
-        raise UsageError("--fusemount is not supported yet")
-
-
-def _security_refusal(item: str) -> str:
-    """Why --security ITEM is refused: the host lacks the LSM, or satchel does not apply it."""
-    import os
-
-    kind = item.partition(":")[0].strip().lower()
-    present = {"apparmor": "/sys/kernel/security/apparmor", "selinux": "/sys/fs/selinux"}
-    if kind in present and not os.path.exists(present[kind]):
-        return f"--security {item}: this host has no {kind} (no {present[kind]})"
-    if kind in ("seccomp", "apparmor", "selinux"):
-        return (f"--security {item}: {kind} profiles are not supported yet by satchel "
-                "(every capability is dropped and no_new_privs is set)")
-    if kind in ("uid", "gid"):
-        return f"--security {item}: changing uid/gid in the container is not supported"
-    return f"--security {item}: unknown; expected seccomp:, apparmor:, selinux:, uid: or gid:"
-
-
-_LIMIT_DESTS = ("apply_cgroups", "blkio_weight", "blkio_weight_device", "cpu_shares", "cpus",
-                "cpuset_cpus", "cpuset_mems", "memory", "memory_reservation", "memory_swap",
-                "oom_kill_disable", "pids_limit")
-
-
-def _env_file_text(data: bytes, path: str) -> str:
-    """The text of an --env-file: UTF-8 without NUL bytes (no variable can hold one), else a
-    UsageError naming the line."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise UsageError(f"--env-file {path}:{line}: not UTF-8 text (byte {err.start})") from None
-    nul = data.find(b"\0")
-    if nul >= 0:
-        line = data.count(b"\n", 0, nul) + 1
-        raise UsageError(f"--env-file {path}:{line}: a NUL byte (is it a binary file?)")
-    return text
-
-
-def gpu_binds(parsed, config) -> list:
-    kinds = [k for k in ("nv", "rocm") if getattr(parsed, k, False)]
-    if getattr(parsed, "no_nv", False) and "nv" in kinds:
-        kinds.remove("nv")
-    if not kinds:
-        return []
-    try:
-        from satchel.hpc import gpu
-    except ImportError:
-        from satchel.errors import ContainerError
-        raise ContainerError(f"--{kinds[0]} support is not installed") from None
-    return [gpu.gpu_binds(kind, config) for kind in kinds]
-
-
-def join_target(uri: str):
-    """The running instance named by instance://NAME (state records live outside the exec
-    path's lean modules, so they are imported only here)."""
-    from satchel.instance import state
-    from satchel.runtime.plan import JoinTarget
-
-    registry = state.Registry(state.Owner.current())
-    record = registry.find(state.name_from_uri(uri))
-    return JoinTarget(record.name, record.pid, record.namespaces or (), record.image or "")
-
-
 def _regular_file(path: str) -> bool:
     import os
     import stat
@@ -345,115 +207,40 @@ def _regular_file(path: str) -> bool:
         return False
 
 
-# image URIs (satchel.oci.runimage resolves them; kept here so that deciding costs no import)
-URI_PREFIXES = ("docker://", "oci-archive:", "docker-archive:", "oci:", "oras://", "library://",
-                "shub://", "docker-daemon:", "http://", "https://", "ipfs://")
-
-
-def is_uri(target: str) -> bool:
-    return target.startswith(URI_PREFIXES)
-
-
-def resolve_image(target: str, parsed) -> tuple[str, tuple[str, ...]]:
-    """An image argument -> (local path, temporary paths to remove after the container):
-    URIs are pulled (satchel.oci.runimage, imported only for them); paths pass through."""
-    if not is_uri(target):
-        return target, ()
-    from satchel.oci import runimage
-    return runimage.resolve(target, parsed)
-
-
-def unsquash(image, parsed) -> tuple[object, tuple[str, ...]]:
-    """--unsquash: the image extracted to a temporary sandbox (under --tmpdir, else $TMPDIR
-    or /tmp), which the reaper removes when the container ends."""
-    if image.kind == "sandbox":
-        return image, ()
-    import tempfile
-
-    from satchel.image import squashfs
-    from satchel.image.formats import open_image
-    from satchel.runtime import reaper
-
-    tmpdir = getattr(parsed, "tmpdir", None) or None
-    try:
-        top = tempfile.mkdtemp(prefix="satchel-unsquash-", dir=tmpdir)
-    except OSError as err:
-        raise UsageError(f"--unsquash: cannot create a directory in "
-                         f"{tmpdir or tempfile.gettempdir()}: {err.strerror}") from None
-    try:
-        squashfs.extract(image.path, top + "/root", image.fs_offset)
-        return open_image(top + "/root"), (top,)
-    except BaseException:
-        reaper.remove_tree(top)
-        raise
-
-
 def run(name: str, parsed) -> int:
+    """One call down (launch.plan_launch: the parsed options in, the plan out), then start
+    the FUSE server the plan names and apply the plan."""
     import os
+
+    from satchel.runtime import launch
 
     target = parsed.args[0]
     early = None
-    if (os.getuid() != 0 and not target.startswith("instance://") and not parsed.unsquash
-            and not is_uri(target) and _regular_file(target)):
-        # an image file, run without privilege: a FUSE server will serve it. Forked now, it
-        # loads its libraries while we import, plan and set up (serve_image or cancel below).
+    if (os.getuid() != 0 and not target.startswith(launch.JOIN_PREFIX) and not parsed.unsquash
+            and not launch.is_uri(target) and _regular_file(target)):
+        # an image file, run without privilege: a FUSE server will likely serve it. Forked
+        # now, it loads its libraries while we import and plan (launch.start_server then
+        # tells it the image, or cancels it).
         from satchel.runtime import fuse
         early = fuse.fork_builtin("image")
-    cleanup: list[str] = []
-    try:
-        _run(name, parsed, target, early, cleanup)
-    except BaseException:
-        if cleanup:  # the reaper did not start: remove the temporary image here
-            from satchel.runtime import reaper
-            for path in cleanup:
-                reaper.remove_tree(path)
-        raise
-    return 255  # not reached: apply() execs the payload or raises
-
-
-def _run(name: str, parsed, target: str, early, cleanup: list) -> None:
-    import os
-
     from satchel import log
-    from satchel.image.formats import open_image
-    from satchel.runtime.config import load_config
-    from satchel.runtime.host import HostInfo
-    from satchel.runtime.plan import build_plan, early_server, first_reads
 
-    config = load_config()
-    if target.startswith("instance://"):
-        image = None
-    else:
-        path, temporary = resolve_image(target, parsed)
-        cleanup.extend(temporary)
-        image = open_image(path)
-        from satchel.trust.ecl import enforce
-        enforce(image, config.path)  # an activated ECL may refuse the image (trust/ecl.py)
-        if parsed.unsquash:
-            image, temporary = unsquash(image, parsed)
-            cleanup.extend(temporary)
-        server_argv = early_server(config, image, os.getuid())
-        if server_argv is not None:  # it opens the image while we plan
-            from satchel.runtime import fuse
-            server_argv[0] = fuse.find_program(server_argv[0], os.environ, required=False)
-            reads = first_reads(name, parsed.args[1:]) if config.get_bool("prefetch", True) \
-                else ()
-            early = early or fuse.fork_builtin("image")
-            early.serve_image(image.path, image.fs_offset, server_argv, reads)
-        elif early is not None:
-            early.cancel()  # the squashfuse_ll program (squashfuse mode = program)
-            early = None
-    opts = to_run_options(name, parsed)
-    opts.cleanup = tuple(cleanup)
-    if image is None:
-        opts.join = join_target(parsed.args[0])
-    else:
-        opts.gpu = gpu_binds(parsed, config)
-    plan = build_plan(opts, config, image, HostInfo.gather())
+    try:
+        plan = launch.plan_launch(name, parsed)
+    except BaseException:
+        if early is not None:
+            early.cancel()
+        raise
     for warning in plan.warnings:
         log.warning(warning)
     if log.debug_enabled():
         import json
         log.debug("container plan: " + json.dumps(plan.to_dict(), indent=1))
-    from satchel.runtime import executor
-    executor.apply(plan, early)
+    try:
+        server = launch.start_server(plan, early)
+        from satchel.runtime import executor
+        executor.apply(plan, server)
+    except BaseException:
+        launch.discard(plan)  # the reaper did not start: remove the temporary image here
+        raise
+    return 255  # not reached: apply() execs the payload or raises

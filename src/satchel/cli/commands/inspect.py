@@ -45,7 +45,7 @@ def run(name: str, parsed) -> int:
             want.add("labels")
         if parsed.app:
             want.add("apps")
-    from satchel.cli.commands.action import resolve_image
+    from satchel.runtime.launch import resolve_image
     path, temporary = resolve_image(image, parsed)  # docker://..., oci-archive:... pulled
     try:
         attrs = metadata.inspect(path, want)

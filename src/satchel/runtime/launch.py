@@ -1,0 +1,286 @@
+"""From the parsed command line to the ContainerPlan: the one call the CLI makes down.
+
+exec/run/shell/test (cli/commands/action.py) call plan_launch(command, parsed) and get the
+plan back; instance start|run (instance/lifecycle.py) open their image and build their
+RunOptions with the same functions (open_image_arg, run_options), so that every option means
+the same in both. Nothing here calls back up into cli/: the parsed options come down once, the
+plan goes back once.
+
+What belongs here, and not in the plan: what reads the world outside HostInfo (the admin
+config, the image file, a pulled URI, --env-file, the GPU driver, cgroup layout, instance
+records) and the options satchel refuses. What belongs in the plan: every decision about the
+container (plan.py).
+
+On the exec path: only os and satchel's lean modules at load time; the OCI code, instance
+records, GPU discovery and cgroups are imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import os
+
+from satchel.errors import UsageError
+
+# option dest -> why it is refused (each becomes one FATAL line)
+REFUSED = {
+    "fakeroot": "--fakeroot is not supported yet by satchel exec/run/shell/test",
+    "writable": "--writable is not supported yet: use --writable-tmpfs or --overlay",
+    "keep_privs": "--keep-privs is not supported: satchel never keeps privileges",
+    "add_caps": "--add-caps is not supported: satchel never grants capabilities",
+    "app": "--app (SCIF apps) is not supported yet",
+    "nvccli": "--nvccli is not supported: satchel binds the driver itself with --nv "
+              "(nvidia-container-cli is not used)",
+    "pem_path": "--pem-path is not supported: satchel cannot run encrypted images",
+    "passphrase": "--passphrase is not supported: satchel cannot run encrypted images",
+    "sharens": "--sharens is not supported: start an instance and use instance://NAME",
+    "containlibs": "--containlibs is not supported: bind the libraries with -B",
+    "netns_path": "--netns-path is not supported: satchel provides --net --network none only",
+    "boot": "--boot is not supported: satchel does not run a system init in instances",
+}
+_LIMIT_DESTS = ("apply_cgroups", "blkio_weight", "blkio_weight_device", "cpu_shares", "cpus",
+                "cpuset_cpus", "cpuset_mems", "memory", "memory_reservation", "memory_swap",
+                "oom_kill_disable", "pids_limit")
+# image URIs (satchel.oci.runimage resolves them; kept here so that deciding costs no import)
+URI_PREFIXES = ("docker://", "oci-archive:", "docker-archive:", "oci:", "oras://", "library://",
+                "shub://", "docker-daemon:", "http://", "https://", "ipfs://")
+JOIN_PREFIX = "instance://"
+
+
+def plan_launch(command: str, parsed):
+    """exec|run|shell|test: the parsed command line -> the ContainerPlan to apply.
+
+    Temporary images (a URI without cache, --unsquash) are removed here if planning fails;
+    after that they are the plan's (REAPER; discard() if the launch fails before it runs).
+    """
+    from satchel.runtime.config import load_config
+    from satchel.runtime.host import HostInfo
+    from satchel.runtime.plan import build_plan
+
+    config = load_config()
+    target = parsed.args[0]
+    temporary: list[str] = []
+    try:
+        if target.startswith(JOIN_PREFIX):
+            image, join = None, join_target(target)
+        else:
+            image, join = open_image_arg(target, parsed, config, temporary), None
+        opts = run_options(command, parsed, config, cleanup=temporary, join=join)
+        return build_plan(opts, config, image, HostInfo.gather())
+    except BaseException:
+        _remove(temporary)  # the reaper did not start
+        raise
+
+
+def open_image_arg(target: str, parsed, config, temporary: list):
+    """The ImageRef of an image argument: a URI pulled (temporary paths appended to
+    `temporary`), checked against an activated ECL, extracted under --unsquash."""
+    from satchel.image.formats import open_image
+
+    path, made = resolve_image(target, parsed)
+    temporary.extend(made)
+    image = open_image(path)
+    from satchel.trust.ecl import enforce
+    enforce(image, config.path)  # an activated ECL may refuse the image (trust/ecl.py)
+    if getattr(parsed, "unsquash", False):
+        image, made = unsquash(image, parsed)
+        temporary.extend(made)
+    return image
+
+
+def run_options(command: str, parsed, config, args=None, cleanup=(), join=None,
+                instance: bool = False):
+    """plan.RunOptions from the parsed options (reads --env-file, finds --nv/--rocm files).
+
+    args: the payload's arguments (default: those after the image); instance: the options of
+    an instance, which always has its own PID namespace. Derived values (--compat's
+    implications) are computed here; `parsed` is not changed.
+    """
+    from satchel.runtime import binds
+    from satchel.runtime.plan import RunOptions
+
+    for dest, why in REFUSED.items():
+        value = getattr(parsed, dest, None)
+        if value and not (dest == "app" and value == ""):
+            raise UsageError(why)
+    _check_flags(parsed)
+    compat = parsed.compat  # Apptainer: "Infers --containall, --no-init, --no-umask,
+    # --no-eval, --writable-tmpfs" (no-init and no-umask are how satchel runs anyway)
+    no_pid = parsed.no_pid
+    if instance and no_pid:
+        from satchel import log
+        log.warning("--no-pid is ignored: an instance always has its own PID namespace, so "
+                    "that nothing of it outlives its init")
+        no_pid = False
+    opts = RunOptions(
+        command, parsed.args[1:] if args is None else args,
+        binds=binds.from_options(parsed.bind, parsed.mount), contain=parsed.contain,
+        containall=parsed.containall or compat, cleanenv=parsed.cleanenv, env=parsed.env,
+        home=parsed.home, no_home=parsed.no_home, no_mount=parsed.no_mount, pwd=parsed.pwd,
+        workdir=parsed.workdir, writable_tmpfs=parsed.writable_tmpfs or compat,
+        overlay=parsed.overlay, pid=parsed.pid or instance, ipc=parsed.ipc, uts=parsed.uts,
+        hostname=parsed.hostname, net=parsed.net, network=parsed.network,
+        network_args=parsed.network_args, no_eval=parsed.no_eval or compat,
+        shell=getattr(parsed, "shell", None), prog=getattr(parsed, "prog", "satchel"),
+        scratch=parsed.scratch, dns=parsed.dns, no_pid=no_pid, cleanup=tuple(cleanup),
+        join=join)
+    if any(getattr(parsed, name, None) not in (None, [], False, "") for name in _LIMIT_DESTS):
+        from satchel.runtime import cgroups  # resource limits: only when asked for
+        opts.cgroup = cgroups.request_for_options(parsed)
+    if parsed.env_file:
+        opts.env_file_pairs = _env_file_pairs(parsed.env_file)
+    if join is None:
+        opts.gpu = gpu_binds(parsed, config)
+    return opts
+
+
+def start_server(plan, early=None):
+    """Start the built-in SquashFS server the plan names (ContainerPlan.server) and return
+    it, for executor.apply() to adopt; None if the plan uses none.
+
+    early: the server action.py forked before anything was known (fuse.fork_builtin), so that
+    it loads its libraries meanwhile: told which image to open, or cancelled.
+    """
+    wanted = plan.server
+    if wanted is None:
+        if early is not None:
+            early.cancel()  # root, a sandbox, or the squashfuse_ll program
+        return None
+    from satchel.runtime import fuse
+
+    argv = list(wanted.fallback_argv)
+    argv[0] = fuse.find_program(argv[0], os.environ, required=False)
+    server = early or fuse.fork_builtin("image")
+    server.serve_image(wanted.image, wanted.offset, argv, wanted.reads)
+    return server
+
+
+def discard(plan) -> None:
+    """The launch failed before its reaper ran: remove the plan's temporary images."""
+    for op in plan.ops_of("reaper"):
+        _remove(op.data[0])
+
+
+def _remove(paths) -> None:
+    if paths:
+        from satchel.runtime import reaper
+        for path in paths:
+            reaper.remove_tree(path)
+
+
+def _check_flags(parsed) -> None:
+    """Apptainer's flags whose meaning depends on the caller or the host.
+
+    Accepted with no effect (README "Apptainer flags"): --drop-caps (every capability is
+    dropped anyway), --underlay (missing mount points always come from satchel's underlay),
+    --ignore-subuid/--ignore-userns/--ignore-fakeroot-command, --no-rocm, --runscript-timeout.
+    """
+    if parsed.allow_setuid:
+        if os.getuid() != 0:
+            raise UsageError("--allow-setuid is for root only (setuid programs never run "
+                             "setuid in a container of a non-root user)")
+        raise UsageError("--allow-setuid is not supported: satchel mounts every image nosuid "
+                         "and sets no_new_privs, also for root")
+    for item in parsed.security or ():
+        raise UsageError(_security_refusal(item))
+    if parsed.fusemount:
+        raise UsageError("--fusemount is not supported yet")
+
+
+def _security_refusal(item: str) -> str:
+    """Why --security ITEM is refused: the host lacks the LSM, or satchel does not apply it."""
+    kind = item.partition(":")[0].strip().lower()
+    present = {"apparmor": "/sys/kernel/security/apparmor", "selinux": "/sys/fs/selinux"}
+    if kind in present and not os.path.exists(present[kind]):
+        return f"--security {item}: this host has no {kind} (no {present[kind]})"
+    if kind in ("seccomp", "apparmor", "selinux"):
+        return (f"--security {item}: {kind} profiles are not supported yet by satchel "
+                "(every capability is dropped and no_new_privs is set)")
+    if kind in ("uid", "gid"):
+        return f"--security {item}: changing uid/gid in the container is not supported"
+    return f"--security {item}: unknown; expected seccomp:, apparmor:, selinux:, uid: or gid:"
+
+
+def _env_file_pairs(path: str) -> list:
+    """--env-file: its (name, value) pairs; UTF-8 without NUL bytes (no variable can hold
+    one), else a UsageError naming the line."""
+    from satchel.runtime.environment import parse_env_file
+
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as err:
+        raise UsageError(f"--env-file {path}: {err.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise UsageError(f"--env-file {path}:{line}: not UTF-8 text (byte {err.start})") from None
+    nul = data.find(b"\0")
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise UsageError(f"--env-file {path}:{line}: a NUL byte (is it a binary file?)")
+    return parse_env_file(text, path)
+
+
+def gpu_binds(parsed, config) -> list:
+    """--nv/--rocm (not --no-nv): the host driver's files (hpc/gpu.py), one GpuBinds each."""
+    kinds = [k for k in ("nv", "rocm") if getattr(parsed, k, False)]
+    if getattr(parsed, "no_nv", False) and "nv" in kinds:
+        kinds.remove("nv")
+    if not kinds:
+        return []
+    try:
+        from satchel.hpc import gpu
+    except ImportError:
+        from satchel.errors import ContainerError
+        raise ContainerError(f"--{kinds[0]} support is not installed") from None
+    return [gpu.gpu_binds(kind, config) for kind in kinds]
+
+
+def join_target(uri: str):
+    """The running instance named by instance://NAME (state records live outside the exec
+    path's lean modules, so they are imported only here)."""
+    from satchel.instance import state
+    from satchel.runtime.plan import JoinTarget
+
+    registry = state.Registry(state.Owner.current())
+    record = registry.find(state.name_from_uri(uri))
+    return JoinTarget(record.name, record.pid, record.namespaces or (), record.image or "")
+
+
+def is_uri(target: str) -> bool:
+    return target.startswith(URI_PREFIXES)
+
+
+def resolve_image(target: str, parsed) -> tuple[str, tuple[str, ...]]:
+    """An image argument -> (local path, temporary paths to remove after the container):
+    URIs are pulled (satchel.oci.runimage, imported only for them); paths pass through."""
+    if not is_uri(target):
+        return target, ()
+    from satchel.oci import runimage
+    return runimage.resolve(target, parsed)
+
+
+def unsquash(image, parsed) -> tuple[object, tuple[str, ...]]:
+    """--unsquash: the image extracted to a temporary sandbox (under --tmpdir, else $TMPDIR
+    or /tmp), which the reaper removes when the container ends."""
+    if image.kind == "sandbox":
+        return image, ()
+    import tempfile
+
+    from satchel.image import squashfs
+    from satchel.image.formats import open_image
+    from satchel.runtime import reaper
+
+    tmpdir = getattr(parsed, "tmpdir", None) or None
+    try:
+        top = tempfile.mkdtemp(prefix="satchel-unsquash-", dir=tmpdir)
+    except OSError as err:
+        raise UsageError(f"--unsquash: cannot create a directory in "
+                         f"{tmpdir or tempfile.gettempdir()}: {err.strerror}") from None
+    try:
+        squashfs.extract(image.path, top + "/root", image.fs_offset)
+        return open_image(top + "/root"), (top,)
+    except BaseException:
+        reaper.remove_tree(top)
+        raise
