@@ -14,181 +14,31 @@ Paths are resolved inside the staged root as the container will see them: an ima
 
 The image may belong to a user who changes it while root stages a container from it (a
 sandbox directory: renameat2(RENAME_EXCHANGE) swaps an entry between a directory and a symlink
-to a root-only directory in a loop). So what is mounted is never named twice: resolve_at()
-walks the path one component at a time from a descriptor of the root (openat O_PATH|O_NOFOLLOW,
-symlinks read from the descriptor of the link itself, `..` popped from the descriptors already
-held), the underlay lists a directory through a descriptor, opens each entry O_NOFOLLOW, checks
-it with fstat and binds that descriptor (/proc/self/fd/N), and the executor mounts onto the
-descriptor resolve_at() returned. A swap then changes nothing that was checked (issue 10).
+to a root-only directory in a loop). So what is mounted is never named twice: the path is
+resolved by fsutil.resolve_at() (the one resolver of paths inside a root, one component at a
+time from a descriptor of the root), the underlay lists a directory through a descriptor,
+opens each entry O_NOFOLLOW, checks it with fstat and binds that descriptor
+(/proc/self/fd/N), and the executor mounts onto the descriptor resolve_at() returned. A swap then changes nothing that was checked (issue 10).
 """
 
 from __future__ import annotations
 
 import os
-import posixpath
 import stat
 
+from satchel import fsutil
 from satchel.errors import ContainerError
 from satchel.runtime import linux
 
-MAX_SYMLINKS = 40
 # Copying these would mean binding thousands of kernel objects; their contents come from the
 # host, so a destination missing below them is a mistake in the bind request.
 _NO_UNDERLAY = ("/proc", "/sys")
-
-
-def resolve(root: str, path: str) -> tuple[str, list[str]]:
-    """Resolve container `path` below host directory `root`.
-
-    Returns (host path of the deepest existing component, missing components after it); the
-    list is empty when the whole path exists. Symlinks resolve relative to `root`; `..` never
-    climbs above it.
-    """
-    pending = [c for c in reversed(path.split("/")) if c and c != "."]
-    done: list[str] = []
-    links = 0
-    while pending:
-        part = pending.pop()
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        host = root + "/" + "/".join(done + [part])
-        try:
-            st = os.lstat(host)
-        except FileNotFoundError:
-            missing = posixpath.normpath("/".join([part] + pending[::-1])).split("/")
-            missing = [c for c in missing if c not in ("", ".")]
-            if ".." in missing:
-                raise ContainerError(f"path {path} in the container: '..' after a missing "
-                                     "component cannot be resolved") from None
-            return _host(root, done), missing
-        except NotADirectoryError:
-            raise ContainerError(f"path {path} in the container: /{'/'.join(done)} is not a "
-                                 "directory") from None
-        except OSError as err:
-            raise ContainerError(f"path {path} in the container: {err.strerror}") from None
-        if stat.S_ISLNK(st.st_mode):
-            links += 1
-            if links > MAX_SYMLINKS:
-                raise ContainerError(f"path {path} in the container: too many symbolic links")
-            target = os.readlink(host)
-            if target.startswith("/"):
-                done = []
-            pending.extend(c for c in reversed(target.split("/")) if c and c != ".")
-            continue
-        if pending and not stat.S_ISDIR(st.st_mode):
-            raise ContainerError(f"path {path} in the container: /{'/'.join(done + [part])} is "
-                                 "not a directory")
-        done.append(part)
-    return _host(root, done), []
-
-
-def _host(root: str, parts: list[str]) -> str:
-    return root + "/" + "/".join(parts) if parts else root
-
-
 _DIR = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 _ANY = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class IsContainerRoot(ContainerError):
     """A mount destination that resolves to the container's root directory itself."""
-
-
-class Found:
-    """resolve_at()'s answer: an O_PATH descriptor of the deepest existing component (the
-    caller closes it), its container path and the components missing after it."""
-
-    __slots__ = ("fd", "parts", "missing")
-
-    def __init__(self, fd: int, parts: list, missing: list):
-        self.fd = fd
-        self.parts = parts
-        self.missing = missing
-
-    @property
-    def container_path(self) -> str:
-        return "/" + "/".join(self.parts)
-
-
-def resolve_at(root_fd: int, path: str) -> Found:
-    """resolve() through descriptors: race-free against a user who changes the tree meanwhile.
-
-    Each component is opened O_PATH|O_NOFOLLOW from the descriptor of the one before (a
-    directory in one call, the common case); a symlink is read through its own descriptor and
-    its target walked from root_fd (absolute) or from its directory; `..` drops the last
-    descriptor held, never above root_fd. Nothing is named twice, so nothing checked can be
-    swapped before it is used. Mounts on the way are entered as the container will see them.
-    """
-    pending = [c for c in reversed(path.split("/")) if c and c != "."]
-    fds = [root_fd]    # fds[i + 1] is the descriptor of parts[i]; root_fd is the caller's
-    parts: list[str] = []
-    links = 0
-    try:
-        while pending:
-            part = pending.pop()
-            if part == "..":
-                if parts:
-                    parts.pop()
-                    os.close(fds.pop())
-                continue
-            try:
-                fds.append(os.open(part, _DIR, dir_fd=fds[-1]))
-                parts.append(part)
-                continue
-            except FileNotFoundError:
-                missing = posixpath.normpath("/".join([part] + pending[::-1])).split("/")
-                missing = [c for c in missing if c not in ("", ".")]
-                if ".." in missing:
-                    raise ContainerError(f"path {path} in the container: '..' after a missing "
-                                         "component cannot be resolved") from None
-                return _found(fds, parts, missing)
-            except NotADirectoryError:
-                pass  # a symlink, or the last component and not a directory
-            except OSError as err:
-                raise ContainerError(f"path {path} in the container: {err.strerror}") from None
-            try:
-                fd = os.open(part, _ANY, dir_fd=fds[-1])
-            except OSError as err:  # swapped away meanwhile: no answer is right, say so
-                raise ContainerError(f"path {path} in the container: {err.strerror}") from None
-            mode = os.fstat(fd).st_mode
-            if stat.S_ISLNK(mode):
-                try:
-                    target = os.readlink("", dir_fd=fd)  # the link opened, not its name
-                finally:
-                    os.close(fd)
-                links += 1
-                if links > MAX_SYMLINKS:
-                    raise ContainerError(f"path {path} in the container: too many symbolic "
-                                         "links")
-                if target.startswith("/"):
-                    while len(fds) > 1:
-                        os.close(fds.pop())
-                    parts.clear()
-                pending.extend(c for c in reversed(target.split("/")) if c and c != ".")
-                continue
-            if pending or stat.S_ISDIR(mode):  # a directory here: it changed since the open
-                os.close(fd)
-                raise ContainerError(f"path {path} in the container: /{'/'.join(parts + [part])}"
-                                     " is not a directory")
-            fds.append(fd)
-            parts.append(part)
-        return _found(fds, parts, [])
-    except BaseException:
-        for fd in fds[1:]:
-            os.close(fd)
-        raise
-
-
-def _found(fds: list, parts: list, missing: list) -> Found:
-    """Keep the last descriptor (a copy of root_fd if nothing was walked), close the rest."""
-    if len(fds) == 1:
-        return Found(os.dup(fds[0]), parts, missing)
-    last = fds.pop()
-    while len(fds) > 1:
-        os.close(fds.pop())
-    return Found(last, parts, missing)
 
 
 def is_dir_fd(fd: int) -> bool:
@@ -203,13 +53,6 @@ def _check_kind(fd: int, path: str, kind: str) -> None:
         what = "a directory" if kind == "dir" else "a file"
         there = "a directory" if is_dir else "a file"
         raise ContainerError(f"cannot mount {what} onto {path}: it is {there} in the container")
-
-
-def resolve_existing(root: str, path: str) -> str:
-    host, missing = resolve(root, path)
-    if missing:
-        raise ContainerError(f"path {path} does not exist in the container")
-    return host
 
 
 class Underlays:
@@ -238,7 +81,7 @@ class Underlays:
         Raises IsContainerRoot if `path` resolves to the container's root itself (an image
         symlink such as /var/tmp -> /): nothing may be mounted over the image's root.
         """
-        found = resolve_at(root_fd, path)
+        found = fsutil.resolve_at(root_fd, path)
         if not found.missing:
             try:
                 if not found.parts:
