@@ -31,6 +31,8 @@ UPSTREAM = {
 # what `satchel dropin DIR` installs: the two command names, and the interpreter named by the
 # first line of .simg and SIF files (`#!/usr/bin/env run-singularity`), so `./image.sif` runs
 DROPIN_NAMES = ("apptainer", "singularity", "run-singularity")
+# `satchel oci` under runc's role: `ctr run --runc-binary DIR/satchel-runc`, `podman --runtime`
+OCI_DROPIN_NAMES = ("satchel-runc",)
 _LAUNCHER_MARK = "from satchel.cli.main import main"
 
 
@@ -67,9 +69,9 @@ def install_dropins(directory: str, names=DROPIN_NAMES, force: bool = False,
     from satchel.launcher import write_launcher
 
     for name in names:
-        if name not in DROPIN_NAMES:
+        if name not in DROPIN_NAMES + OCI_DROPIN_NAMES:
             raise UsageError(f"unknown drop-in name {name!r}: choose from "
-                             f"{', '.join(DROPIN_NAMES)}")
+                             f"{', '.join(DROPIN_NAMES + OCI_DROPIN_NAMES)}")
     if not os.path.isdir(directory):
         raise SatchelError(f"drop-in directory {directory} does not exist or is not a "
                            "directory")

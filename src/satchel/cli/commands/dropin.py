@@ -21,10 +21,12 @@ SPECS = {
         options=(
             o.Opt("-F --force", "force", help="replace files that satchel did not write"),
             o.Opt("--name", "names", o.LIST, metavar="name",
-                  help="install only these names (apptainer, singularity, run-singularity)"),
+                  help="install only these names (apptainer, singularity, run-singularity; "
+                 "satchel-runc, the OCI runtime, only when named)"),
         ),
         min_args=1, max_args=1,
-        examples="  satchel dropin /usr/local/bin\n  satchel dropin --name apptainer ~/bin"),
+        examples="  satchel dropin /usr/local/bin\n  satchel dropin --name apptainer ~/bin\n"
+                 "  satchel dropin --name satchel-runc /usr/local/bin"),
 }
 
 
