@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "instance.stop": "satchel.cli.commands.instance",
     "key": "satchel.cli.commands.key",
     "keyserver": "satchel.cli.commands.library",
+    "oci": "satchel.cli.commands.oci",
     "overlay": "satchel.cli.commands.overlay",
     "pull": "satchel.cli.commands.pull",
     "push": "satchel.cli.commands.push",
@@ -45,6 +46,8 @@ COMMANDS: dict[str, str] = {
     "verify": "satchel.cli.commands.verify",
     "version": "satchel.cli.commands.version",
 }
+
+OCI_NAMES = ("satchel-runc",)  # drop-in names that are `satchel oci`
 
 GLOBAL = o.Spec(
     "",
@@ -131,6 +134,8 @@ def dispatch(prog: str, argv: list[str]) -> int:
         sys.stdout.write(command_help(prog, rest[0]) if rest else general_help(prog))
         return 0
     module = load_command(name)
+    if hasattr(module, "run_argv"):  # oci: runc's own flag syntax, parsed by the command
+        return module.run_argv(rest)
     spec = module.SPECS[name]
     if rest and rest[0] in ("-h", "--help"):
         sys.stdout.write(o.format_help(spec, prog))
@@ -153,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         # `#!/usr/bin/env run-singularity` heads SIF and .simg files: ./image.sif ARGS
         # means `singularity run ./image.sif ARGS`
         args = ["run"] + args
+    elif argv and os.path.basename(argv[0]) in OCI_NAMES:
+        args = ["oci"] + args  # the satchel-runc drop-in: runc's command line
     try:
         return dispatch(prog, args)
     except SatchelError as err:
