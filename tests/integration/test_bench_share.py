@@ -1,0 +1,38 @@
+"""bench/fuse_vs_kernel.py and bench/scale_node.py (issue 14) at the smallest scale: each runs to
+the end and prints the comparison it exists for. Timings here are noise (a shared 2-core
+machine): nothing judges them, this keeps the scripts from rotting unnoticed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BENCH = os.path.join(ROOT, "bench")
+
+pytestmark = pytest.mark.slow
+
+
+def bench(argv: list[str], timeout: float = 300) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    return proc.stdout
+
+
+def test_fuse_vs_kernel_bench(test_user):
+    out = bench(["/usr/bin/python3", os.path.join(BENCH, "fuse_vs_kernel.py"), "--modules",
+                 "200", "--runs", "1", "--warmup", "0", "--user", test_user.name])
+    for label in ("directory", "kernel-sqfs", "satchel-fuse", "ch-run-sqfs"):
+        assert f"  {label} " in out, out
+    assert "satchel-fuse / kernel-sqfs = " in out, out
+
+
+def test_scale_node_bench(busybox_sif, test_user):
+    out = bench(["/usr/bin/python3", os.path.join(BENCH, "scale_node.py"), "--n", "1,2",
+                 "--runs", "1", "--sif", busybox_sif, "--command", "true",
+                 "--user", test_user.name])
+    for n in (1, 2):
+        assert f"N={n}: satchel/ch-run cpu " in out, out
