@@ -17,10 +17,13 @@ from __future__ import annotations
 class SatchelError(Exception):
     """Base of every error a user may see as a FATAL line."""
 
-    def __init__(self, message: str, hint: str | None = None):
+    def __init__(self, message: str, hint: str | None = None, *, in_context: bool = False):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        # the message already says what it is about (it starts with the image reference it
+        # concerns, or context() added a prefix): in_context_of() then adds nothing
+        self.in_context = in_context
 
     def __str__(self) -> str:
         return self.message
@@ -28,8 +31,13 @@ class SatchelError(Exception):
     def context(self, prefix: str) -> "SatchelError":
         """Return a copy of this error whose message starts with `prefix: `."""
         new = type(self).__new__(type(self))
-        SatchelError.__init__(new, f"{prefix}: {self.message}", self.hint)
+        SatchelError.__init__(new, f"{prefix}: {self.message}", self.hint, in_context=True)
         return new
+
+    def in_context_of(self, prefix: str) -> "SatchelError":
+        """This error with `prefix: ` in front, unless its message already names its subject
+        (in_context): an operation is named once, not twice."""
+        return self if self.in_context else self.context(prefix)
 
 
 class UsageError(SatchelError):

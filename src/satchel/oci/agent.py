@@ -61,7 +61,7 @@ def fetch(ctx: AgentContext) -> FetchResult:
     from satchel.build.agents import warn_unused_headers
     warn_unused_headers(ctx, USED_HEADERS)
     uri = source_uri(ctx.header)
-    opts = source.FetchOptions.from_options(ctx.options)
+    opts = source.fetch_options(ctx.options)
     _keep_layout = False
     result = fetch_into(uri, ctx.rootfs, opts, temp_root=ctx.workdir)
     if exported_from_sif(result, ctx.rootfs):
@@ -89,16 +89,12 @@ def fetch_into(uri: str, rootfs: str, opts: source.FetchOptions, temp_root: str)
     try:
         image = source.open_image(uri, opts, cache, bar)
     except OCIError as err:
-        if err.message.startswith(uri):
-            raise
-        raise err.context(f"while fetching {uri}") from None
+        raise err.in_context_of(f"while fetching {uri}") from None
     try:
         bar.total = image.progress_total()
         stats = source.unpack(image, rootfs, bar)
     except OCIError as err:
-        if err.message.startswith(uri):
-            raise
-        raise err.context(f"while unpacking {uri}") from None
+        raise err.in_context_of(f"while unpacking {uri}") from None
     finally:
         bar.close()
         image.close()

@@ -373,8 +373,6 @@ def _to_registry(image: Exported, ref, fetch, chunk_size: int, path: str) -> Non
         pushing.push_bytes(registry, image.config, image.config_digest, "config")
         pushing.push_manifest(registry, ref.reference, image.manifest, mt.OCI_MANIFEST)
     except OCIError as err:
-        prefix = f"while pushing {path} to {ref}"
-        raise (err if err.message.startswith((prefix, str(ref))) else err.context(prefix)) \
-            from None
+        raise err.in_context_of(f"while pushing {path} to {ref}") from None
     finally:
         bar.close()

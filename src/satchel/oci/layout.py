@@ -43,10 +43,11 @@ def read_blob(store, desc: mt.Descriptor, what: str) -> bytes:
     data = read(store, _blob_name(desc.digest))
     actual = digests.of_bytes(data, desc.digest.algorithm)
     if actual != desc.digest:
-        raise OCIError(f"{what}: blob {desc.digest} is corrupt (content has digest {actual})")
+        raise OCIError(f"{what}: blob {desc.digest} is corrupt (content has digest {actual})",
+                       in_context=True)
     if len(data) != desc.size:
         raise OCIError(f"{what}: blob {desc.digest} has {len(data)} bytes, descriptor says "
-                       f"{desc.size}")
+                       f"{desc.size}", in_context=True)
     return data
 
 
@@ -54,14 +55,14 @@ def _choose(index: mt.Index, selector: str | None, arch: str, variant: str, what
             ) -> mt.Descriptor:
     entries = index.manifests
     if not entries:
-        raise OCIError(f"{what}: the layout holds no images")
+        raise OCIError(f"{what}: the layout holds no images", in_context=True)
     tags = [e.annotations.get(REF_NAME) for e in entries if e.annotations.get(REF_NAME)]
     if selector:
         found = [e for e in entries if e.annotations.get(REF_NAME) == selector
                  or str(e.digest) == selector]
         if not found:
             raise OCIError(f"{what}: no image tagged {selector!r} (tags: "
-                           f"{', '.join(tags) or 'none'})")
+                           f"{', '.join(tags) or 'none'})", in_context=True)
         if len(found) > 1:
             return mt.select_platform(mt.Index(index.media_type, found, None, b""), arch,
                                       variant, what)
@@ -71,20 +72,20 @@ def _choose(index: mt.Index, selector: str | None, arch: str, variant: str, what
     if not tags and all(e.platform for e in entries):  # the top index is itself multi-arch
         return mt.select_platform(index, arch, variant, what)
     raise OCIError(f"{what}: the layout holds {len(entries)} images; choose one with :TAG "
-                   f"(tags: {', '.join(tags) or 'none'})")
+                   f"(tags: {', '.join(tags) or 'none'})", in_context=True)
 
 
 def open_layout(store, selector, arch, variant, what) -> Image:
     try:
         marker = json.loads(read(store, "oci-layout", 1 << 16))
     except ValueError:
-        raise OCIError(f"{what}: oci-layout is not valid JSON") from None
+        raise OCIError(f"{what}: oci-layout is not valid JSON", in_context=True) from None
     if not isinstance(marker, dict) or not isinstance(marker.get("imageLayoutVersion"), str):
-        raise OCIError(f"{what}: not an OCI image layout (bad oci-layout file)")
+        raise OCIError(f"{what}: not an OCI image layout (bad oci-layout file)", in_context=True)
     data = read(store, "index.json")
     index = mt.parse(data, mt.OCI_INDEX, digests.of_bytes(data), f"{what}: index.json")
     if not isinstance(index, mt.Index):
-        raise OCIError(f"{what}: index.json is not an image index")
+        raise OCIError(f"{what}: index.json is not an image index", in_context=True)
     entry = _choose(index, selector, arch, variant, what)
     for _ in range(MAX_DEPTH):
         doc = mt.parse(read_blob(store, entry, what), entry.media_type or None, entry.digest,
@@ -93,14 +94,14 @@ def open_layout(store, selector, arch, variant, what) -> Image:
             break
         entry = mt.select_platform(doc, arch, variant, what)
     else:
-        raise OCIError(f"{what}: indexes nested too deeply")
+        raise OCIError(f"{what}: indexes nested too deeply", in_context=True)
     config_doc = mt.load_json(read_blob(store, doc.config, what), f"{what}: image config")
     warn_arch(what, config_doc, arch)
     layers = []
     for i, desc in enumerate(doc.layers):
         if desc.media_type not in mt.LAYER_TYPES:
             raise OCIError(f"{what}: layer {i + 1} has unsupported media type "
-                           f"{desc.media_type!r}")
+                           f"{desc.media_type!r}", in_context=True)
         layers.append(Layer(desc.digest.short(), desc.size, _opener(store, desc, what)))
     return Image(what, doc.digest, config_doc, layers, [store.close])
 
@@ -118,6 +119,6 @@ def _opener(store, desc: mt.Descriptor, what: str):
                 tap.drain()
                 if tap.count != desc.size or tap.hasher.hexdigest() != desc.digest.hex:
                     raise OCIError(f"{what}: layer {desc.digest} is corrupt (digest or size "
-                                   "mismatch)")
+                                   "mismatch)", in_context=True)
             yield stream.CheckedReader(decoded, check)
     return open_layer

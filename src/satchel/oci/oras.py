@@ -125,17 +125,10 @@ def push(path: str, uri: str, fetch, chunk_size: int = 0) -> str:
                            "config")
         pushing.push_manifest(registry, ref.reference, manifest, mt.OCI_MANIFEST)
     except OCIError as err:
-        raise _in_context(err, f"while pushing {path} to {ref}", ref) from None
+        raise err.in_context_of(f"while pushing {path} to {ref}") from None
     finally:
         bar.close()
     return str(digests.of_bytes(manifest))
-
-
-def _in_context(err: OCIError, prefix: str, ref: OrasRef) -> OCIError:
-    """Name the operation once: registry errors start with the reference already."""
-    if err.message.startswith((prefix, str(ref))):
-        return err
-    return err.context(prefix)
 
 
 # ---------------------------------------------------------------- pull
@@ -143,14 +136,15 @@ def sif_layer(doc, ref: OrasRef) -> mt.Descriptor:
     """The one SIF layer of an ORAS manifest; OCIError for anything else."""
     if not isinstance(doc, mt.Manifest):
         raise OCIError(f"{ref}: not a SIF artifact: the reference is an image index",
-                       hint="container images are pulled with docker://")
+                       hint="container images are pulled with docker://", in_context=True)
     for layer in doc.layers:
         if layer.media_type not in (SIF_LAYER, SIF_LAYER_PROTO):
             raise OCIError(f"{ref}: not a SIF artifact: layer media type "
                            f"{layer.media_type!r}, expected {SIF_LAYER!r}",
-                           hint="container images are pulled with docker://")
+                           hint="container images are pulled with docker://", in_context=True)
     if len(doc.layers) != 1:
-        raise OCIError(f"{ref}: not a SIF artifact: {len(doc.layers)} layers, expected one")
+        raise OCIError(f"{ref}: not a SIF artifact: {len(doc.layers)} layers, expected one",
+                       in_context=True)
     return doc.layers[0]
 
 
@@ -175,7 +169,7 @@ def fetch(uri: str, fetch_opts, cache: Cache) -> str:
         finally:
             bar.close()
     except OCIError as err:
-        raise _in_context(err, f"while pulling {ref}", ref) from None
+        raise err.in_context_of(f"while pulling {ref}") from None
     _check_sif(path, ref)
     return path
 

@@ -75,7 +75,7 @@ def pull(uri: str, dest: str, force: bool, fetch: FetchOptions, build_options) -
         install(cached_sif(ref, uri, fetch, cache, build_options), dest, force)
     else:
         if isinstance(ref, refs.LocalRef) and not os.path.exists(ref.path):
-            raise OCIError(f"{uri}: {ref.path} does not exist")
+            raise OCIError(f"{uri}: {ref.path} does not exist", in_context=True)
         temp = _temp_name(dest)
         try:
             _build(build_uri(uri), temp, fetch, build_options, None, uri)
@@ -147,20 +147,13 @@ def _build(uri: str, target: str, fetch: FetchOptions, build_options, tmpdir: st
     options.announce = False  # `target` is a temporary name; the caller reports the result
     if tmpdir and not options.tmpdir:
         options.tmpdir = tmpdir
-    # the docker agent reads these (FetchOptions.from_options) in the build, which may run in
-    # a forked user-namespace child: plain attributes travel with the fork
-    options.arch = f"{fetch.arch}/{fetch.variant}" if fetch.variant else fetch.arch
-    options.nohttps = fetch.plain_http
-    options.docker_username = fetch.username
-    options.docker_password = fetch.password
-    options.disable_cache = fetch.disable_cache
-    options.authfile = fetch.authfile
+    # the agent fetches with these, as they are (source.fetch_options), also in a forked
+    # user-namespace child: nothing is read again from the environment or asked again
+    options.fetch = fetch
     try:
         builder.build(target, uri, options)
-    except SatchelError as err:
-        if err.message.startswith(("while fetching", "while unpacking", shown)):
-            raise  # the agent named the source already
-        raise err.context(f"while pulling {shown}") from None
+    except SatchelError as err:  # unless the agent named the source already
+        raise err.in_context_of(f"while pulling {shown}") from None
 
 
 def add_oci_config(sif_path: str, config_blob: bytes | None) -> None:

@@ -90,7 +90,7 @@ class _Upload:
             except transport.TransientError as err:
                 if attempt == RETRIES:
                     raise OCIError(f"{err.message} (gave up after {RETRIES} retries)",
-                                   err.hint) from None
+                                   err.hint, in_context=err.in_context) from None
                 log.warning(f"{self.blob.what} {self.blob.digest[7:19]}: upload failed: "
                             f"{err.message}; resuming ({attempt + 1}/{RETRIES})")
                 time.sleep(RETRY_WAIT_S * (attempt + 1))
@@ -139,7 +139,7 @@ def push_bytes(registry: Registry, data: bytes, digest: str, what: str = "blob")
         except transport.TransientError as err:
             if attempt == RETRIES:
                 raise OCIError(f"{err.message} (gave up after {RETRIES} retries)",
-                               err.hint) from None
+                               err.hint, in_context=err.in_context) from None
             log.warning(f"{what}: upload failed: {err.message}; retrying")
             time.sleep(RETRY_WAIT_S * (attempt + 1))
     raise AssertionError("unreachable")

@@ -111,7 +111,7 @@ def parse(uri: str) -> DockerRef | LocalRef:
         raise OCIError(f"{uri}: docker-daemon sources are not supported (satchel talks to "
                        "registries and archives, not to a Docker daemon)",
                        hint="save the image with 'docker save -o FILE.tar IMAGE' and use "
-                            "docker-archive:FILE.tar")
+                            "docker-archive:FILE.tar", in_context=True)
     if transport in LOCAL_TRANSPORTS:
         return parse_local(transport, rest, uri)
     raise OCIError(f"unsupported image source {uri!r}",

@@ -63,7 +63,7 @@ class Registry:
                         + (f" ({detail})" if detail else ""),
                         hint="check --docker-username/--docker-password, "
                              "APPTAINER_DOCKER_USERNAME/PASSWORD, 'registry login' or "
-                             "~/.docker/config.json")
+                             "~/.docker/config.json", in_context=True)
 
     def _authenticate(self, challenge: str, detail: str, previous: str | None) -> str:
         schemes = dict(auth.parse_challenges(challenge))
@@ -74,12 +74,12 @@ class Registry:
                 raise self._unauthorized(detail)
             return self.credentials.basic_header()
         raise OCIError(f"{self.ref}: registry asks for unsupported authentication "
-                       f"{challenge!r}")
+                       f"{challenge!r}", in_context=True)
 
     def _fetch_token(self, params: dict[str, str]) -> str:
         realm = params.get("realm")
         if not realm:
-            raise OCIError(f"{self.ref}: Bearer challenge without a realm")
+            raise OCIError(f"{self.ref}: Bearer challenge without a realm", in_context=True)
         query = {"scope": params.get("scope")
                  or f"repository:{self.ref.repository}:{self.actions}"}
         if params.get("service"):
@@ -97,7 +97,7 @@ class Registry:
             raise self._unauthorized(_error_text(resp))
         if resp.status != 200:
             raise OCIError(f"{self.ref}: token server {realm} answered {resp.status} "
-                           f"{_error_text(resp)}".rstrip())
+                           f"{_error_text(resp)}".rstrip(), in_context=True)
         return _token_from(resp.read(1 << 20), realm)
 
     def _refresh_token(self, realm, params, query) -> str:
@@ -193,7 +193,7 @@ class Registry:
             if "DIGEST_INVALID" in _error_codes(detail):
                 raise OCIError(f"{self.ref}: the registry refused blob {digest}: what it "
                                "received has another digest (the file changed while it was "
-                               "sent?)")
+                               "sent?)", in_context=True)
             raise self._status_error_text(resp.status, resp.raw.reason, detail,
                                           f"blob {digest}")
 
@@ -210,7 +210,7 @@ class Registry:
         location = resp.header("Location") or default
         if not location:
             raise OCIError(f"{self.ref}: {what}: registry answered {resp.status} without a "
-                           "Location")
+                           "Location", in_context=True)
         return urllib.parse.urljoin(resp.url, location)
 
     def _status_error(self, resp: transport.Response, what: str) -> OCIError:
@@ -221,17 +221,20 @@ class Registry:
         if status == 404 or "MANIFEST_UNKNOWN" in codes or "NAME_UNKNOWN" in codes:
             if "NAME_UNKNOWN" in codes:
                 return OCIError(f"{self.ref}: repository {self.ref.repository!r} not found "
-                                f"on {self.ref.registry}")
+                                f"on {self.ref.registry}", in_context=True)
             if "BLOB_UNKNOWN" in codes or what.startswith("blob"):
-                return OCIError(f"{self.ref}: {what} not found on the registry (blob unknown)")
+                return OCIError(f"{self.ref}: {what} not found on the registry (blob unknown)",
+                                in_context=True)
             return OCIError(f"{self.ref}: manifest unknown: no image {self.ref.reference!r} "
-                            f"in {self.ref.registry}/{self.ref.repository}")
+                            f"in {self.ref.registry}/{self.ref.repository}", in_context=True)
         if status == 403:
             doing = "pushing to" if "push" in self.actions else "pulling"
             return OCIError(f"{self.ref}: access to {what} denied ({_short(detail)})",
-                            hint=f"your credentials do not allow {doing} this image")
+                            hint=f"your credentials do not allow {doing} this image",
+                            in_context=True)
         if status == 429:
-            return OCIError(f"{self.ref}: too many requests (rate limited by the registry)")
+            return OCIError(f"{self.ref}: too many requests (rate limited by the registry)",
+                            in_context=True)
         # a server error may pass (an upload resumes after it); a 416 during an upload means
         # our idea of what the registry holds is wrong: ask it and resume from there
         cls = transport.TransientError if status >= 500 or status == 416 else OCIError

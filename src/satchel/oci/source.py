@@ -66,6 +66,16 @@ class FetchOptions:
         return Cache(self.cache_root) if self.cache_root else Cache.default()
 
 
+def fetch_options(build_options) -> FetchOptions:
+    """The FetchOptions a build's docker/oci/oras agent fetches with: those that rode in on
+    BuildOptions.fetch (a pull, an image URI to run), else made once from the build's own
+    options (`satchel build`) and kept there, so the environment is read and a --docker-login
+    prompt shown once per build, never again by a later agent or stage."""
+    if getattr(build_options, "fetch", None) is None:
+        build_options.fetch = FetchOptions.from_options(build_options)
+    return build_options.fetch
+
+
 class Layer:
     """One layer: `open()` gives a context manager over its uncompressed tar stream."""
 
@@ -137,7 +147,7 @@ class RegistryImage:
         for index, desc in enumerate(self.manifest.layers):
             if desc.media_type not in mt.LAYER_TYPES:
                 raise OCIError(f"{self.ref}: layer {index + 1} has unsupported media type "
-                               f"{desc.media_type!r}")
+                               f"{desc.media_type!r}", in_context=True)
             layers.append(Layer(desc.digest.short(), desc.size, downloads.opener(index)))
         image = Image(str(self.ref), self.manifest.digest, config_doc, layers, remote=True)
         if isinstance(bar, progress.Bar):
@@ -241,11 +251,11 @@ def _fetch_manifest(registry: Registry, cache: Cache, reference: str, what: str)
     actual = digests.of_bytes(data, algorithm)
     if by_digest and actual != dig:
         raise OCIError(f"{what}: digest mismatch: asked for {reference}, received content "
-                       f"with digest {actual}")
+                       f"with digest {actual}", in_context=True)
     if header and digests.is_digest(header) and header.startswith(algorithm + ":") \
             and header != str(actual):
         raise OCIError(f"{what}: digest mismatch: registry says {header}, content has "
-                       f"digest {actual}")
+                       f"digest {actual}", in_context=True)
     cache.put_blob(actual, data)
     return mt.parse(data, media_type, actual, what)
 
@@ -263,7 +273,8 @@ def resolve_registry(ref: DockerRef, opts: FetchOptions, cache: Cache) -> Regist
         doc = _fetch_manifest(registry, cache, str(entry.digest),
                               f"{ref} ({entry.platform_name()})")
         if not isinstance(doc, mt.Manifest):
-            raise OCIError(f"{ref}: index entry {entry.digest} is not an image manifest")
+            raise OCIError(f"{ref}: index entry {entry.digest} is not an image manifest",
+                           in_context=True)
     return RegistryImage(ref, registry, doc, cache, opts.arch)
 
 
@@ -301,7 +312,7 @@ def download(uri: str, opts: FetchOptions, cache: Cache, bar=None) -> list[str]:
     phase of a pull on its own, for the benchmark and for warming a cache."""
     ref = parse_ref(uri)
     if not isinstance(ref, DockerRef):
-        raise OCIError(f"{uri}: only registry images are downloaded")
+        raise OCIError(f"{uri}: only registry images are downloaded", in_context=True)
     resolved = resolve_registry(ref, opts, cache)
     image = resolved.fetch(bar)
     for layer in image.layers:

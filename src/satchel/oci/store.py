@@ -25,14 +25,15 @@ def _normal(name: str) -> str:
 class DirStore:
     def __init__(self, root: str, what: str):
         if not os.path.isdir(root):
-            raise OCIError(f"{what}: {root} is not a directory")
+            raise OCIError(f"{what}: {root} is not a directory", in_context=True)
         self.root = root
         self.what = what
 
     def _path(self, name: str) -> str:
         clean = posixpath.normpath(name)
         if clean.startswith("/") or clean == ".." or clean.startswith("../"):
-            raise OCIError(f"{self.what}: refusing path {name!r} outside the image")
+            raise OCIError(f"{self.what}: refusing path {name!r} outside the image",
+                           in_context=True)
         return os.path.join(self.root, clean)
 
     def open(self, name: str):
@@ -40,9 +41,10 @@ class DirStore:
             # regular files only: a FIFO in the layout must not hang the pull
             return os.fdopen(fsutil.open_regular(self._path(name), follow=True), "rb")
         except FileNotFoundError:
-            raise OCIError(f"{self.what}: {name} is missing") from None
+            raise OCIError(f"{self.what}: {name} is missing", in_context=True) from None
         except OSError as err:
-            raise OCIError(f"{self.what}: reading {name}: {err.strerror}") from None
+            raise OCIError(f"{self.what}: reading {name}: {err.strerror}",
+                           in_context=True) from None
 
     def size(self, name: str) -> int | None:
         try:
@@ -61,11 +63,12 @@ class TarStore:
             # opened here, regular files only: tarfile's own open() waits forever on a FIFO
             self._raw = os.fdopen(fsutil.open_regular(path, follow=True), "rb")
         except FileNotFoundError:
-            raise OCIError(f"{what}: {path} does not exist") from None
+            raise OCIError(f"{what}: {path} does not exist", in_context=True) from None
         except IsADirectoryError:
-            raise OCIError(f"{what}: {path} is a directory, not an archive") from None
+            raise OCIError(f"{what}: {path} is a directory, not an archive",
+                           in_context=True) from None
         except OSError as err:
-            raise OCIError(f"{what}: {path}: {err.strerror}") from None
+            raise OCIError(f"{what}: {path}: {err.strerror}", in_context=True) from None
         try:
             self._index(path)
         except BaseException:
@@ -77,23 +80,25 @@ class TarStore:
         try:
             self.tar = tarfile.open(path, "r:*", fileobj=self._raw)
         except (tarfile.TarError, OSError, EOFError) as err:
-            raise OCIError(f"{what}: {path} is not a tar archive ({err})") from None
+            raise OCIError(f"{what}: {path} is not a tar archive ({err})",
+                           in_context=True) from None
         self.members: dict[str, tarfile.TarInfo] = {}
         try:
             for member in self.tar.getmembers():
                 if member.isreg() or member.islnk():
                     self.members[posixpath.normpath(member.name.lstrip("/"))] = member
         except (tarfile.TarError, OSError, EOFError) as err:
-            raise OCIError(f"{what}: {path} is a damaged tar archive ({err})") from None
+            raise OCIError(f"{what}: {path} is a damaged tar archive ({err})",
+                           in_context=True) from None
 
     def open(self, name: str):
         member = self.members.get(posixpath.normpath(name.lstrip("/")))
         if member is None:
-            raise OCIError(f"{self.what}: {name} is missing from the archive")
+            raise OCIError(f"{self.what}: {name} is missing from the archive", in_context=True)
         try:
             return self.tar.extractfile(member)
         except (tarfile.TarError, KeyError) as err:
-            raise OCIError(f"{self.what}: cannot read {name} ({err})") from None
+            raise OCIError(f"{self.what}: cannot read {name} ({err})", in_context=True) from None
 
     def size(self, name: str) -> int | None:
         member = self.members.get(posixpath.normpath(name.lstrip("/")))

@@ -33,7 +33,7 @@ def fetch(ctx: AgentContext) -> FetchResult:
     from satchel.oci.cache import Cache
     warn_unused_headers(ctx, used=("from",))
     uri = source_uri(ctx.header)
-    opts = source.FetchOptions.from_options(ctx.options)
+    opts = source.fetch_options(ctx.options)
     cache = opts.cache() or Cache(os.path.join(ctx.workdir, "oras-cache"))
     log.info(f"Fetching {uri}")
     path = oras.fetch(uri, opts, cache)
