@@ -200,7 +200,7 @@ class Executor:
             return
         argv = list(op.data)
         argv[0] = fuse.find_program(argv[0], os.environ)
-        self.fuse[op.source] = fuse.prepare(op.source, argv)
+        self.fuse[op.source] = fuse.prepare(op.source, argv, detach="detach" in op.flags)
 
     def op_fuse_snapshot(self, op) -> None:
         self.fuse[op.source].snapshot_namespace()
@@ -210,6 +210,10 @@ class Executor:
 
     def op_mount_overlay_fuse(self, op) -> None:
         self._mount_fuse(op, "fuse-overlayfs", "fuse.fuse-overlayfs", "mounting the overlay")
+
+    def op_mount_fuse(self, op) -> None:
+        program = os.path.basename(self.fuse[op.source].argv[0])
+        self._mount_fuse(op, program, "fuse." + program, f"--fusemount at {op.destination}")
 
     def _mount_fuse(self, op, source: str, fstype: str, what: str) -> None:
         from satchel.runtime import fuse
@@ -240,6 +244,14 @@ class Executor:
     def op_fuse_wait(self, op) -> None:
         server = self.fuse[op.source]
         server.wait_ready()
+        if "check" in op.flags:  # a --fusemount program: its first answer, or why it died
+            try:  # by name: the stat must cross into the new mount (a held fd would not)
+                host, _ = fsutil.resolve_path(self.root, op.destination)
+                os.stat(host)
+            except OSError as err:
+                raise server.died_error(1000) or ContainerError(
+                    f"the FUSE server for the {op.source} does not answer "
+                    f"({err.strerror}): {' '.join(server.argv)}") from None
         if "writable" in op.flags:  # an overlay: mount points may be created in it directly
             self.underlays.own_devices.add(os.stat(server.mountpoint).st_dev)
 
@@ -578,6 +590,10 @@ class Executor:
 
     def op_drop_caps(self, op) -> None:
         linux.drop_all_capabilities()
+
+    def op_seccomp(self, op) -> None:
+        from satchel.runtime import seccomp
+        seccomp.load(op.data)
 
     def op_check_shell(self, op) -> None:
         if not os.access(op.destination, os.X_OK) or os.path.isdir(op.destination):

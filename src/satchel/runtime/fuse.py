@@ -222,8 +222,12 @@ def open_device() -> int:
         raise ContainerError(f"opening {FUSE_DEVICE}: {err.strerror}", hint=hint) from None
 
 
-def prepare(name: str, argv: list[str]) -> FuseServer:
+def prepare(name: str, argv: list[str], detach: bool = False) -> FuseServer:
     """Open /dev/fuse and fork the helper; in argv '{fd}' becomes the fd number.
+
+    detach: the program stays in the foreground (a --fusemount "host:" program run with -f):
+    the helper forks it into a new session and exits at once, so wait_ready() returns and
+    the payload does not inherit the server as its child.
 
     Must run after unshare(CLONE_NEWUSER) and before unshare(CLONE_NEWNS). The helper waits for
     one byte: 'x' execs the server; 'n' first moves the helper into a private copy of the
@@ -259,6 +263,10 @@ def prepare(name: str, argv: list[str]) -> FuseServer:
             os.closerange(high + 1, 65536)
             os.set_inheritable(fd, True)
             os.set_inheritable(life_write, True)
+            if detach:
+                if os.fork() != 0:
+                    os._exit(0)
+                os.setsid()  # a Ctrl-C for the payload's process group is not for the server
             os.execv(argv[0], argv)
         except BaseException:
             pass

@@ -128,6 +128,14 @@ def run_options(command: str, parsed, config, args=None, cleanup=(), join=None,
         opts.cgroup = cgroups.request_for_options(parsed)
     if parsed.env_file:
         opts.env_file_pairs = _env_file_pairs(parsed.env_file)
+    if parsed.fusemount and join is None:
+        from satchel.runtime import fusemount
+        opts.fusemounts = fusemount.parse(parsed.fusemount, os.environ)
+    for item in parsed.security or ():  # seccomp: only --security loads json and libseccomp
+        if join is not None:
+            raise UsageError("--security cannot change the processes of a running instance")
+        from satchel.runtime import seccomp
+        opts.seccomp = seccomp.compile_profile(item.partition(":")[2].strip())
     if join is None:
         opts.gpu = gpu_binds(parsed, config)
     return opts
@@ -180,10 +188,16 @@ def _check_flags(parsed) -> None:
                              "setuid in a container of a non-root user)")
         raise UsageError("--allow-setuid is not supported: satchel mounts every image nosuid "
                          "and sets no_new_privs, also for root")
+    seccomps = 0
     for item in parsed.security or ():
-        raise UsageError(_security_refusal(item))
-    if parsed.fusemount:
-        raise UsageError("--fusemount is not supported yet")
+        kind, _, value = item.partition(":")
+        if kind.strip().lower() != "seccomp" or not value.strip():
+            raise UsageError(_security_refusal(item))
+        seccomps += 1
+    if seccomps > 1:
+        raise UsageError("--security seccomp: give one profile")
+    if parsed.fusemount and parsed.args and parsed.args[0].startswith("instance://"):
+        raise UsageError("--fusemount cannot add a mount to a running instance")
 
 
 def _security_refusal(item: str) -> str:
@@ -192,8 +206,10 @@ def _security_refusal(item: str) -> str:
     present = {"apparmor": "/sys/kernel/security/apparmor", "selinux": "/sys/fs/selinux"}
     if kind in present and not os.path.exists(present[kind]):
         return f"--security {item}: this host has no {kind} (no {present[kind]})"
-    if kind in ("seccomp", "apparmor", "selinux"):
-        return (f"--security {item}: {kind} profiles are not supported yet by satchel "
+    if kind == "seccomp":
+        return f"--security {item}: expected seccomp:PROFILE.json (an OCI seccomp profile)"
+    if kind in ("apparmor", "selinux"):
+        return (f"--security {item}: {kind} profiles are not supported by satchel "
                 "(every capability is dropped and no_new_privs is set)")
     if kind in ("uid", "gid"):
         return f"--security {item}: changing uid/gid in the container is not supported"

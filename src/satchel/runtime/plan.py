@@ -37,13 +37,16 @@ ID_MAP = "id_map"                  # -             -                (uid_map lin
                                    #                                setgroups is denied first
 FUSE_PREPARE = "fuse_prepare"      # server name   -                program argv tuple ('{fd}':
                                    # the fd); flag "builtin": data None, the server is
-                                   # ContainerPlan.server, started by the launcher, adopted here
+                                   # ContainerPlan.server, started by the launcher, adopted here;
+                                   # "detach": a foreground program (--fusemount host:)
 MAKE_PRIVATE = "make_private"      # -             mount tree       - (propagation: private)
 TMPFS = "tmpfs"                    # "tmpfs"       path             tmpfs options str
 MKDIR = "mkdir"                    # -             host directory   - ("owned": refused if a
                                    # symlink or another user's; else made if missing)
 MOUNT_SQUASHFS_FUSE = "mount_squashfs_fuse"  # server name  host dir  (uid, gid)
-FUSE_WAIT = "fuse_wait"            # server name   -                - ("writable": an overlay)
+FUSE_WAIT = "fuse_wait"            # server name   -                - ("writable": an overlay;
+                                   # "check": the mount at the container path in destination
+                                   # must answer, a --fusemount)
 FUSE_SNAPSHOT = "fuse_snapshot"    # server name   -                - (the helper copies the
                                    #                                mounts so far)
 PREFETCH = "prefetch"              # server name   -                container paths to read ahead
@@ -52,6 +55,7 @@ MOUNT_SQUASHFS_LOOP = "mount_squashfs_loop"  # image path  host dir  (offset, si
 BIND_IMAGE_DIR = "bind_image_dir"  # sandbox dir   host dir         -
 MOUNT_OVERLAY = "mount_overlay"    # "overlay"     host dir         (lower, upper, work): root
 MOUNT_OVERLAY_FUSE = "mount_overlay_fuse"  # server name  host dir  (uid, gid): non-root
+MOUNT_FUSE = "mount_fuse"          # server name   container path   (uid, gid): --fusemount
 ENSURE_MOUNTPOINT = "ensure_mountpoint"  # -       container path   "dir" | "file" (underlay
                                    # if missing; "user": refused if it resolves to the root)
 BIND = "bind"                      # host path     container path   -
@@ -79,6 +83,8 @@ CHDIR = "chdir"                    # -             -                candidate di
                                    # works ("strict": only the first)
 DROP_CAPS = "drop_caps"            # -             -                - (no_new_privs, caps emptied)
 CHECK_SHELL = "check_shell"        # -             "/bin/sh"        - (must exist in the container)
+SECCOMP = "seccomp"                # -             -                (default action, ((syscall nr,
+                                   # action, ((arg, op, a, b), ...)), ...)): seccomp.load()
 EXEC = "exec"                      # "/bin/sh"     -                - (execve(ContainerPlan.argv))
 EXEC_CHILD = "exec_child"          # "/bin/sh"     -                - (--pid: init forks, reaps)
 INSTANCE_INIT = "instance_init"    # "/bin/sh"     -                ready fd (stay as the init)
@@ -177,7 +183,8 @@ class RunOptions:
                  "env", "env_file_pairs", "home", "no_home", "no_mount", "pwd", "workdir",
                  "writable_tmpfs", "overlay", "pid", "ipc", "uts", "hostname", "net",
                  "network", "network_args", "no_eval", "instance_ready_fd", "join",
-                 "shell", "gpu", "prog", "scratch", "dns", "no_pid", "cleanup", "cgroup")
+                 "shell", "gpu", "prog", "scratch", "dns", "no_pid", "cleanup", "cgroup",
+                 "fusemounts", "seccomp")
 
     def __init__(self, command: str = "exec", args=(), **values):
         self.command = command
@@ -208,6 +215,8 @@ class RunOptions:
         self.no_pid = False     # --no-pid: no PID namespace even with --containall
         self.cleanup = ()       # host paths the reaper removes after the container (--unsquash)
         self.cgroup = None      # a cgroups.CgroupRequest (resource limits), or None
+        self.fusemounts = ()    # --fusemount: fusemount.FuseMount objects (host programs)
+        self.seccomp = None     # --security seccomp: the compiled filter (seccomp.py), or None
         for key, value in values.items():
             setattr(self, key, value)
 
@@ -355,6 +364,7 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
     _identity(p)
     _working_directory(p)
     _user_binds(p)
+    _fusemounts(p)
     _gpus(p)
     _finish_root(p)
     _protect_kernel(p)
@@ -404,6 +414,9 @@ def _namespaces(p: _Plan) -> None:
             options = (f"lowerdir={p.image_target},upperdir={upper},workdir={work},"
                        f"squash_to_uid={host.uid},squash_to_gid={host.gid}")
             p.add(FUSE_PREPARE, "overlay", data=(program, "-o", options, "/dev/fd/{fd}"))
+    for mount in p.opts.fusemounts:  # --fusemount: its program serves from the host's mounts
+        p.add(FUSE_PREPARE, mount.name, flags=() if mount.daemon else ("detach",),
+              data=mount.argv)
     p.add(UNSHARE, data=p.namespaces())
     if p.opts.net:
         p.add(NET_LOOPBACK, "lo", data=p.network_args)
@@ -617,11 +630,23 @@ def _finish_root(p: _Plan) -> None:
             p.add(MOUNT_PROC, "proc", "/proc", ("root", "nosuid", "nodev", "noexec"))
 
 
+def _fusemounts(p: _Plan) -> None:
+    """--fusemount: each program's /dev/fuse mounted at its container path (made if missing,
+    as a user bind's), then the program started; the mount must answer (FUSE_WAIT check)."""
+    for mount in p.opts.fusemounts:
+        p.ensure(mount.mountpoint, "dir", user=True)
+        p.add(MOUNT_FUSE, mount.name, mount.mountpoint, ("root", "nosuid", "nodev"),
+              (p.host.uid, p.host.gid))
+        p.add(FUSE_WAIT, mount.name, mount.mountpoint, flags=("check",))
+
+
 def _switch_root(p: _Plan) -> None:
     p.add(PIVOT_ROOT, None, p.root)
     p.add(CHDIR, data=tuple(p.cwd), flags=("strict",) if p.opts.pwd else ())
     p.add(DROP_CAPS)
     p.add(CHECK_SHELL, None, "/bin/sh")
+    if p.opts.seccomp is not None:  # last before the exec: after no_new_privs (DROP_CAPS)
+        p.add(SECCOMP, data=p.opts.seccomp)
 
 
 def _process(p: _Plan) -> tuple[dict, list]:
