@@ -175,8 +175,10 @@ def mount(ex, op) -> None:
                 ex.underlays.own_devices.add(os.fstat(mnt).st_dev)
         finally:
             os.close(mnt)
-    if propagation:
-        linux.mount(None, ex.target(op), None, propagation, None,
+    # every mount is already private (MAKE_PRIVATE of the whole tree, then clones and new
+    # mounts): only the other propagation types need a call, on the new mount's path
+    if propagation & ~(linux.MS_PRIVATE | linux.MS_REC):
+        linux.mount(None, ex.root + op.destination, None, propagation, None,
                     f"setting the propagation of {op.destination}")
 
 

@@ -124,16 +124,21 @@ def load(data: dict) -> None:
         for action, names, args in data["rules"]:
             if action == data["default"]:
                 continue  # libseccomp refuses rules equal to the default action
-            table = b"".join(struct.pack("=IIQQ", *a) for a in args)
-            buf = ctypes.create_string_buffer(table, max(len(table), 1))
-            for name in names:
-                number = lib.seccomp_syscall_resolve_name(name.encode())
-                if number < 0:
-                    continue  # unknown to this libseccomp (a newer kernel's call)
-                rc = lib.seccomp_rule_add_array(ctx, action, number, len(args), buf)
-                if rc < 0:
-                    raise ContainerError(f"seccomp: adding the rule for {name}: "
-                                         f"{os.strerror(-rc)}")
+            # comparisons of one argument cannot share a rule (libseccomp: EINVAL): runc
+            # then adds one rule per comparison
+            indices = [a[0] for a in args]
+            groups = [args] if len(set(indices)) == len(indices) else [[a] for a in args]
+            for group in groups:
+                table = b"".join(struct.pack("=IIQQ", *a) for a in group)
+                buf = ctypes.create_string_buffer(table, max(len(table), 1))
+                for name in names:
+                    number = lib.seccomp_syscall_resolve_name(name.encode())
+                    if number < 0:
+                        continue  # unknown to this libseccomp (a newer kernel's call)
+                    rc = lib.seccomp_rule_add_array(ctx, action, number, len(group), buf)
+                    if rc < 0 and rc != -17:  # EEXIST: the same rule is already there
+                        raise ContainerError(f"seccomp: adding the rule for {name}: "
+                                             f"{os.strerror(-rc)}")
         rc = lib.seccomp_load(ctx)
         if rc < 0:
             raise ContainerError(f"seccomp: loading the filter: {os.strerror(-rc)}")
