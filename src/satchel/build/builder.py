@@ -23,7 +23,7 @@ import time
 
 from satchel import fsutil, log
 from satchel.build import deffile, layout
-from satchel.errors import BuildError, SatchelError
+from satchel.errors import BuildError, ContainerError, SatchelError
 
 SECTION_NAMES = ("all", "none", "pre", "setup", "files", "post", "environment", "runscript",
                  "startscript", "test", "labels", "help")
@@ -250,7 +250,7 @@ def _unmount_all(directory: str) -> None:
     for point in ns.mounts_under(directory):
         try:
             ns.umount(point)
-        except OSError as err:
+        except ContainerError as err:
             log.warning(f"could not unmount {point}: {err}")
 
 

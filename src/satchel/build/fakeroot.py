@@ -27,7 +27,8 @@ import sys
 
 from satchel import log
 from satchel.build import ns
-from satchel.errors import BuildError, SatchelError
+from satchel.errors import BuildError, ContainerError, SatchelError
+from satchel.runtime import linux
 
 SUBID_FILES = ("/etc/subuid", "/etc/subgid")
 
@@ -169,11 +170,11 @@ def _child(function, ready_w: int, go_r: int, err_w: int) -> None:
     report = None
     try:
         try:
-            ns.unshare(ns.CLONE_NEWUSER)
-        except OSError as err:
+            linux.unshare(("user",))
+        except ContainerError as err:
             os.write(ready_w, b"f")
             raise BuildError(
-                f"cannot create a user namespace for --fakeroot: {err.strerror}",
+                f"cannot create a user namespace for --fakeroot ({err})",
                 hint="unprivileged user namespaces must be enabled "
                      "(sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces>0)") from None
         os.write(ready_w, b"r")
@@ -186,7 +187,7 @@ def _child(function, ready_w: int, go_r: int, err_w: int) -> None:
             pass  # root-mapped namespace: setgroups is denied
         os.setresuid(0, 0, 0)
         # if the parent dies, clean up like for Ctrl-C (set after the id changes, which reset it)
-        ns.set_parent_death_signal(signal.SIGINT)
+        linux.set_parent_death_signal(signal.SIGINT)
         os.environ["HOME"] = os.environ.get("HOME", "/root")
         function()
     except KeyboardInterrupt:

@@ -1,15 +1,18 @@
 """Running %setup on the host and %post/%test inside the rootfs.
 
-%post and %test run in the rootfs made the root of a private mount namespace by pivot_root
-(never a bare chroot, which root can leave), in a new PID namespace, with /proc, a read-only
-/sys, a minimal /dev, a private /tmp and staged copies of the host's /etc/resolv.conf and
-/etc/hosts. As root this is real root with every capability (what package managers need);
-under --fakeroot the whole build already runs as uid 0 of a user namespace (fakeroot.py), and
-the same calls work there. Process layout:
+%post and %test run in the same sandbox engine as `exec`: runtime/plan_build.py decides the
+sandbox as a ContainerPlan (mount + PID namespaces, the rootfs bound on itself and made the
+root by pivot_root, never a bare chroot, which root can leave; a fresh /proc, a read-only
+/sys, the minimal /dev, a private /tmp, staged copies of the host's /etc/resolv.conf and
+/etc/hosts, runc's read-only and masked kernel paths) and runtime/executor.py applies it. As
+root this is real root with every capability (what package managers need); under --fakeroot
+the whole build already runs as uid 0 of a user namespace (fakeroot.py), and the same plan
+works there. This module only forks, reports and waits:
 
-    build process ──fork──> helper: unshare(NEWNS|NEWPID), fork, wait, exit with the status
-                                 └──> pid 1 of the new PID namespace: mounts, pivot_root, exec
-                                      /bin/sh -ex /.post.script
+    build process ──fork──> helper: executor.apply(plan): unshare(NEWNS|NEWPID), FORK_INIT
+                                 │   (forwards signals, waits, exits with pid 1's status)
+                                 └──> pid 1 of the new PID namespace: mounts, pivot_root,
+                                      execve /bin/sh -ex /.post.script
 
 The PID namespace makes cleanup exact: killing the helper kills pid 1 (PR_SET_PDEATHSIG) and
 the kernel then kills everything %post started, so an interrupted build (SIGINT in the middle
@@ -25,10 +28,9 @@ import signal
 
 from satchel import fsutil, log
 from satchel.build import ns
-from satchel.errors import BuildError, ContainerError
+from satchel.errors import BuildError, PathError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 LIFELINE_TIMEOUT = 30.0
 
 
@@ -98,8 +100,10 @@ class Staged:
     """Host files staged for binding into the container during %post (never the originals)."""
 
     def __init__(self, workdir: str):
+        from satchel.runtime.plan_build import STAGED_FILES
+        self.workdir = workdir
         self.files: dict[str, str] = {}
-        for path in ("/etc/resolv.conf", "/etc/hosts"):
+        for path in STAGED_FILES:
             try:
                 with open(path, "rb") as fh:
                     data = fh.read()
@@ -116,24 +120,32 @@ class Staged:
 def run_in_rootfs(rootfs: str, argv: list[str], env: dict[str, str], what: str,
                   staged: Staged | None = None) -> None:
     """Run argv with rootfs as its root (see module doc). BuildError on failure."""
+    from satchel.runtime import plan_build
+    from satchel.runtime.host import HostInfo
     rootfs = os.path.abspath(rootfs)
-    if not os.path.exists(fsutil.secure_join(rootfs, "/bin/sh")):
+    try:
+        shell = fsutil.secure_join(rootfs, "/bin/sh")
+    except PathError as err:
+        raise BuildError(f"{what}: {err}") from None
+    if not os.path.exists(shell):
         raise BuildError(f"{what}: the image has no /bin/sh to run the scriptlet")
-    binds = staged.files if staged else {}
+    plan = plan_build.build_sandbox_plan(
+        rootfs, argv, env, staged.files if staged else {}, HostInfo.gather(),
+        user_namespace=not in_initial_user_namespace(),
+        workdir=staged.workdir if staged else None)
     log.flush_outputs()
     err_r, err_w = os.pipe()
     life_r, life_w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # helper
-        status = 127
+    if pid == 0:  # helper, then also pid 1 of the sandbox (executor's FORK_INIT)
         try:
             os.close(err_r)
             os.close(life_r)
-            status = _helper(rootfs, argv, env, binds, err_w, life_w)
+            _helper(plan, life_w)
         except BaseException as err:  # report and leave, never return into the build
             _report(err_w, err)
         finally:
-            os._exit(status)
+            os._exit(127)
     os.close(err_w)
     os.close(life_w)
     try:
@@ -181,35 +193,16 @@ def _report(fd: int, err: BaseException) -> None:
         pass
 
 
-def _helper(rootfs: str, argv: list[str], env: dict[str, str], binds: dict[str, str],
-            err_w: int, life_w: int) -> int:
-    """In the forked helper: new mount + PID namespaces, then pid 1 does the work."""
-    from satchel.runtime import linux
+def _helper(plan, life_w: int) -> None:
+    """In the forked helper: apply the sandbox plan (runtime/executor.py). On success it does
+    not return: the helper exits with pid 1's status, pid 1 becomes the scriptlet."""
+    from satchel.runtime import executor, linux
     linux.set_parent_death_signal(signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    linux.unshare(("mount", "pid"))
-    child = os.fork()
-    if child == 0:
-        status = 127
-        try:
-            linux.set_parent_death_signal(signal.SIGKILL)
-            _enter(rootfs, binds)
-            os.set_inheritable(life_w, True)
-            os.umask(0o022)
-            try:
-                os.execve(argv[0], argv, env)
-            except FileNotFoundError:
-                raise BuildError(f"{argv[0]} not found in the image") from None
-        except BaseException as err:
-            _report(err_w, err)
-        finally:
-            os._exit(status)
-    os.close(err_w)
-    os.close(life_w)
-    _, status = os.waitpid(child, 0)
-    code = os.waitstatus_to_exitcode(status)
-    return 128 - code if code < 0 else code
+    os.set_inheritable(life_w, True)  # held by every process of the scriptlet
+    os.umask(0o022)
+    executor.apply(plan)
 
 
 def in_initial_user_namespace() -> bool:
@@ -219,70 +212,3 @@ def in_initial_user_namespace() -> bool:
             return fh.read().split() == ["0", "0", "4294967295"]
     except OSError:
         return False
-
-
-def _enter(rootfs: str, binds: dict[str, str]) -> None:
-    """Mounts for the scriptlet, all in our private mount namespace, then pivot_root.
-
-    Never a bare chroot: a root process leaves a chroot at will (chroot into a subdirectory,
-    chdir("..") up past it, chroot(".")), and %post runs code from the base image as root.
-    The rootfs is bind-mounted on itself and becomes the namespace's root with pivot_root;
-    the host's root is detached, so no path, `..` or /proc/PID/root leads back to it.
-    Every mount failure ends the scriptlet with its error: a missing read-only /sys or a
-    host /proc would leave the host open to a root %post.
-    """
-    from satchel.runtime import linux
-    real_root = in_initial_user_namespace()
-    linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE, None,
-                "making the mount namespace private")
-    linux.mount(rootfs, rootfs, None, linux.MS_BIND | linux.MS_REC, None,
-                "binding the root filesystem on itself")
-    join = lambda path: fsutil.make_dirs_in_root(rootfs, path)  # noqa: E731
-    proc = join("/proc")
-    try:
-        linux.mount("proc", proc, "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC,
-                    None, "mounting /proc")
-    except ContainerError:
-        # a user namespace on a host with masked /proc paths may refuse a fresh procfs; the
-        # host's still shows our processes. Never as real root: its /proc/1/root is the host.
-        if real_root:
-            raise
-        linux.mount("/proc", proc, None, linux.MS_BIND | linux.MS_REC, None, "binding /proc")
-    sys_dir = join("/sys")
-    linux.mount("/sys", sys_dir, None, linux.MS_BIND | linux.MS_REC, None, "binding /sys")
-    linux.mount_setattr(sys_dir, linux.MOUNT_ATTR_RDONLY, 0, True, "making /sys read-only")
-    _mount_dev(join("/dev"))
-    linux.mount("tmpfs", join("/tmp"), "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=1777",
-                "mounting a tmpfs on /tmp")
-    for container_path, host_file in binds.items():
-        target = fsutil.secure_join(rootfs, container_path)
-        if not os.path.exists(target):
-            fsutil.make_dirs_in_root(rootfs, os.path.dirname(container_path))
-            target = fsutil.secure_join(rootfs, container_path)
-            with open(target, "a"):
-                pass
-        if os.path.isfile(target):
-            linux.mount(host_file, target, None, linux.MS_BIND, None, f"binding {container_path}")
-    linux.pivot_root(rootfs)
-
-
-def _mount_dev(dev: str) -> None:
-    """A minimal /dev: a tmpfs with the host's harmless nodes bound in, devpts and shm."""
-    from satchel.runtime import linux
-    linux.mount("tmpfs", dev, "tmpfs", linux.MS_NOSUID | linux.MS_NOEXEC, "mode=755,size=65536k",
-                "mounting a tmpfs on /dev")
-    for node in DEV_NODES:
-        target = os.path.join(dev, node)
-        with open(target, "w"):
-            pass
-        linux.mount(f"/dev/{node}", target, None, linux.MS_BIND, None, f"binding /dev/{node}")
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
-                         ("ptmx", "pts/ptmx")):
-        os.symlink(target, os.path.join(dev, name))
-    os.mkdir(os.path.join(dev, "pts"), 0o755)
-    linux.mount("devpts", os.path.join(dev, "pts"), "devpts", linux.MS_NOSUID | linux.MS_NOEXEC,
-                "newinstance,ptmxmode=0666,mode=0620", "mounting /dev/pts")
-    os.mkdir(os.path.join(dev, "shm"), 0o1777)
-    linux.mount("tmpfs", os.path.join(dev, "shm"), "tmpfs", linux.MS_NOSUID | linux.MS_NODEV,
-                "mode=1777", "mounting a tmpfs on /dev/shm")

@@ -398,6 +398,8 @@ class Executor:
         if "root" not in op.flags:
             flags = MS_BIND | (MS_REC if "rec" in op.flags else 0)
             linux.mount(op.source, op.destination, None, flags, None, what)
+            if "writable" in op.flags:  # the build's rootfs: mount points are made in it
+                self.underlays.own_devices.add(os.stat(op.destination).st_dev)
             return
         target = self.target_fd(op)
         try:
@@ -405,14 +407,9 @@ class Executor:
         except OSError as err:
             raise ContainerError(f"{what}: {err.strerror}") from None
         try:
-            tree = linux.open_tree_clone(source, "rec" in op.flags, what)
+            tree = linux.bind_onto(source, target, "rec" in op.flags, what)
         finally:
             os.close(source)
-        try:
-            linux.move_mount(tree, target, what)
-        except BaseException:
-            os.close(tree)
-            raise
         self.mounted = (op.destination, tree)
 
     def op_bind_dev_node(self, op) -> None:
@@ -438,8 +435,18 @@ class Executor:
             raise ContainerError(f"creating symlink {op.destination}: {err.strerror}") from None
 
     def op_mount_proc(self, op) -> None:
-        linux.mount("proc", self.mount_target(op), "proc", _mount_flags(op), None,
-                    "mounting /proc for the new PID namespace")
+        """A fresh procfs; with "host_fallback" (planned only in a user namespace: the build
+        sandbox under --fakeroot) the host's /proc bound instead if the kernel refuses one
+        (a procfs with paths masked by a container runtime is "too revealing" to mount anew
+        there); the host's still shows the namespace's processes."""
+        target = self.mount_target(op)
+        try:
+            linux.mount("proc", target, "proc", _mount_flags(op), None,
+                        "mounting /proc for the new PID namespace")
+        except ContainerError:
+            if "host_fallback" not in op.flags or linux.get_errno() not in (1, 13):
+                raise
+            linux.mount("/proc", target, None, MS_BIND | MS_REC, None, "binding the host's /proc")
 
     def op_readonly_path(self, op) -> None:
         """A kernel path (/proc/sys...) bound on itself, that bind and those below read-only.

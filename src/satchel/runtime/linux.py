@@ -182,6 +182,19 @@ def move_mount(tree: int, target_fd: int, what: str) -> None:
         raise _fail(what)
 
 
+def bind_onto(source_fd: int, target_fd: int, recursive: bool, what: str) -> int:
+    """Bind what source_fd names onto what target_fd names (a clone of its mount tree,
+    attached through descriptors: nothing is looked up by name); the attached mount's fd,
+    which the caller closes (mount_setattr on it changes this very mount)."""
+    tree = open_tree_clone(source_fd, recursive, what)
+    try:
+        move_mount(tree, target_fd, what)
+    except BaseException:
+        os.close(tree)
+        raise
+    return tree
+
+
 def new_mount(fstype: str, options: str | None, attrs: int, what: str) -> int:
     """A new detached mount of fstype (fsopen, fsconfig per comma-separated option, fsmount)
     with MOUNT_ATTR_* attrs: its fd, which fstat() answers for the new file system."""

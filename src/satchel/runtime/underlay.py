@@ -137,15 +137,9 @@ class Underlays:
             self._copy_entry(dir_fd, name, copy + "/" + name, what)
         source = os.open(copy, _DIR)
         try:
-            tree = linux.open_tree_clone(source, True, what)
+            return linux.bind_onto(source, dir_fd, True, what)
         finally:
             os.close(source)
-        try:
-            linux.move_mount(tree, dir_fd, what)
-        except BaseException:
-            os.close(tree)
-            raise
-        return tree
 
     @staticmethod
     def _copy_entry(dir_fd: int, name: str, target: str, what: str) -> None:

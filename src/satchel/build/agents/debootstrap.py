@@ -69,20 +69,22 @@ def _src_dir() -> str:
 _FAKEROOT_WRAPPER = r"""
 import os, shutil, sys
 sys.path.insert(0, sys.argv[1])
-from satchel.build import ns
+from satchel.runtime import linux
+from satchel.runtime.plan import DEV_NODES
 rootfs, argv = sys.argv[2], sys.argv[3:]
-ns.unshare(ns.CLONE_NEWNS)
-ns.mount(None, "/", None, ns.MS_REC | ns.MS_PRIVATE)
+linux.unshare(("mount",))
+linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE, None, "making mounts private")
 true = shutil.which("true")
 for tool in ("mknod", "mount"):
     path = shutil.which(tool)
     if path:
-        ns.mount(os.path.realpath(true), os.path.realpath(path), None, ns.MS_BIND)
-ns.mount("/dev/null", "/proc/filesystems", None, ns.MS_BIND)
+        linux.mount(os.path.realpath(true), os.path.realpath(path), None, linux.MS_BIND, None,
+                    "replacing " + tool)
+linux.mount("/dev/null", "/proc/filesystems", None, linux.MS_BIND, None, "hiding filesystems")
 os.makedirs(os.path.join(rootfs, "dev"), exist_ok=True)
-for node in ("null", "zero", "random", "urandom", "full", "tty"):
+for node in DEV_NODES:
     target = os.path.join(rootfs, "dev", node)
     open(target, "a").close()
-    ns.mount("/dev/" + node, target, None, ns.MS_BIND)
+    linux.mount("/dev/" + node, target, None, linux.MS_BIND, None, "binding /dev/" + node)
 os.execv(argv[0], argv)
 """

@@ -69,6 +69,8 @@ def overlay(source: str, ctx: AgentContext) -> bool:
     file system that refuses it, no privilege.
     """
     from satchel.build import ns
+    from satchel.errors import ContainerError
+    from satchel.runtime import linux
     if os.environ.get("SATCHEL_BUILD_NO_OVERLAY") or any(c in source for c in ",:\\"):
         return False
     upper = os.path.join(ctx.workdir, "overlay-upper-" + os.path.basename(ctx.rootfs))
@@ -83,14 +85,14 @@ def overlay(source: str, ctx: AgentContext) -> bool:
         ns.private_mount_namespace()
         os.mkdir(upper, 0o755)
         os.mkdir(work, 0o700)
-    except OSError as err:
+    except (OSError, ContainerError) as err:
         log.verbose(f"overlay not available ({err}); copying the sandbox")
         return False
     for option in options:
         try:
-            ns.mount("overlay", ctx.rootfs, "overlay", 0, option)
+            linux.mount("overlay", ctx.rootfs, "overlay", 0, option, "mounting the overlay")
             log.verbose(f"sandbox {source} mounted as an overlay on {ctx.rootfs}")
             return True
-        except OSError as err:
+        except ContainerError as err:
             log.verbose(f"overlay mount with {option} failed: {err}")
     return False
