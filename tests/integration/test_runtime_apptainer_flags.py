@@ -117,13 +117,14 @@ def _runs_sleep(pid: int) -> bool:
 
 
 def test_security_refused_with_reason(who, busybox_sif):
-    """--security: seccomp refused as not applied yet; AppArmor/SELinux refused where the host
-    has neither (this host), each in one FATAL line."""
-    for item, needle in (("seccomp:/none.json", "not supported yet"),
+    """--security: a seccomp profile that cannot be read is named (profiles that work:
+    test_runtime_fusemount_seccomp.py); AppArmor/SELinux refused where the host has neither
+    (this host), each in one FATAL line."""
+    for item, needle in (("seccomp:/none.json", "/none.json"),
                          ("apparmor:unconfined", "no apparmor" if not os.path.exists(
-                             "/sys/kernel/security/apparmor") else "not supported yet"),
+                             "/sys/kernel/security/apparmor") else "not supported"),
                          ("selinux:x", "no selinux" if not os.path.exists("/sys/fs/selinux")
-                          else "not supported yet")):
+                          else "not supported")):
         r = who.run(["exec", "--security", item, busybox_sif, "true"])
         assert r.returncode == 255 and r.stderr.count("\n") == 1, r.stderr
         assert r.stderr.startswith("FATAL:") and needle in r.stderr

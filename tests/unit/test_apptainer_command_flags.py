@@ -1,5 +1,6 @@
 """Every flag of Apptainer's other commands (build, pull, push, inspect, instance list/stop,
-cache, key, sign, verify, overlay create, registry, config) parses in satchel: never "unknown flag".
+cache, key, sign, verify, overlay create, registry, config) parses in satchel: never
+"unknown flag".
 Each flag is implemented, or refused by one FATAL line naming it (test_..._refused below and
 tests/integration/test_command_flags.py run them).
 
