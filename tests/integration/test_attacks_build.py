@@ -67,3 +67,28 @@ def _offset(path):
     from satchel.image import sif
     with sif.SIFFile.open(path) as image:
         return image.primary_partition().offset
+
+
+def test_root_build_post_cannot_write_host_kernel_settings(tmp_path):
+    """Attack: a package script in a root build's %post runs sysctl (writes /proc/sys), which
+    would set the host's kernel parameters (the sandbox shares the host's kernel).
+    Promise: the build sandbox has exec's (and `docker build`'s) read-only /proc/sys and masked
+    kernel paths (runtime/plan_build.py), so the write fails with EROFS; /proc/sys stays
+    readable for package managers. (A guard against accidents, not against a hostile root
+    %post: docs/SECURITY.md.)"""
+    deffile = tmp_path / "sysctl.def"
+    # writes the value already there back: harmless even where the write gets through
+    deffile.write_text(
+        "Bootstrap: busybox\n\n%post\n"
+        "    value=$(cat /proc/sys/kernel/domainname)\n"
+        "    test -n \"$value\"\n"
+        "    if echo \"$value\" > /proc/sys/kernel/domainname; then echo WROTE-SYSCTL;"
+        " else echo SYSCTL-REFUSED; fi\n"
+        "    if cat /proc/kcore > /dev/null 2>&1 && [ -s /proc/kcore ]; then echo KCORE-OPEN; fi\n")
+    target = tmp_path / "sysctl.sif"
+    r = run_satchel(["build", str(target), str(deffile)], timeout=180)
+    assert r.returncode == 0, r.stderr
+    output = r.stdout + r.stderr
+    assert "SYSCTL-REFUSED" in output and "WROTE-SYSCTL" not in output, output[-2000:]
+    assert "Read-only file system" in output
+    assert "KCORE-OPEN" not in output
