@@ -9,6 +9,16 @@
  * The kernel is told to cache nothing (entry/attr/negative timeouts 0), so every path walk
  * reaches this server, as every open reaches the metadata server of a real PFS.
  *
+ * PFS_SLOWFS_WRITABLE=1 in the environment mounts it writable (bench/overlay_bench installs
+ * into it): mkdir, create, unlink, rmdir, rename, symlink and every setattr (chmod, chown,
+ * truncate, utimens) are metadata operations, delayed and counted; write and fsync are counted,
+ * not delayed. New entries belong to the caller (the server runs as root with allow_other).
+ *
+ * PFS_SLOWFS_NO_READ_REVALIDATE=1 turns off FUSE's auto_inval_data: then a read of an open file
+ * asks no getattr first (with attr_timeout 0 the kernel otherwise sends one before every read,
+ * cached pages or not), as a Lustre or GPFS client reads an open file without its metadata
+ * server. bench/overlay_bench sets it: fuse2fs reads its image in many small preads.
+ *
  * Counters: read the virtual file /.slowfs-stats (not listed in its directory; serving it
  * is neither delayed nor counted): "getattr N\naccess N\n...\ntotal N\n".
  *
@@ -32,9 +42,18 @@
 #include <unistd.h>
 
 enum { OP_GETATTR, OP_ACCESS, OP_READLINK, OP_OPENDIR, OP_READDIR, OP_OPEN, OP_STATFS,
-       OP_READ, OP_COUNT };
+       OP_READ, OP_MKDIR, OP_CREATE, OP_REMOVE, OP_RENAME, OP_SETATTR, OP_WRITE, OP_FSYNC,
+       OP_COUNT };
 static const char *op_names[OP_COUNT] = {"getattr", "access", "readlink", "opendir",
-                                         "readdir", "open", "statfs", "read"};
+                                         "readdir", "open", "statfs", "read", "mkdir", "create",
+                                         "remove", "rename", "setattr", "write", "fsync"};
+static int writable;
+
+/* Data, not metadata: counted, never delayed, not in the "metadata" total. */
+static int is_data(int op)
+{
+    return op == OP_READ || op == OP_WRITE || op == OP_FSYNC;
+}
 static atomic_ulong op_counts[OP_COUNT];
 static char source_dir[PATH_MAX];
 static long delay_us;
@@ -44,7 +63,7 @@ static const char stats_path[] = "/.slowfs-stats";
 static void serve(int op)
 {
     atomic_fetch_add(&op_counts[op], 1);
-    if (op == OP_READ || delay_us <= 0)
+    if (is_data(op) || delay_us <= 0)
         return;
     struct timespec ts = {delay_us / 1000000, (delay_us % 1000000) * 1000};
     while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
@@ -63,7 +82,7 @@ static int stats_text(char *buf, size_t size)
     unsigned long total = 0;
     for (int i = 0; i < OP_COUNT; i++) {
         unsigned long n = atomic_load(&op_counts[i]);
-        if (i != OP_READ)
+        if (!is_data(i))
             total += n;
         used += snprintf(buf + used, size - used, "%s %lu\n", op_names[i], n);
     }
@@ -73,7 +92,9 @@ static int stats_text(char *buf, size_t size)
 
 static void *sf_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 {
-    (void)conn;
+    const char *no_reval = getenv("PFS_SLOWFS_NO_READ_REVALIDATE");
+    if (no_reval && strcmp(no_reval, "1") == 0)
+        conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
     cfg->entry_timeout = 0;
     cfg->attr_timeout = 0;
     cfg->negative_timeout = 0;
@@ -173,7 +194,7 @@ static int sf_open(const char *path, struct fuse_file_info *fi)
         return 0;
     }
     serve(OP_OPEN);
-    if ((fi->flags & O_ACCMODE) != O_RDONLY)
+    if (!writable && (fi->flags & O_ACCMODE) != O_RDONLY)
         return -EROFS;
     char real[PATH_MAX];
     int err = real_path(real, path);
@@ -221,7 +242,155 @@ static int sf_statfs(const char *path, struct statvfs *st)
     return statvfs(real, st) == -1 ? -errno : 0;
 }
 
+/* --- writable mode ------------------------------------------------------------------------ */
+
+/* Give a new entry to the process that asked for it. */
+static int own(const char *real)
+{
+    struct fuse_context *ctx = fuse_get_context();
+    return lchown(real, ctx->uid, ctx->gid) == -1 ? -errno : 0;
+}
+
+static int sf_mkdir(const char *path, mode_t mode)
+{
+    serve(OP_MKDIR);
+    char real[PATH_MAX];
+    int err = real_path(real, path);
+    if (err)
+        return err;
+    return mkdir(real, mode) == -1 ? -errno : own(real);
+}
+
+static int sf_create(const char *path, mode_t mode, struct fuse_file_info *fi)
+{
+    serve(OP_CREATE);
+    char real[PATH_MAX];
+    int err = real_path(real, path);
+    if (err)
+        return err;
+    int fd = open(real, fi->flags | O_CREAT, mode);
+    if (fd == -1)
+        return -errno;
+    fi->fh = (uint64_t)fd;
+    return own(real);
+}
+
+static int sf_unlink(const char *path)
+{
+    serve(OP_REMOVE);
+    char real[PATH_MAX];
+    int err = real_path(real, path);
+    return err ? err : (unlink(real) == -1 ? -errno : 0);
+}
+
+static int sf_rmdir(const char *path)
+{
+    serve(OP_REMOVE);
+    char real[PATH_MAX];
+    int err = real_path(real, path);
+    return err ? err : (rmdir(real) == -1 ? -errno : 0);
+}
+
+static int sf_symlink(const char *target, const char *path)
+{
+    serve(OP_CREATE);
+    char real[PATH_MAX];
+    int err = real_path(real, path);
+    if (err)
+        return err;
+    return symlink(target, real) == -1 ? -errno : own(real);
+}
+
+static int sf_rename(const char *from, const char *to, unsigned int flags)
+{
+    serve(OP_RENAME);
+    if (flags)
+        return -EINVAL;
+    char real_from[PATH_MAX], real_to[PATH_MAX];
+    int err = real_path(real_from, from);
+    if (!err)
+        err = real_path(real_to, to);
+    return err ? err : (rename(real_from, real_to) == -1 ? -errno : 0);
+}
+
+static int sf_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
+{
+    (void)fi;
+    serve(OP_SETATTR);
+    char real[PATH_MAX];
+    int err = real_path(real, path);
+    return err ? err : (chmod(real, mode) == -1 ? -errno : 0);
+}
+
+static int sf_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_info *fi)
+{
+    (void)fi;
+    serve(OP_SETATTR);
+    char real[PATH_MAX];
+    int err = real_path(real, path);
+    return err ? err : (lchown(real, uid, gid) == -1 ? -errno : 0);
+}
+
+static int sf_truncate(const char *path, off_t size, struct fuse_file_info *fi)
+{
+    serve(OP_SETATTR);
+    if (fi)
+        return ftruncate((int)fi->fh, size) == -1 ? -errno : 0;
+    char real[PATH_MAX];
+    int err = real_path(real, path);
+    return err ? err : (truncate(real, size) == -1 ? -errno : 0);
+}
+
+static int sf_utimens(const char *path, const struct timespec tv[2], struct fuse_file_info *fi)
+{
+    (void)fi;
+    serve(OP_SETATTR);
+    char real[PATH_MAX];
+    int err = real_path(real, path);
+    if (err)
+        return err;
+    return utimensat(AT_FDCWD, real, tv, AT_SYMLINK_NOFOLLOW) == -1 ? -errno : 0;
+}
+
+static int sf_write(const char *path, const char *buf, size_t size, off_t offset,
+                    struct fuse_file_info *fi)
+{
+    (void)path;
+    serve(OP_WRITE);
+    ssize_t n = pwrite((int)fi->fh, buf, size, offset);
+    return n == -1 ? -errno : (int)n;
+}
+
+static int sf_fsync(const char *path, int datasync, struct fuse_file_info *fi)
+{
+    (void)path;
+    serve(OP_FSYNC);
+    int res = datasync ? fdatasync((int)fi->fh) : fsync((int)fi->fh);
+    return res == -1 ? -errno : 0;
+}
+
+static int sf_fallocate(const char *path, int mode, off_t offset, off_t length,
+                        struct fuse_file_info *fi)
+{
+    (void)path;
+    serve(OP_SETATTR);
+    return fallocate((int)fi->fh, mode, offset, length) == -1 ? -errno : 0;
+}
+
 static const struct fuse_operations sf_ops = {
+    .mkdir = sf_mkdir,
+    .create = sf_create,
+    .unlink = sf_unlink,
+    .rmdir = sf_rmdir,
+    .symlink = sf_symlink,
+    .rename = sf_rename,
+    .chmod = sf_chmod,
+    .chown = sf_chown,
+    .truncate = sf_truncate,
+    .utimens = sf_utimens,
+    .write = sf_write,
+    .fsync = sf_fsync,
+    .fallocate = sf_fallocate,
     .init = sf_init,
     .getattr = sf_getattr,
     .access = sf_access,
@@ -251,12 +420,15 @@ int main(int argc, char *argv[])
         fprintf(stderr, "%s: DELAY_US must be a number of microseconds\n", argv[0]);
         return 2;
     }
-    /* fuse_main sees: prog MOUNTPOINT -o ro,default_permissions [rest] */
+    const char *w = getenv("PFS_SLOWFS_WRITABLE");
+    writable = w && strcmp(w, "1") == 0;
+    /* fuse_main sees: prog MOUNTPOINT -o ro,default_permissions [rest] (rw if writable) */
     char **fargv = calloc((size_t)argc + 2, sizeof(char *));
     int fargc = 0;
     fargv[fargc++] = argv[0];
     fargv[fargc++] = argv[2];
-    fargv[fargc++] = "-oro,default_permissions,fsname=pfs_slowfs";
+    fargv[fargc++] = writable ? "-orw,default_permissions,fsname=pfs_slowfs"
+                              : "-oro,default_permissions,fsname=pfs_slowfs";
     for (int i = 4; i < argc; i++)
         fargv[fargc++] = argv[i];
     return fuse_main(fargc, fargv, &sf_ops, NULL);
