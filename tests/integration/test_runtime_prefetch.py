@@ -172,7 +172,6 @@ def test_thread_that_read_everything_before_the_mount_still_ends(tmp_path):
     """Tiny files are read before the main thread hands the pipes over: the thread waits for
     them, then stores (refused here: nothing is mounted) and ends, closing its pipe ends."""
     import select
-    import time
 
     from satchel.runtime import sqfs_prefetch, sqfs_server
 
@@ -192,8 +191,8 @@ def test_thread_that_read_everything_before_the_mount_still_ends(tmp_path):
     assert handover is not None
     try:
         assert select.select([ack_read], [], [], 5)[0]
+        # both files are smaller than a chunk: read to their end before the list was sent
         assert os.read(ack_read, 4096) == b"l/bin/sh\0/.singularity.d/env/01-a.sh\0\n"
-        time.sleep(0.2)  # both files read long before this
         handover.release()  # what the main thread does after "x"
         os.write(go_write, b"s")
         assert select.select([ack_read], [], [], 3)[0], "the thread never ended"
@@ -201,3 +200,42 @@ def test_thread_that_read_everything_before_the_mount_still_ends(tmp_path):
     finally:
         os.close(ack_read)
         os.close(go_write)
+
+
+def _tiny_image(tmp_path) -> str:
+    tree = tmp_path / "tree"
+    (tree / "bin").mkdir(parents=True)
+    (tree / "bin" / "sh").write_bytes(b"not an ELF file\n")
+    image = str(tmp_path / "image.sqfs")
+    subprocess.run(["mksquashfs", str(tree), image, "-quiet", "-no-progress"], check=True)
+    return image
+
+
+def test_the_inode_layout_read_ahead_relies_on_is_checked(tmp_path):
+    """libsquashfuse's sqfs_inode as this library lays it out passes the start-up check."""
+    from satchel.runtime import sqfs_prefetch, sqfs_server
+
+    libraries = sqfs_server.Libraries()
+    handle = libraries.open_image(os.fsencode(_tiny_image(tmp_path)), 0)
+    assert handle
+    sqfs_prefetch.check_layout(libraries.lib, handle)  # raises if the layout differs
+
+
+def test_a_different_inode_layout_fails_the_launch_loudly(tmp_path, monkeypatch):
+    """A library whose inodes read otherwise (here: the mode read 2 bytes off, where uid is)
+    is refused at the server's start with one error naming the layout, not read ahead from
+    silently (a real server process, real library and image; the launcher's side too)."""
+    from satchel.errors import ContainerError
+    from satchel.runtime import fuse, sqfs_prefetch
+
+    image = _tiny_image(tmp_path)
+    monkeypatch.setattr(sqfs_prefetch, "_MODE_AT", sqfs_prefetch._MODE_AT + 2)
+    server = fuse.fork_builtin("image")  # forked now: the server inherits the changed layout
+    try:
+        server.serve_image(image, 0, ["squashfuse_ll", "-f", image, "/dev/fd/{fd}"],
+                           ["/bin/sh"])
+        with pytest.raises(ContainerError, match="inode layout is not the one satchel reads "
+                                                 "ahead with .*prefetch = no"):
+            server.before_mount()
+    finally:
+        server.cancel()

@@ -116,3 +116,49 @@ def test_a_live_server_leaves_the_error_alone():
     died = fuse.explain_failure([server], err)
     assert str(died) == "the SquashFS server for img (squashfuse_ll) died: the image may be corrupt"
     os.close(read)
+
+
+def test_protocol_messages_round_trip():
+    """fuse_protocol.py is the one description of the pipe messages both sides use."""
+    from satchel.runtime import fuse_protocol as proto
+
+    message = proto.encode_image("/i.sif", 4096, ["squashfuse_ll", "/dev/fd/{fd}"], ["/bin/sh"])
+    assert message[:1] == proto.IMAGE and proto.image_size(message) == len(message)
+    assert proto.image_size(message[:3]) is None
+    assert proto.decode_image(message) == ("/i.sif", 4096, ["squashfuse_ll", "/dev/fd/{fd}"],
+                                           ["/bin/sh"])
+    assert proto.parse_mounted(proto.mounted_message(123, 7)) == (123, 7)
+    assert proto.mounted_message(123, 7) == b"x 123 7\n"
+    import pytest
+    with pytest.raises(ValueError):
+        proto.parse_mounted(b"y 1 2\n")
+    assert proto.error_message("a\nb" + "x" * 500)[:5] == b"ea bx"
+    assert len(proto.error_message("x" * 500)) == 1 + 400 + 1
+    letters = [proto.IMAGE, proto.MOUNTED, proto.STORE, proto.OPENED, proto.SERVING,
+               proto.LISTED, proto.ERROR]
+    assert len(set(letters)) == len(letters)  # one meaning per letter on each pipe
+
+
+def test_a_read_ahead_that_failed_fails_the_launch_loudly():
+    """The read-ahead thread sends ERROR instead of its listing: the launcher says so in one
+    error (it used to go on silently)."""
+    import os
+
+    import pytest
+
+    from satchel.errors import ContainerError
+    from satchel.runtime import fuse, fuse_protocol as proto
+    go_read, go_write = os.pipe()
+    ack_read, ack_write = os.pipe()
+    life_read, life_write = os.pipe()
+    server = fuse.BuiltinServer("image", 0, go_write, ack_read, life_read)
+    server.image, server.reads_ahead = "/x/img.sif", True
+    os.write(ack_write, proto.error_message("reading ahead: ValueError: bad ELF header"))
+    try:
+        with pytest.raises(ContainerError, match="the SquashFS server for /x/img.sif failed "
+                                                 "reading ahead: ValueError: bad ELF header"):
+            server.store_read_ahead(lambda path: None)
+        assert os.read(go_read, 16) == b""  # nothing stored, its pipes closed
+    finally:
+        for fd in (go_read, ack_write, life_read, life_write):
+            os.close(fd)

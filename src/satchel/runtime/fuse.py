@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import errno
 import os
-import sys
 
 from satchel.errors import ContainerError
+from satchel.runtime import fuse_protocol as proto
 
 FUSE_DEVICE = "/dev/fuse"
 _SIGKILL = 9
@@ -128,18 +128,18 @@ class FuseServer:
         server will serve (made after this returns), so nothing pins that mount.
         """
         try:
-            os.write(self.go_fd, b"n")
+            os.write(self.go_fd, proto.SNAPSHOT)
             answer = os.read(self.ack_fd, 256)
         except OSError as err:
             raise ContainerError(f"FUSE helper for {self.name}: {err.strerror}") from None
-        if answer != b"k":
+        if answer != proto.SNAPSHOT_DONE:
             raise ContainerError(f"FUSE helper for {self.name} could not enter the container's "
                                  f"mount namespace: {answer.decode(errors='replace') or 'died'}")
 
     def start(self) -> None:
         """Let the helper exec the server (call right after the mount succeeded)."""
         try:
-            os.write(self.go_fd, b"x")
+            os.write(self.go_fd, proto.EXEC)
         finally:
             os.close(self.go_fd)
             os.close(self.ack_fd)
@@ -249,10 +249,10 @@ def prepare(name: str, argv: list[str], detach: bool = False) -> FuseServer:
         try:
             linux.set_parent_death_signal(_SIGKILL)
             command = os.read(read_fd, 1)
-            if command == b"n":
+            if command == proto.SNAPSHOT:
                 _enter_copy_of(launcher, ack_write)
                 command = os.read(read_fd, 1)
-            if command != b"x":
+            if command != proto.EXEC:
                 os._exit(3)  # the launcher died or gave up: no server
             os.close(read_fd)
             # only the fuse fd and the life pipe (and stdio) go to the server, which keeps the
@@ -285,12 +285,14 @@ class BuiltinServer:
     loads its libraries while the launcher imports its modules, opens the image it is then sent
     (serve_image) while the launcher builds its plan and namespaces, or exits if cancelled. The
     /dev/fuse fd, which only the launcher can open (inside the user namespace), is handed over
-    after the mount with pidfd_getfd(2): the launcher sends "x PID FD", the server takes its
-    own copy of the fd, answers "g" and serves. Only then may the launcher close its copy.
+    after the mount with pidfd_getfd(2): the launcher sends MOUNTED ("x PID FD"), the server
+    takes its own copy of the fd, answers SERVING ("g") and serves. Only then may the launcher
+    close its copy.
 
     Given the container's first reads, the server reads them ahead meanwhile: it answers "gr",
-    lists the files it reads ("l", any time after "k"), and read_ahead() lets it store their
-    pages in the kernel's cache (sqfs_prefetch.py). Messages from the server end with a newline.
+    lists the files it reads (LISTED, any time after OPENED), and store_read_ahead() lets it
+    store their pages in the kernel's cache (sqfs_prefetch.py). fuse_protocol.py is the
+    protocol's one description.
     """
 
     __slots__ = ("name", "image", "offset", "pid", "go_fd", "ack_fd", "fd", "mountpoint",
@@ -321,12 +323,7 @@ class BuiltinServer:
         read_ahead: container paths the server reads ahead (the first files the container
         runs)."""
         self.image, self.offset = image, offset
-        # "i", the payload's length (4 bytes, native order), then NUL-separated: offset, image,
-        # argument count, the fallback argv, the read-ahead paths (sqfs_server reads it)
-        fields = [str(offset), image, str(len(fallback_argv))] + list(fallback_argv) + \
-            list(read_ahead)
-        payload = b"\0".join(os.fsencode(f) for f in fields)
-        message = b"i" + len(payload).to_bytes(4, sys.byteorder) + payload
+        message = proto.encode_image(image, offset, fallback_argv, read_ahead)
         try:
             while message:
                 message = message[os.write(self.go_fd, message):]
@@ -348,16 +345,16 @@ class BuiltinServer:
     def _message(self, kind: bytes) -> bytes | None:
         """The next message of this kind (its text after the kind), None at end of file.
 
-        Messages of other kinds are kept for later; an error message ("e") is returned as is.
+        Messages of other kinds are kept for later; an ERROR message is returned as is.
         """
         while True:
             start = 0
             while True:
-                end = self._received.find(b"\n", start)
+                end = self._received.find(proto.END, start)
                 if end < 0:
                     break
                 message = self._received[start:end]
-                if message[:1] in (kind, b"e"):
+                if message[:1] in (kind, proto.ERROR):
                     self._received = self._received[:start] + self._received[end + 1:]
                     return message[len(kind):] if message[:1] == kind else message
                 start = end + 1
@@ -375,7 +372,7 @@ class BuiltinServer:
             died = self.died_error(_DYING_MS)
             if died is not None:
                 raise died
-        if answer is None or answer[:1] == b"e":
+        if answer is None or answer[:1] == proto.ERROR:
             why = answer[1:].decode(errors="replace") if answer else "it exited unexpectedly"
             raise ContainerError(f"FUSE server for {self.name} failed {what}: {why}",
                                  hint="'squashfuse mode = program' in satchel.conf uses the "
@@ -384,7 +381,7 @@ class BuiltinServer:
 
     def before_mount(self) -> None:
         """Wait until the server has opened the image (usually long done by now)."""
-        pid = self._answer(b"k", "to open the image")
+        pid = self._answer(proto.OPENED, "to open the image")
         self.server_pid = int(pid or 0)
         if self.server_pid:
             from satchel.runtime import linux
@@ -392,7 +389,7 @@ class BuiltinServer:
 
     def start(self) -> None:
         try:
-            os.write(self.go_fd, f"x {os.getpid()} {self.fd}\n".encode())
+            os.write(self.go_fd, proto.mounted_message(os.getpid(), self.fd))
         except OSError as err:
             self._close_pipes()
             raise ContainerError(f"FUSE server for {self.name}: {err.strerror}") from None
@@ -400,7 +397,8 @@ class BuiltinServer:
     def wait_ready(self) -> None:
         """The server holds its copy of the fd and serves: reap the middle process, close ours."""
         try:
-            self.reads_ahead = self._answer(b"g", "to take over the FUSE connection") == b"r"
+            self.reads_ahead = self._answer(proto.SERVING, "to take over the FUSE "
+                                            "connection") == proto.READING_AHEAD
         finally:
             if not self.reads_ahead:
                 self._close_pipes()
@@ -426,21 +424,28 @@ class BuiltinServer:
         try:
             # listed within ~3 ms of the server's start, long before this; the bound is for
             # an image that makes reading the first blocks very slow: then go on without
-            if b"\nl" not in b"\n" + self._received and \
+            waiting = proto.END + self._received
+            if proto.END + proto.LISTED not in waiting and \
+                    proto.END + proto.ERROR not in waiting and \
                     not linux.wait_readable(self.ack_fd, _LIST_WAIT_MS):
                 return
-            listed = self._message(b"l")
+            listed = self._message(proto.LISTED)
             if listed is None:  # it crashed while reading ahead (the same lookups as ours)
                 died = self.died_error(_DYING_MS)
                 if died is not None:
                     raise died
-            if listed is not None and listed[:1] != b"e":
+            elif listed[:1] == proto.ERROR:  # it could not read ahead: say so, loudly
+                raise ContainerError(
+                    f"the SquashFS server for {self.image} failed "
+                    f"{listed[1:].decode(errors='replace')}",
+                    hint="'prefetch = no' in satchel.conf turns reading ahead off")
+            else:
                 paths = [os.fsdecode(path) for path in listed.split(b"\0") if path]
                 from satchel import log
                 log.debug(f"the FUSE server reads ahead: {' '.join(paths) or 'nothing'}")
                 for path in paths:
                     look_up(path)
-                os.write(self.go_fd, b"s")
+                os.write(self.go_fd, proto.STORE)
         except OSError:
             pass  # a server that died fails the mount's next request, with its own error
         finally:
@@ -507,7 +512,7 @@ def _enter_copy_of(launcher: int, ack_fd: int) -> None:
     except (OSError, ContainerError) as err:
         os.write(ack_fd, str(err).encode()[:200] or b"?")
         os._exit(4)
-    os.write(ack_fd, b"k")
+    os.write(ack_fd, proto.SNAPSHOT_DONE)
 
 
 def mount_options(fd: int, uid: int, gid: int, extra: str = "") -> str:

@@ -17,6 +17,15 @@ sends "s"; from then on every chunk read is stored. A store waits for pages that
 flight hold locked: those are the server main thread's to answer, so it never waits long, and
 a READ of the same page returns the same bytes. Anything this code does not understand (a path,
 an ELF header) is simply not read ahead.
+
+The thread reads libsquashfuse's own structures: a sqfs_inode begins with SquashFS's base
+inode (inode_type, mode, uid, guid: 16 bits each; mtime, inode_number: 32 bits), and the
+handle sqfs_ll_open returns begins with its sqfs. start() checks that on the image's root
+inode before anything else (check_layout) and refuses, loudly, a library that lays them out
+otherwise: the server reports it and the launch fails with one line saying so, rather than
+reading ahead from misread inodes. Errors of the thread itself are reported too: before the
+listing as ERROR instead of LISTED (the launcher fails the launch); after it, the launcher
+has gone on and the thread ends, leaving the server's main thread serving.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import struct
 
 from satchel.fsutil import MAX_SYMLINKS  # the kernel's limit, as every path walk's
 from satchel.runtime import elfdeps
+from satchel.runtime import fuse_protocol as proto
 from satchel.runtime.cfunc import (Library, address_of, c_char, c_char_p, c_int, c_long,
                                    c_size_t, c_ulong, c_void_p, char_buffer)
 
@@ -38,6 +48,14 @@ ENVIRONMENT_SCRIPTS = "/.singularity.d/env/*.sh"
 MAX_ENTRIES = 4096          # directory entries looked at for a pattern
 _S_IFMT, _S_IFDIR, _S_IFREG, _S_IFLNK = 0o170000, 0o040000, 0o100000, 0o120000
 _FUSE_ROOT_ID = 1
+# struct sqfs_inode { struct squashfs_base_inode base { u16 inode_type, mode, uid, guid;
+# u32 mtime, inode_number; }; ... }: the fields this module reads, by offset
+_INODE_TYPE_AT, _MODE_AT, _NUMBER_AT = 0, 2, 12
+_DIR_TYPES = (1, 8)  # SQUASHFS_DIR_TYPE, SQUASHFS_LDIR_TYPE
+
+
+class LayoutMismatch(OSError):
+    """libsquashfuse lays its inodes out otherwise than this module reads them."""
 # struct fuse_bufvec { size_t count, idx, off; struct fuse_buf { size_t size; int flags;
 # void *mem; int fd; off_t pos; } buf[1]; } holding one memory buffer
 _BUFVEC = struct.Struct("@QQQQiPiq")
@@ -55,11 +73,29 @@ def start(lib: Library, fuse: Library, image: str, offset: int, session: int, pa
     handle = open_image(os.fsencode(image), offset)
     if not handle:
         return None
+    check_layout(lib, handle)  # raises LayoutMismatch: the server reports it (ERROR)
     handover = _thread.allocate_lock()
     handover.acquire()
     ahead = ReadAhead(lib, fuse, handle, session, paths)
     _thread.start_new_thread(ahead.run, (go_fd, ack_fd, handover))
     return handover
+
+
+def check_layout(lib: Library, handle: int) -> None:
+    """Raise LayoutMismatch unless the image's root inode, read through libsquashfuse, reads
+    as this module reads inodes: a directory type, a directory mode, an inode number."""
+    root = lib.function("sqfs_inode_root", (c_void_p,), c_ulong)(handle)
+    inode = char_buffer(512)
+    if lib.function("sqfs_inode_get", (c_void_p, c_void_p, c_ulong))(handle, inode, root) != 0:
+        raise LayoutMismatch("libsquashfuse_ll cannot read the image's root inode")
+    kind, mode = struct.unpack_from("=HH", inode.raw, _INODE_TYPE_AT)[0], \
+        struct.unpack_from("=H", inode.raw, _MODE_AT)[0]
+    number = struct.unpack_from("=I", inode.raw, _NUMBER_AT)[0]
+    if kind not in _DIR_TYPES or mode & _S_IFMT != _S_IFDIR or number == 0:
+        raise LayoutMismatch(
+            f"libsquashfuse_ll's inode layout is not the one satchel reads ahead with (root "
+            f"inode: type {kind}, mode {mode:o}, number {number}); set 'prefetch = no' in "
+            "satchel.conf, or 'squashfuse mode = program'")
 
 
 class ReadAhead:
@@ -94,43 +130,49 @@ class ReadAhead:
 
     def run(self, go_fd: int, ack_fd: int, handover) -> None:
         """Thread body: list the files, read them; after "s", store (see the module doc)."""
-        listing = b""
-        try:
-            for path in self.paths:
-                self._add(path, 0)
-            while any(f.size == 0 and not f.complete and f.depth == 0 for f in self.files):
-                self._step()  # first chunks first: they name the interpreters and libraries
-            for file in self.files:
-                entry = os.fsencode(file.path) + b"\0"
-                if b"\n" not in entry and len(listing) + len(entry) < 4000:  # atomic write
-                    listing += entry
-        except BaseException:
-            self.files = []  # nothing to store: the list stays empty
-            listing = b""
-        finally:
-            os.write(ack_fd, b"l" + listing + b"\n")
         ours = False  # the main thread reads "x" from go_fd first, then hands the pipes over
         try:
+            os.write(ack_fd, self._listing())
             while self._step():
                 ours = ours or handover.acquire(False)
                 if ours and self._readable(go_fd):
                     break
             if not ours:
                 ours = handover.acquire()
-            if os.read(go_fd, 64) != b"s":
+            try:
+                command = os.read(go_fd, 64)
+            except OSError:  # the launcher's end is gone with it: nothing to store for
+                return
+            if command != proto.STORE:
                 return  # the launcher went on without the pages, or is gone
             self.storing = True
             self._store_ready()
             while self._step():
                 pass
-        except BaseException:
-            pass  # read-ahead is an optimization: the server's main thread serves regardless
         finally:
             self.files = []
             if not ours:
                 handover.acquire()  # closing them earlier would pull them from the main thread
             os.close(go_fd)
             os.close(ack_fd)
+
+    def _listing(self) -> bytes:
+        """LISTED: the files found, first chunks read (they name the interpreters and
+        libraries); or ERROR if finding them failed, which the launcher reports."""
+        try:
+            for path in self.paths:
+                self._add(path, 0)
+            while any(f.size == 0 and not f.complete and f.depth == 0 for f in self.files):
+                self._step()
+        except Exception as err:  # noqa: BLE001 - reported, not swallowed: the launch fails
+            self.files = []
+            return proto.error_message(f"reading ahead: {type(err).__name__}: {err}")
+        listing = b""
+        for file in self.files:
+            entry = os.fsencode(file.path) + b"\0"
+            if b"\n" not in entry and len(listing) + len(entry) < 4000:  # one atomic write
+                listing += entry
+        return proto.LISTED + listing + proto.END
 
     # -- reading -------------------------------------------------------------------------------
     def _step(self) -> bool:
@@ -297,7 +339,7 @@ class ReadAhead:
             ident = self._dentry_inode(entry)
             if self._inode_get(self.ll, inode, ident) != 0:
                 return None
-            mode = struct.unpack_from("=H", inode.raw, 2)[0] & _S_IFMT  # base.mode
+            mode = struct.unpack_from("=H", inode.raw, _MODE_AT)[0] & _S_IFMT
             if mode == _S_IFLNK:
                 links += 1
                 size = char_buffer(8, struct.pack("Q", 4096))
@@ -316,7 +358,7 @@ class ReadAhead:
             return None  # the root itself: never needed here
         if self._inode_get(self.ll, inode, stack[-1][0]) != 0:  # after a final ".."
             return None
-        mode = struct.unpack_from("=H", inode.raw, 2)[0] & _S_IFMT
+        mode = struct.unpack_from("=H", inode.raw, _MODE_AT)[0] & _S_IFMT
         return stack, mode, inode
 
 

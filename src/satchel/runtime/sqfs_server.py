@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import struct
 
+from satchel.runtime import fuse_protocol as proto
 from satchel.runtime.cfunc import (Library, address_of, c_char_p, c_int, c_long, c_size_t,
                                    c_uint, c_ulong, c_void_p, callback, char_buffer, get_errno)
 
@@ -127,11 +128,8 @@ def _close_other_fds(keep) -> None:
 
 
 def _take_fd(message: bytes) -> int:
-    """From "x PID FD": a copy of the launcher's /dev/fuse fd, by pidfd_getfd(2)."""
-    parts = message.split()
-    if len(parts) != 3 or parts[0] != b"x":
-        raise OSError("no mount")
-    pid, fd = int(parts[1]), int(parts[2])
+    """From MOUNTED ("x PID FD"): a copy of the launcher's /dev/fuse fd, by pidfd_getfd(2)."""
+    pid, fd = proto.parse_mounted(message)
     syscall = Library(None).function("syscall", None, c_long)
     pidfd = syscall(c_long(_SYS_PIDFD_OPEN), c_int(pid), c_uint(0))
     if pidfd < 0:
@@ -146,33 +144,30 @@ def _take_fd(message: bytes) -> int:
 
 
 def _report_error(ack_fd: int, err: Exception) -> None:
-    os.write(ack_fd, b"e" + str(err).replace("\n", " ").encode()[:400] + b"\n")
+    os.write(ack_fd, proto.error_message(str(err)))
 
 
 def _read_image_message(go_fd: int):
-    """(image, offset, fallback argv, read-ahead paths) as fuse.BuiltinServer.serve_image
-    sends them, or None if the launcher gave up."""
+    """(image, offset, fallback argv, read-ahead paths) of the IMAGE message
+    (fuse_protocol.encode_image), or None if the launcher gave up."""
     data = b""
-    while len(data) < 5 or len(data) < 5 + struct.unpack_from("=I", data, 1)[0]:
+    while True:
+        size = proto.image_size(data)
+        if size is not None and len(data) >= size:
+            return proto.decode_image(data[:size])
         chunk = os.read(go_fd, 65536)
         if not chunk:
             return None
         data += chunk
-    if data[:1] != b"i":
-        return None
-    fields = [os.fsdecode(f) for f in data[5:].split(b"\0")]
-    count = int(fields[2])
-    return fields[1], int(fields[0]), fields[3:3 + count], fields[3 + count:]
 
 
 def run_daemon(go_fd: int, ack_fd: int, life_fd: int = -1) -> None:
-    """Body of the server process (never returns): load the libraries, wait for the image
-    (fuse.BuiltinServer.serve_image), open it, report ("k<pid>" or "e<reason>"), wait for the
-    mount ("x PID FD"), take the fd, report "g", serve. Reports end with a newline. With
-    container paths to read ahead, the report is "gr", the read-ahead thread adds its own
-    ("l...") and the pipes are the thread's after "gr" (sqfs_prefetch.py). End of file instead
-    of the image or the mount: the launcher needs no server after all (or died), so neither do
-    we.
+    """Body of the server process (never returns), one side of fuse_protocol.py: load the
+    libraries, wait for IMAGE, open it, report OPENED ("k<pid>") or ERROR ("e<reason>"), wait
+    for MOUNTED ("x PID FD"), take the fd, report SERVING ("g"), serve. With container paths
+    to read ahead, the report is "gr", the read-ahead thread adds LISTED ("l...") and the
+    pipes are the thread's after "gr" (sqfs_prefetch.py). End of file instead of IMAGE or
+    MOUNTED: the launcher needs no server after all (or died), so neither do we.
 
     Without the libraries it execs the fallback argv (squashfuse_ll -f ... /dev/fd/{fd}).
 
@@ -211,8 +206,12 @@ def run_daemon(go_fd: int, ack_fd: int, life_fd: int = -1) -> None:
                 os._exit(1)
         handover = None
         if session is not None and read_ahead:
-            handover = session.start_read_ahead(image, offset, read_ahead, go_fd, ack_fd)
-        os.write(ack_fd, b"k%d\n" % os.getpid())
+            try:
+                handover = session.start_read_ahead(image, offset, read_ahead, go_fd, ack_fd)
+            except OSError as err:  # sqfs_prefetch.LayoutMismatch: a library it cannot read
+                _report_error(ack_fd, err)
+                os._exit(1)
+        os.write(ack_fd, proto.OPENED + b"%d" % os.getpid() + proto.END)
         message = os.read(go_fd, 128)
         if not message:
             os._exit(3)  # the launcher died or gave up before mounting
@@ -222,10 +221,10 @@ def run_daemon(go_fd: int, ack_fd: int, life_fd: int = -1) -> None:
             _report_error(ack_fd, err)
             os._exit(1)
         if handover is not None:
-            os.write(ack_fd, b"gr\n")
+            os.write(ack_fd, proto.SERVING + proto.READING_AHEAD + proto.END)
             handover.release()  # the pipes are the read-ahead thread's from now on
         else:
-            os.write(ack_fd, b"g\n")
+            os.write(ack_fd, proto.SERVING + proto.END)
             os.close(go_fd)
             os.close(ack_fd)
         if session is None:
