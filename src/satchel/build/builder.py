@@ -57,6 +57,7 @@ class BuildOptions:
         self.arch = arch  # registry platform choice, read by the OCI agent
         self.docker_username = docker_username
         self.docker_password = docker_password
+        self.fetch = None  # oci.source.FetchOptions of a pull; else made once by the agent
         self.announce = True  # the "Build complete: TARGET" line (pull turns it off)
         self.user_umask = 0o022  # the caller's umask, for the mode of the new SIF
 
