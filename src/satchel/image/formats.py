@@ -37,15 +37,16 @@ _FS_NAMES = {2: "ext3", 3: "archive", 4: "raw", 5: "encrypted squashfs"}
 class ImageRef:
     """An opened image: absolute path, kind, and the SquashFS byte range (0, 0 for sandboxes)."""
 
-    __slots__ = ("path", "kind", "fs_offset", "fs_size", "fs_type")
+    __slots__ = ("path", "kind", "fs_offset", "fs_size", "fs_type", "overlay_part")
 
     def __init__(self, path: str, kind: str, fs_offset: int = 0, fs_size: int = 0,
-                 fs_type: str = ""):
+                 fs_type: str = "", overlay_part=None):
         self.path = path
         self.kind = kind
         self.fs_offset = fs_offset
         self.fs_size = fs_size
         self.fs_type = fs_type
+        self.overlay_part = overlay_part  # (offset, size) of a SIF's Ext3/Overlay partition
 
     def __repr__(self) -> str:
         return (f"ImageRef({self.path!r}, {self.kind!r}, offset={self.fs_offset}, "
@@ -123,6 +124,11 @@ def _open_sif(fd: int, full: str, shown: str, file_size: int) -> ImageRef:
         raise ImageError(f"SIF image {shown}: {err.strerror or err}") from None
     try:
         part = image.primary_partition()
+        overlay_part = None
+        for d in image.descriptors:  # `satchel overlay create IMAGE.sif` adds one
+            if d.datatype == sif.DATA_PARTITION and d.part_type == sif.PART_OVERLAY and \
+                    d.fs_type == sif.FS_EXT3:
+                overlay_part = (d.offset, d.size)
     finally:
         image.close()
     if part is None:
@@ -135,7 +141,7 @@ def _open_sif(fd: int, full: str, shown: str, file_size: int) -> ImageRef:
     if part.offset + part.size > file_size:
         raise ImageError(f"corrupt SIF image {shown}: partition extends past the end of the file")
     size = _squashfs_size(fd, shown, part.offset, part.size)
-    return ImageRef(full, "sif", part.offset, size, "squashfs")
+    return ImageRef(full, "sif", part.offset, size, "squashfs", overlay_part)
 
 
 def _squashfs_size(fd: int, shown: str, offset: int, available: int) -> int:

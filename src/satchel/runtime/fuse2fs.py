@@ -49,6 +49,10 @@ class Ext3Server:
         self.sock = sock
         self.pid = pid  # the short-lived middle process, reaped in mount_tree()
 
+    def died_error(self, wait_ms: int = 0):
+        """fuse2fs reports its failures through mount_tree(); nothing to add afterwards."""
+        return None
+
     def mount_tree(self) -> int:
         """The detached mount of the image (an fd for move_mount); waits for fuse2fs."""
         import socket

@@ -42,12 +42,18 @@ _SYS_BLOCK = "/sys/block"
 _SHARED_FLAGS = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR
 
 
-def attach(image_path: str, offset: int, size: int) -> tuple[int, str]:
-    """Attach image_path[offset:offset+size] read-only; return (loop fd, device path)."""
+def attach(image_path: str, offset: int, size: int, writable: bool = False,
+           backing: int | None = None) -> tuple[int, str]:
+    """Attach image_path[offset:offset+size] read-only (writable: read-write, never shared,
+    for an ext3 overlay; backing: the image already open); return (loop fd, device path)."""
     import fcntl
 
     try:
-        backing = os.open(image_path, os.O_RDONLY | os.O_CLOEXEC)
+        if backing is not None:
+            backing = os.dup(backing)
+        else:
+            backing = os.open(image_path, (os.O_RDWR if writable else os.O_RDONLY) |
+                              os.O_CLOEXEC)
     except OSError as err:
         raise ContainerError(f"opening {image_path} for a loop device: {err.strerror}") from None
     try:
@@ -57,12 +63,13 @@ def attach(image_path: str, offset: int, size: int) -> tuple[int, str]:
             raise ContainerError(f"opening {LOOP_CONTROL}: {err.strerror}") from None
         try:
             fcntl.flock(control, fcntl.LOCK_EX)  # released by the close below
-            shared = find_attached(os.fstat(backing), offset, size)
+            shared = None if writable else find_attached(os.fstat(backing), offset, size)
             if shared is not None:
                 return shared
             name = os.fsencode(image_path)[-(_LO_NAME_SIZE - 1):]
             config = _LOOP_CONFIG.pack(backing, 0, 0, 0, 0, offset, size, 0, 0, 0,
-                                       LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR,
+                                       (0 if writable else LO_FLAGS_READ_ONLY) |
+                                       LO_FLAGS_AUTOCLEAR,
                                        name, b"", b"", 0, 0)
             for _ in range(_ATTEMPTS):
                 try:
