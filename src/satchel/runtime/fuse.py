@@ -296,7 +296,7 @@ class BuiltinServer:
     """
 
     __slots__ = ("name", "image", "offset", "pid", "go_fd", "ack_fd", "fd", "mountpoint",
-                 "server_pid", "reads_ahead", "_received", "life_fd")
+                 "server_pid", "reads_ahead", "_received", "life_fd", "share")
 
     def __init__(self, name: str, pid: int, go_fd: int, ack_fd: int, life_fd: int = -1):
         self.name = name
@@ -311,6 +311,7 @@ class BuiltinServer:
         self.reads_ahead = False
         self._received = b""    # messages read from ack_fd and not consumed yet
         self.life_fd = life_fd  # the server's life pipe (see the module docstring)
+        self.share = None       # share.Claim: this mount is shared once the container runs
 
     def died_error(self, wait_ms: int = 0):
         """A ContainerError naming the server's death if it died (within wait_ms), else None."""

@@ -65,6 +65,7 @@ SYS_mount_setattr = 442  # same number on every architecture (new syscall table)
 # renames entries of their own image from redirecting a root mount (issue 10, point 2): the
 # object checked is the object mounted.
 SYS_open_tree, SYS_move_mount, SYS_fsopen, SYS_fsconfig, SYS_fsmount = 428, 429, 430, 431, 432
+SYS_pidfd_getfd = 438  # Linux 5.6+, the same number everywhere (unified syscall table)
 OPEN_TREE_CLONE = 1
 OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
@@ -130,6 +131,23 @@ def unshare(names) -> None:
 def setns(fd: int, nstype: str, what: str) -> None:
     if _setns(fd, NAMESPACE_FLAGS[nstype]) != 0:
         raise _fail(what)
+
+
+def setns_pidfd(pidfd: int, names, what: str) -> None:
+    """Join several namespaces of the process a pidfd names at once (Linux 5.8+)."""
+    flags = 0
+    for name in names:
+        flags |= NAMESPACE_FLAGS[name]
+    if _setns(pidfd, flags) != 0:
+        raise _fail(what)
+
+
+def pidfd_getfd(pidfd: int, fd: int, what: str) -> int:
+    """A copy of descriptor `fd` of the process a pidfd names (Linux 5.6+; ptrace access)."""
+    copy = _syscall(c_long(SYS_pidfd_getfd), c_int(pidfd), c_int(fd), c_uint(0))
+    if copy < 0:
+        raise _fail(what)
+    return copy
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int,

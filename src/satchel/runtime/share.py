@@ -1,0 +1,370 @@
+"""One image mount for the concurrent containers of one user (rootless; issue 14).
+
+An MPI job starts 64 ranks of one image on a node at once. Without sharing, each starts its own
+FUSE server, which decompresses the same pages into its own empty cache. With it, the first
+launch mounts the image as always; the launches that come while it runs attach a clone of that
+very mount (same superblock, so the same kernel page cache, dentries and server), each in its
+own user and mount namespaces, with its own binds, working directory and environment.
+
+How a launch finds a live mount, and why nothing outlives the containers:
+- The FUSE connection lives as long as some mount of its superblock does; the server exits when
+  the kernel aborts the connection (fuse.py). So the kernel does the reference counting: no
+  process holds the mount on behalf of the containers, and SIGKILL of any of them (or of the
+  first) changes nothing for the others; the last container's namespace dies, the server exits.
+- The containers of one image are recorded in a per-user directory ($XDG_RUNTIME_DIR/satchel, else
+  /tmp/satchel-UID; created 0700, opened O_NOFOLLOW, used only if it is the caller's and
+  private; every file in it opened by that directory's descriptor with O_NOFOLLOW): KEY.members
+  lists "PID STARTTIME DEV" per container whose root is the shared mount (DEV: its device
+  number), KEY.lock serializes the launches of one image. KEY names the image file's identity
+  (device, inode, size, mtime) and the partition's offset: an image rewritten in place is
+  another image.
+- A launch, under the lock, tries the recorded containers (latest first): a helper process
+  joins one's user and mount namespaces through a pidfd (opened, then checked against the
+  start time: a reused PID is never joined) and clones the root mount of that namespace
+  (open_tree(OPEN_TREE_CLONE), not recursive: the container's binds stay its own); the clone
+  is used only if its device is the recorded one. The launcher takes the clone's descriptor
+  from the helper (pidfd_getfd) and later attaches it on its own session directory
+  (move_mount). A clone holds the superblock: the server cannot be exiting. A container that
+  is gone, or going, simply fails these steps and the next one is tried.
+- No live container: this launch is the first; it keeps the lock through its setup, so the
+  launches that come meanwhile wait for its mount instead of starting servers of their own
+  (bounded: after WAIT_S they go on without sharing).
+- After pivot_root each container whose root is the shared FUSE mount records itself (the
+  first: and lets the waiting launches go). Entries of dead processes are dropped then.
+"""
+
+from __future__ import annotations
+
+import os
+
+from satchel.errors import ContainerError
+from satchel.runtime import linux
+
+_DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_OPEN = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_MEMBERS_MAX = 64 * 1024
+MAX_TRIED = 8                # recorded containers tried before starting a new mount
+WAIT_S = 30.0                # the longest a launch waits for the first one's mount
+FSTYPE = "fuse.squashfuse"   # the shared mount's type in /proc/self/mountinfo
+
+
+def runtime_dir(uid: int, environ) -> int | None:
+    """A descriptor of the caller's private sharing directory, or None (no sharing)."""
+    paths = []
+    xdg = environ.get("XDG_RUNTIME_DIR", "")
+    if xdg.startswith("/"):
+        paths.append(xdg.rstrip("/") + "/satchel")
+    paths.append(f"/tmp/satchel-{uid}")
+    for path in paths:
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        except OSError:
+            continue
+        try:
+            fd = os.open(path, _DIR_OPEN)
+        except OSError:
+            continue
+        st = os.fstat(fd)
+        if st.st_uid == uid and not st.st_mode & 0o077:
+            return fd
+        os.close(fd)  # someone else's, or readable by others: do not share through it
+    return None
+
+
+def image_key(path: str, offset: int) -> str:
+    st = os.stat(path)
+    return (f"{st.st_dev:x}-{st.st_ino:x}-{offset:x}-{st.st_size:x}-"
+            f"{st.st_mtime_ns:x}")
+
+
+def start_time(pid: int) -> str | None:
+    """The start time of a process (field 22 of /proc/PID/stat), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2:].split()
+    return fields[19].decode() if len(fields) > 19 else None
+
+
+class Claim:
+    """This launch's part in the sharing of one image's mount.
+
+    Joined: mount_fd is a detached clone of a live container's image mount (attach() puts it
+    on the session directory). First: the lock is held until register(), so the launches that
+    come meanwhile wait for this one's mount.
+    """
+
+    __slots__ = ("dir_fd", "key", "lock_fd", "mount_fd", "dev", "pid", "start")
+
+    def __init__(self, dir_fd: int, key: str, lock_fd: int):
+        self.dir_fd = dir_fd
+        self.key = key
+        self.lock_fd = lock_fd
+        self.mount_fd = -1
+        self.dev = None
+        self.pid = os.getpid()  # the launcher: the payload itself, or the --pid supervisor
+        self.start = start_time(self.pid)
+
+    @property
+    def joined(self) -> bool:
+        return self.mount_fd >= 0
+
+    def attach(self, target_fd: int) -> None:
+        """Attach the shared mount on target_fd (the container's root directory to be)."""
+        try:
+            linux.move_mount(self.mount_fd, target_fd, "attaching the shared image mount")
+        finally:
+            os.close(self.mount_fd)
+            self.mount_fd = -1
+
+    def register(self) -> None:
+        """After pivot_root: record this container if its root is the shared mount (other
+        launches then join through it), and let the waiting launches go."""
+        try:
+            dev = root_mount_dev()
+            if dev is None or (self.dev is not None and dev != self.dev):
+                return  # the root is not the image mount itself (an underlay copy of it)
+            if self.lock_fd < 0:
+                self.lock_fd = _open_lock(self.dir_fd, self.key)
+                _lock(self.lock_fd, WAIT_S)
+            members = [m for m in _read_members(self.dir_fd, self.key)
+                       if start_time(int(m[0])) == m[1] and m[0] != str(self.pid)]
+            members.append((str(self.pid), self.start, str(dev)))
+            _write_members(self.dir_fd, self.key, members)
+        except (OSError, ValueError, ContainerError):
+            pass  # sharing is an optimization: this container runs regardless
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Unlock and close everything (the payload inherits none of it)."""
+        if self.lock_fd >= 0:
+            _unlock(self.lock_fd)  # forked processes (a --pid supervisor) hold copies
+            os.close(self.lock_fd)
+            self.lock_fd = -1
+        if self.mount_fd >= 0:
+            os.close(self.mount_fd)
+            self.mount_fd = -1
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+
+
+def claim(image: str, offset: int, uid: int, environ) -> Claim | None:
+    """Join a live mount of image[offset:] or become its first container; None: no sharing
+    (no private directory, or the first launch kept the lock longer than WAIT_S)."""
+    dir_fd = runtime_dir(uid, environ)
+    if dir_fd is None:
+        return None
+    lock_fd = -1
+    try:
+        key = image_key(image, offset)
+        lock_fd = _open_lock(dir_fd, key)
+        _lock(lock_fd, WAIT_S)
+        result = Claim(dir_fd, key, lock_fd)
+        tried = 0
+        for pid, start, dev in reversed(_read_members(dir_fd, key)):
+            if tried >= MAX_TRIED:
+                break
+            tried += 1
+            fd = _clone_root_of(int(pid), start, int(dev))
+            if fd is not None:
+                result.mount_fd, result.dev = fd, int(dev)
+                _unlock(lock_fd)  # joined: the next launch may go on at once
+                os.close(lock_fd)
+                result.lock_fd = -1
+                return result
+        return result  # the first: the lock stays held until register()
+    except (OSError, ValueError, ContainerError):
+        if lock_fd >= 0:
+            os.close(lock_fd)
+        os.close(dir_fd)
+        return None
+
+
+def root_mount_dev() -> int | None:
+    """The device of this process's root mount if it is the image's FUSE mount, else None."""
+    with open("/proc/self/mountinfo", "rb") as fh:
+        text = fh.read().decode(errors="replace")
+    dev = None
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 5 or fields[4] != "/":
+            continue
+        try:
+            fstype = fields[fields.index("-") + 1]
+        except (ValueError, IndexError):
+            continue
+        major, _, minor = fields[2].partition(":")
+        # the last mount on / is the one on top
+        dev = os.makedev(int(major), int(minor)) if fstype == FSTYPE and fields[3] == "/" \
+            else None
+    return dev
+
+
+def _open_lock(dir_fd: int, key: str) -> int:
+    fd = os.open(key + ".lock", _FILE_OPEN, 0o600, dir_fd=dir_fd)
+    st = os.fstat(fd)
+    if st.st_uid != os.getuid() or (st.st_mode & 0o170000) != 0o100000:
+        os.close(fd)
+        raise OSError("not a private file")
+    return fd
+
+
+def _lock(fd: int, wait_s: float) -> None:
+    """flock(LOCK_EX), waiting at most wait_s (a first launch stuck in its setup must not hold
+    the others forever: they go on without sharing)."""
+    import fcntl
+    import time
+
+    deadline = time.monotonic() + wait_s
+    pause = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise OSError("the image's first launch holds the lock too long") from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
+
+
+def _unlock(fd: int) -> None:
+    import fcntl
+    fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _read_members(dir_fd: int, key: str) -> list[tuple[str, str, str]]:
+    try:
+        fd = os.open(key + ".members", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC |
+                     os.O_NONBLOCK, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return []
+    try:
+        if (os.fstat(fd).st_mode & 0o170000) != 0o100000:
+            return []
+        data = os.read(fd, _MEMBERS_MAX)
+    finally:
+        os.close(fd)
+    members = []
+    for line in data.decode(errors="replace").splitlines():
+        fields = line.split()
+        if len(fields) == 3 and fields[0].isdigit() and fields[2].isdigit():
+            members.append((fields[0], fields[1], fields[2]))
+    return members
+
+
+def _write_members(dir_fd: int, key: str, members) -> None:
+    fd = os.open(key + ".members", _FILE_OPEN, 0o600, dir_fd=dir_fd)
+    try:
+        if (os.fstat(fd).st_mode & 0o170000) != 0o100000:
+            return
+        os.ftruncate(fd, 0)
+        data = "".join(f"{pid} {start} {dev}\n" for pid, start, dev in members[-256:])
+        os.pwrite(fd, data.encode(), 0)
+    finally:
+        os.close(fd)
+
+
+def _clone_root_of(pid: int, start: str, dev: int) -> int | None:
+    """A detached clone of the root mount of process pid's mount namespace, if pid is the
+    recorded process (start time) and that mount is the recorded one (dev); else None."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    try:
+        if start_time(pid) != start:  # the pid was reused: not the container recorded
+            return None
+        return _clone_through_helper(pidfd, dev)
+    finally:
+        os.close(pidfd)
+
+
+def _clone_through_helper(pidfd: int, dev: int) -> int | None:
+    """Joining a user namespace is for good, so a forked helper joins the container's user and
+    mount namespaces, clones the root mount and waits until the launcher took the clone's
+    descriptor (pidfd_getfd: the helper is the launcher's child, which Yama allows)."""
+    answer_r, answer_w = os.pipe()
+    hold_r, hold_w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(answer_r)
+            os.close(hold_w)
+            linux.setns_pidfd(pidfd, ("user", "mount"), "joining the container")
+            root = os.open("/", os.O_PATH | os.O_CLOEXEC)  # the namespace's root, after setns
+            tree = linux.open_tree_clone(root, False, "cloning the container's root mount")
+            if os.fstat(tree).st_dev == dev:
+                os.write(answer_w, b"%d" % tree)
+                os.read(hold_r, 1)  # end of file: the launcher has it (or died)
+        except BaseException:
+            pass
+        os._exit(0)
+    os.close(answer_w)
+    os.close(hold_r)
+    try:
+        answer = os.read(answer_r, 32)
+        if not answer:
+            return None
+        helper = os.pidfd_open(child)
+        try:
+            return linux.pidfd_getfd(helper, int(answer), "taking the shared mount")
+        finally:
+            os.close(helper)
+    except (OSError, ValueError, ContainerError):
+        return None
+    finally:
+        os.close(answer_r)
+        os.close(hold_w)
+        os.waitpid(child, 0)
+
+
+class SharedMount:
+    """The image "server" of a launch that joined a live mount (executor's view, like
+    fuse.BuiltinServer): nothing to start, read ahead or wait for; _mount_fuse attaches."""
+
+    __slots__ = ("name", "share", "fd", "mountpoint", "image")
+
+    def __init__(self, name: str, share: Claim, image: str):
+        self.name = name
+        self.share = share
+        self.fd = -1
+        self.mountpoint = None
+        self.image = image
+
+    def attach(self, target_fd: int) -> None:
+        self.share.attach(target_fd)
+
+    def died_error(self, wait_ms: int = 0):
+        return None  # the server is the first container's: its death shows as ENOTCONN
+
+    def open_device(self) -> None:
+        pass
+
+    def before_mount(self) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def wait_ready(self) -> None:
+        pass
+
+    @staticmethod
+    def read_ahead(paths, look_up) -> None:
+        pass  # the pages are in the kernel's cache already, or on their way
+
+    def store_read_ahead(self, look_up) -> None:
+        pass
+
+    def cancel(self) -> None:
+        self.share.release()
+
+    def close(self) -> None:
+        pass
