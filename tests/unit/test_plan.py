@@ -296,14 +296,25 @@ def test_overlay_rootless_and_root():
 @pytest.mark.parametrize("kw, message", [
     (dict(overlay=["/ro"]), "not writable"),
     (dict(overlay=["/missing"]), "does not exist"),
-    (dict(overlay=["/data/f.txt"]), "overlay image files are not supported"),
-    (dict(overlay=["/ov:ro"]), "read-only overlays"),
-    (dict(overlay=["/ov", "/ov"]), "only one --overlay"),
+    (dict(overlay=["/nonexistent-satchel/f.img"]), "overlay /nonexistent-satchel/f.img"),
+    (dict(overlay=["/ov", "/ov2"]), "only one writable overlay"),
+    (dict(writable=True), "no writable overlay partition"),
 ])
 def test_overlay_errors(kw, message):
-    host = FakeHost(paths={"/ov": "dir", "/ro": "dir"}, writable={"/ov"})
+    host = FakeHost(paths={"/ov": "dir", "/ov2": "dir", "/ro": "dir",
+                           "/nonexistent-satchel/f.img": "file"}, writable={"/ov", "/ov2"})
     with pytest.raises((ContainerError, UsageError), match=message):
         plan(host, **kw)
+
+
+def test_read_only_overlay_directories_stack_above_the_image_in_the_order_given():
+    host = FakeHost(paths={"/a": "dir", "/b": "dir", "/ov": "dir"}, writable={"/ov"})
+    p = plan(host, overlay=["/a:ro", "/ov", "/b:ro"])
+    opts = p.ops[index(p, P.FUSE_PREPARE, source="overlay")].data[2]
+    assert opts.startswith(f"lowerdir=/a:/b:{SESSION}/lower,upperdir=/ov/upper,workdir=/ov/work")
+    p = plan(host, overlay=["/a:ro"])  # read-only: no upper layer at all
+    opts = p.ops[index(p, P.FUSE_PREPARE, source="overlay")].data[2]
+    assert opts.startswith(f"lowerdir=/a:{SESSION}/lower,squash") and "upperdir" not in opts
 
 
 def test_overlay_disabled_by_admin():

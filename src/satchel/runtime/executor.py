@@ -219,8 +219,18 @@ class Executor:
         from satchel.runtime import fuse
 
         server = self.fuse[op.source]
+        if getattr(server, "attach", None) is not None:  # share.SharedMount: a live mount's
+            server.mountpoint = self.target(op)         # clone, attached here (the session's)
+            target = os.open(server.mountpoint, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW |
+                             os.O_CLOEXEC)
+            try:
+                server.attach(target)
+            finally:
+                os.close(target)
+            return
         uid, gid = op.data
-        options = fuse.mount_options(server.fd, uid, gid)
+        options = fuse.mount_options(server.fd, uid, gid,
+                                     "allow_other" if "allow_other" in op.flags else "")
         server.mountpoint = self.target(op)
         server.before_mount()
         linux.mount(source, server.mountpoint, fstype, _mount_flags(op), options,
@@ -279,6 +289,9 @@ class Executor:
         if "owned" in op.flags:
             os.close(self._owned_dir(op.destination))
             return
+        if "layer" in op.flags:
+            os.close(self._layer_dir(op.destination))
+            return
         try:
             os.makedirs(op.destination, 0o755, exist_ok=True)
         except OSError as err:
@@ -318,14 +331,130 @@ class Executor:
         """Kernel overlayfs (root): upper and work opened as _owned_dir() checks them, and
         named to overlayfs by descriptor, so a swap after the check changes nothing."""
         lower, upper, work = op.data
-        upper_fd = self._owned_dir(upper)
+        if upper is None:  # read-only: lower layers only
+            linux.mount("overlay", self.target(op), "overlay", _mount_flags(op),
+                        f"lowerdir={lower}", "mounting the overlay")
+            return
+        opener = self._layer_dir if "layer" in op.flags else self._owned_dir
+        upper_fd = opener(upper)
         self.held.append(upper_fd)
-        work_fd = self._owned_dir(work)
+        work_fd = opener(work)
         self.held.append(work_fd)
         linux.mount("overlay", self.target(op), "overlay", _mount_flags(op),
                     f"lowerdir={lower},upperdir={linux.fd_path(upper_fd)},"
                     f"workdir={linux.fd_path(work_fd)}", "mounting the overlay")
         self.underlays.own_devices.add(os.stat(self.target(op)).st_dev)
+
+    @staticmethod
+    def _layer_dir(path: str) -> int:
+        """O_PATH fd of upper/ or work/ at the top of an overlay image mounted just now,
+        made if missing; never through a symbolic link the image's owner put there."""
+        parent, name = os.path.split(path)
+        try:
+            top = os.open(parent, _PATH_DIR)
+        except OSError as err:
+            raise ContainerError(f"opening the overlay image mount {parent}: "
+                                 f"{err.strerror}") from None
+        try:
+            try:
+                os.mkdir(name, 0o755, dir_fd=top)
+            except FileExistsError:
+                pass
+            return os.open(name, _PATH_DIR | os.O_NOFOLLOW, dir_fd=top)
+        except OSError as err:
+            raise ContainerError(f"overlay directory {path} in the image: "
+                                 f"{_why_refused(err)}") from None
+        finally:
+            os.close(top)
+
+    # -- overlay images: fuse2fs without privilege, a loop device as root --------------------------
+    def op_fakeroot_map(self, op) -> None:
+        """--fakeroot: unshare the user namespace; a helper still outside it maps it with the
+        setuid newuidmap/newgidmap (0 -> the caller, 1.. -> the subordinate range)."""
+        from satchel.runtime import fuse
+        uid_args, gid_args = op.data
+        programs = [fuse.find_program(name, os.environ) for name in ("newuidmap", "newgidmap")]
+        launcher = str(os.getpid())
+        go_r, go_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(go_w)
+            code = 3
+            try:
+                if os.read(go_r, 1) == b"g":
+                    code = 0
+                    for program, args in zip(programs, (uid_args, gid_args)):
+                        child = os.fork()
+                        if child == 0:
+                            os.execv(program, [program, launcher] + list(args))
+                        if os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) != 0:
+                            code = 1
+                            break
+            except BaseException:
+                code = 2
+            os._exit(code)
+        os.close(go_r)
+        try:
+            linux.unshare(("user",))
+        except BaseException:
+            os.close(go_w)
+            os.waitpid(pid, 0)
+            raise
+        os.write(go_w, b"g")
+        os.close(go_w)
+        if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0:
+            raise ContainerError("mapping the --fakeroot user namespace with newuidmap/newgidmap "
+                                 "failed", hint="check the caller's ranges in /etc/subuid and "
+                                                "/etc/subgid, or use --ignore-subuid")
+
+    def op_fuse2fs_prepare(self, op) -> None:
+        """Lock the ext3 image (one writer, imagelock.py) and start fuse2fs for it."""
+        from satchel.image import overlay
+        from satchel.runtime import fuse, fuse2fs, imagelock
+        path, offset, size, readonly = op.data
+        fd = self._open_layer(path, readonly)
+        try:
+            imagelock.lock(fd, offset, size, not readonly, f"overlay {path}")
+            self.fuse[op.source] = fuse2fs.start(
+                fd, path, offset, readonly, self.plan.session,
+                fuse.find_program("fuse2fs", os.environ), overlay.find_tool("e2fsck"))
+        finally:
+            os.close(fd)  # fuse2fs and its helper hold their copies (and the lock)
+
+    @staticmethod
+    def _open_layer(path: str, readonly: bool) -> int:
+        try:
+            return os.open(path, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC)
+        except OSError as err:
+            raise ContainerError(f"opening the overlay image {path}: {err.strerror}") from None
+
+    def op_mount_ext3(self, op) -> None:
+        tree = self.fuse[op.source].mount_tree()
+        try:
+            target = os.open(op.destination, _PATH_DIR)
+            try:
+                linux.move_mount(tree, target, f"attaching the overlay image on {op.destination}")
+            finally:
+                os.close(target)
+        finally:
+            os.close(tree)
+
+    def op_mount_ext3_loop(self, op) -> None:
+        """Root: the ext3 image (or SIF partition) on a loop device, locked for the life of
+        the container (the payload inherits the locked descriptor)."""
+        from satchel.runtime import imagelock, loopdev
+        offset, size = op.data
+        readonly = "ro" in op.flags
+        fd = self._open_layer(op.source, readonly)
+        imagelock.lock(fd, offset, size, not readonly, f"overlay {op.source}")
+        os.set_inheritable(fd, True)  # the lock lasts as long as the container's processes
+        loop_fd, device = loopdev.attach(op.source, offset, size, writable=not readonly,
+                                         backing=fd)
+        try:
+            linux.mount(device, op.destination, "ext3", _mount_flags(op), None,
+                        f"mounting the overlay image {op.source} ({device})")
+        finally:
+            os.close(loop_fd)
 
     def _owned_dir(self, path: str) -> int:
         """An O_PATH descriptor of directory `path` (an --overlay directory's upper or work,
@@ -578,6 +707,10 @@ class Executor:
             os.close(self.root_fd)
             self.root_fd = None
         linux.pivot_root(op.destination)
+        for server in self.fuse.values():
+            claim = getattr(server, "share", None)
+            if claim is not None:  # the image mount is the root now: others may join it
+                claim.register()
 
     def op_chdir(self, op) -> None:
         candidates = list(op.data)
@@ -596,6 +729,9 @@ class Executor:
         raise ContainerError("no usable working directory in the container")
 
     def op_drop_caps(self, op) -> None:
+        if "fakeroot" in op.flags:  # root of its own user namespace keeps its capabilities
+            linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1, "setting no_new_privs")
+            return
         linux.drop_all_capabilities()
 
     def op_seccomp(self, op) -> None:

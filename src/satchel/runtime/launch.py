@@ -23,8 +23,6 @@ from satchel.errors import UsageError
 
 # option dest -> why it is refused (each becomes one FATAL line)
 REFUSED = {
-    "fakeroot": "--fakeroot is not supported yet by satchel exec/run/shell/test",
-    "writable": "--writable is not supported yet: use --writable-tmpfs or --overlay",
     "keep_privs": "--keep-privs is not supported: satchel never keeps privileges",
     "add_caps": "--add-caps is not supported: satchel never grants capabilities",
     "app": "--app (SCIF apps) is not supported yet",
@@ -32,7 +30,8 @@ REFUSED = {
               "(nvidia-container-cli is not used)",
     "pem_path": "--pem-path is not supported: satchel cannot run encrypted images",
     "passphrase": "--passphrase is not supported: satchel cannot run encrypted images",
-    "sharens": "--sharens is not supported: start an instance and use instance://NAME",
+    "sharens": "--sharens is not supported: your containers of one image share its mount "
+               "already; to share namespaces, start an instance and use instance://NAME",
     "containlibs": "--containlibs is not supported: bind the libraries with -B",
     "netns_path": "--netns-path is not supported: satchel provides --net --network none only",
     "boot": "--boot is not supported: satchel does not run a system init in instances",
@@ -123,6 +122,9 @@ def run_options(command: str, parsed, config, args=None, cleanup=(), join=None,
         shell=getattr(parsed, "shell", None), prog=getattr(parsed, "prog", "satchel"),
         scratch=parsed.scratch, dns=parsed.dns, no_pid=no_pid, cleanup=tuple(cleanup),
         join=join)
+    opts.writable, opts.fakeroot = bool(parsed.writable), bool(parsed.fakeroot)
+    opts.share = not getattr(parsed, "no_share", False)
+    opts.ignore_subuid = bool(getattr(parsed, "ignore_subuid", False))
     if any(getattr(parsed, name, None) not in (None, [], False, "") for name in _LIMIT_DESTS):
         from satchel.runtime import cgroups  # resource limits: only when asked for
         opts.cgroup = cgroups.request_for_options(parsed)
@@ -147,6 +149,10 @@ def start_server(plan, early=None):
 
     early: the server action.py forked before anything was known (fuse.fork_builtin), so that
     it loads its libraries meanwhile: told which image to open, or cancelled.
+
+    A shared mount (ServerStart.share, runtime/share.py): if a container of this user runs
+    the same image, a share.SharedMount attaches a clone of its mount instead (the early
+    server is cancelled); else the new server's mount is shared once this container runs.
     """
     wanted = plan.server
     if wanted is None:
@@ -155,9 +161,18 @@ def start_server(plan, early=None):
         return None
     from satchel.runtime import fuse
 
+    claim = None
+    if getattr(wanted, "share", False):
+        from satchel.runtime import share
+        claim = share.claim(wanted.image, wanted.offset, os.getuid(), os.environ)
+        if claim is not None and claim.joined:
+            if early is not None:
+                early.cancel()
+            return share.SharedMount("image", claim, wanted.image)
     argv = list(wanted.fallback_argv)
     argv[0] = fuse.find_program(argv[0], os.environ, required=False)
     server = early or fuse.fork_builtin("image")
+    server.share = claim
     server.serve_image(wanted.image, wanted.offset, argv, wanted.reads)
     return server
 

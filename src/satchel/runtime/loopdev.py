@@ -78,7 +78,9 @@ def attach(image_path: str, offset: int, size: int, writable: bool = False,
                     raise ContainerError(f"finding a free loop device: {err.strerror}") from None
                 device = f"/dev/loop{number}"
                 try:
-                    loop_fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+                    # the kernel makes the device read-only unless it is opened for writing
+                    loop_fd = os.open(device, (os.O_RDWR if writable else os.O_RDONLY) |
+                                      os.O_CLOEXEC)
                 except OSError as err:
                     raise ContainerError(f"opening {device}: {err.strerror}") from None
                 try:

@@ -56,6 +56,12 @@ BIND_IMAGE_DIR = "bind_image_dir"  # sandbox dir   host dir         -
 MOUNT_OVERLAY = "mount_overlay"    # "overlay"     host dir         (lower, upper, work): root
 MOUNT_OVERLAY_FUSE = "mount_overlay_fuse"  # server name  host dir  (uid, gid): non-root
 MOUNT_FUSE = "mount_fuse"          # server name   container path   (uid, gid): --fusemount
+FAKEROOT_MAP = "fakeroot_map"      # -             -                (newuidmap args, newgidmap
+#                                    args): unshare the user namespace, a helper maps it
+FUSE2FS_PREPARE = "fuse2fs_prepare"  # layer name  -                (image, offset, size,
+#                                    read-only): lock the image, start fuse2fs (fuse2fs.py)
+MOUNT_EXT3 = "mount_ext3"          # layer name    host dir         - (fuse2fs' mount attached)
+MOUNT_EXT3_LOOP = "mount_ext3_loop"  # image path  host dir         (offset, size): root
 ENSURE_MOUNTPOINT = "ensure_mountpoint"  # -       container path   "dir" | "file" (underlay
                                    # if missing; "user": refused if it resolves to the root)
 BIND = "bind"                      # host path     container path   -
@@ -160,17 +166,19 @@ class ServerStart(_Frozen):
     squashfuse_ll argv it execs instead if its libraries are missing ('{fd}': the fd), and
     the container paths it reads ahead. FUSE_PREPARE "builtin" adopts the started server."""
 
-    __slots__ = ("image", "offset", "fallback_argv", "reads")
+    __slots__ = ("image", "offset", "fallback_argv", "reads", "share")
 
-    def __init__(self, image: str, offset: int, fallback_argv, reads=()):
+    def __init__(self, image: str, offset: int, fallback_argv, reads=(), share=False):
         _set(self, "image", image)
         _set(self, "offset", offset)
         _set(self, "fallback_argv", tuple(fallback_argv))
         _set(self, "reads", tuple(reads))
+        _set(self, "share", bool(share))  # one mount for this user's containers (share.py)
 
     def to_dict(self) -> dict:
         return {"image": self.image, "offset": self.offset,
-                "fallback": list(self.fallback_argv), "reads": list(self.reads)}
+                "fallback": list(self.fallback_argv), "reads": list(self.reads),
+                "share": self.share}
 
 
 class RunOptions:
@@ -184,7 +192,7 @@ class RunOptions:
                  "writable_tmpfs", "overlay", "pid", "ipc", "uts", "hostname", "net",
                  "network", "network_args", "no_eval", "instance_ready_fd", "join",
                  "shell", "gpu", "prog", "scratch", "dns", "no_pid", "cleanup", "cgroup",
-                 "fusemounts", "seccomp")
+                 "fusemounts", "seccomp", "writable", "fakeroot", "ignore_subuid", "share")
 
     def __init__(self, command: str = "exec", args=(), **values):
         self.command = command
@@ -217,6 +225,10 @@ class RunOptions:
         self.cgroup = None      # a cgroups.CgroupRequest (resource limits), or None
         self.fusemounts = ()    # --fusemount: fusemount.FuseMount objects (host programs)
         self.seccomp = None     # --security seccomp: the compiled filter (seccomp.py), or None
+        self.writable = False   # --writable: a sandbox the caller can write, a SIF's overlay
+        self.fakeroot = False   # --fakeroot: uid 0 of a user namespace (subordinate ids)
+        self.ignore_subuid = False  # --ignore-subuid: --fakeroot maps root alone
+        self.share = True       # --no-share: this container's image mount is its own
         for key, value in values.items():
             setattr(self, key, value)
 
@@ -299,8 +311,20 @@ class _Plan:
         self.session = session_dir or default_session_dir()
         self.root = self.session + "/root"
         self.network_args = _network_request(opts, self.warnings)
-        self.overlay = _overlay_request(opts, config, host, self.session)
+        self.fakeroot = None  # --fakeroot without privilege: overlays.fakeroot_maps()
+        self.layers = None    # overlays.Layers: --overlay, --writable, a SIF's overlay
+        if opts.overlay or opts.writable or opts.writable_tmpfs or opts.fakeroot or \
+                getattr(image, "overlay_part", None):
+            from satchel.runtime import overlays
+            if opts.fakeroot and self.rootless:
+                self.fakeroot = overlays.fakeroot_maps(host, opts.ignore_subuid)
+            self.layers = overlays.request(opts, config, host, image, self.session)
+        self.overlay = None if self.layers is None or not self.layers.overlaid else \
+            (self.layers.upper, self.layers.work, self.layers.tmpfs_upper)
         self.image_target = self.root if self.overlay is None else self.session + "/lower"
+        # the ids FUSE mounts admit: uid 0 of a --fakeroot namespace is the caller
+        self.fuse_ids = (0, 0) if self.fakeroot else (host.uid, host.gid)
+        self.fuse_flags = ("allow_other",) if self.fakeroot else ()
         self.server = _server_start(config, image, host.uid, opts) if self.rootless else None
         self.user_binds = _user_bind_specs(opts, config, host)
         self.home_src, self.home_dst, self.home_explicit = _home_dirs(opts, host)
@@ -397,22 +421,39 @@ def _namespaces(p: _Plan) -> None:
     the mount namespace exists, the FUSE servers (fuse.py says why); then the others."""
     host, config, image = p.host, p.config, p.image
     if p.rootless:
-        p.add(UNSHARE, data=("user",))
-        p.add(ID_MAP, data=(f"{host.uid} {host.uid} 1", f"{host.gid} {host.gid} 1"))
+        if p.fakeroot is not None and p.fakeroot[0] == "subid":
+            p.add(FAKEROOT_MAP, data=p.fakeroot[1:])
+        elif p.fakeroot is not None:  # root-mapped: the caller alone, as uid 0
+            p.add(UNSHARE, data=("user",))
+            p.add(ID_MAP, data=p.fakeroot[1:])
+        else:
+            p.add(UNSHARE, data=("user",))
+            p.add(ID_MAP, data=(f"{host.uid} {host.uid} 1", f"{host.gid} {host.gid} 1"))
         if p.server is not None:
             p.add(FUSE_PREPARE, "image", flags=("builtin",))
         elif image.kind != "sandbox":
             program = config.get("squashfuse path", "squashfuse_ll") or "squashfuse_ll"
             p.add(FUSE_PREPARE, "image", data=(
                 program, "-o", f"offset={image.fs_offset}", image.path, "/dev/fd/{fd}"))
+        for layer in p.layers.images if p.layers is not None else ():
+            if layer.fs == "ext3":  # fuse2fs mounts in a namespace of its own (fuse2fs.py)
+                p.add(FUSE2FS_PREPARE, layer.name,
+                      data=(layer.path, layer.offset, layer.size, layer.readonly))
+            else:
+                program = config.get("squashfuse path", "squashfuse_ll") or "squashfuse_ll"
+                p.add(FUSE_PREPARE, layer.name, data=(
+                    program, "-o", f"offset={layer.offset}", layer.path, "/dev/fd/{fd}"))
         if p.overlay is not None:
             # fuse-overlayfs must see the image mount (its lower layer): its helper takes a
             # private copy of the container's mounts before the overlay is mounted
             # (FUSE_SNAPSHOT), so the server pins neither the container nor its own mount
             upper, work, _ = p.overlay
             program = config.get("fuse-overlayfs path", "fuse-overlayfs") or "fuse-overlayfs"
-            options = (f"lowerdir={p.image_target},upperdir={upper},workdir={work},"
-                       f"squash_to_uid={host.uid},squash_to_gid={host.gid}")
+            options = "lowerdir=" + ":".join(p.layers.lowers + [p.image_target])
+            if upper is not None:
+                options += f",upperdir={upper},workdir={work}"
+            if p.fakeroot is None:
+                options += f",squash_to_uid={host.uid},squash_to_gid={host.gid}"
             p.add(FUSE_PREPARE, "overlay", data=(program, "-o", options, "/dev/fd/{fd}"))
     for mount in p.opts.fusemounts:  # --fusemount: its program serves from the host's mounts
         p.add(FUSE_PREPARE, mount.name, flags=() if mount.daemon else ("detach",),
@@ -434,6 +475,8 @@ def _session(p: _Plan) -> None:
     p.add(MKDIR, destination=p.root)
     if p.image_target != p.root:
         p.add(MKDIR, destination=p.image_target)
+    for layer in p.layers.images if p.layers is not None else ():
+        p.add(MKDIR, destination=layer.mountpoint)
     p.add(MKDIR, destination=p.session + "/files")
 
 
@@ -442,29 +485,57 @@ def _image(p: _Plan) -> None:
     image, host, target = p.image, p.host, p.image_target
     if image.kind == "sandbox":
         # like the SquashFS mount: a sandbox's device nodes and setuid bits grant nothing
-        p.add(BIND_IMAGE_DIR, image.path, target, ("rec", "ro", "nosuid", "nodev"))
+        writable = p.layers is not None and p.layers.sandbox_rw  # --writable
+        p.add(BIND_IMAGE_DIR, image.path, target,
+              ("rec", "nosuid", "nodev") if writable else ("rec", "ro", "nosuid", "nodev"))
     elif p.rootless:
-        p.add(MOUNT_SQUASHFS_FUSE, "image", target, ("ro", "nosuid", "nodev"),
-              (host.uid, host.gid))
+        p.add(MOUNT_SQUASHFS_FUSE, "image", target, ("ro", "nosuid", "nodev") + p.fuse_flags,
+              p.fuse_ids)
         p.add(FUSE_WAIT, "image")
         if p.config.get_bool("prefetch", True):
             p.add(PREFETCH, "image", data=first_reads(p.opts.command, p.opts.args))
     else:
         p.add(MOUNT_SQUASHFS_LOOP, image.path, target, ("ro", "nosuid", "nodev"),
               (image.fs_offset, image.fs_size))
+    _layers(p)
     if p.overlay is None:
         return
     upper, work, tmpfs_upper = p.overlay
-    # a directory of the user's: refused if a symlink or another user's (executor._owned_dir)
-    flags = () if tmpfs_upper else ("owned",)
-    p.add(MKDIR, destination=upper, flags=flags)
-    p.add(MKDIR, destination=work, flags=flags)
+    in_layer = any(not layer.readonly for layer in p.layers.images)
+    if upper is not None:
+        # a directory of the user's: refused if a symlink or another user's
+        # (executor._owned_dir); in an image mounted just now: no symlink followed ("layer")
+        flags = () if tmpfs_upper else ("layer",) if in_layer else ("owned",)
+        p.add(MKDIR, destination=upper, flags=flags)
+        p.add(MKDIR, destination=work, flags=flags)
     if p.rootless:
         p.add(FUSE_SNAPSHOT, "overlay")
-        p.add(MOUNT_OVERLAY_FUSE, "overlay", p.root, ("nosuid", "nodev"), (host.uid, host.gid))
-        p.add(FUSE_WAIT, "overlay", flags=("writable",))
+        p.add(MOUNT_OVERLAY_FUSE, "overlay", p.root, ("nosuid", "nodev") + p.fuse_flags,
+              p.fuse_ids)
+        p.add(FUSE_WAIT, "overlay", flags=("writable",) if upper is not None else ())
     else:
-        p.add(MOUNT_OVERLAY, "overlay", p.root, ("nosuid", "nodev"), (target, upper, work))
+        lower = ":".join(p.layers.lowers + [target])
+        p.add(MOUNT_OVERLAY, "overlay", p.root,
+              ("nosuid", "nodev") + (("layer",) if in_layer else ()), (lower, upper, work))
+
+
+def _layers(p: _Plan) -> None:
+    """The overlay images (--overlay files, a SIF's overlay partition), each on its mount
+    point in the session, before the overlay that stacks them."""
+    for layer in p.layers.images if p.layers is not None else ():
+        ro = ("ro",) if layer.readonly else ()
+        if layer.fs == "ext3" and p.rootless:
+            p.add(MOUNT_EXT3, layer.name, layer.mountpoint)
+        elif layer.fs == "ext3":
+            p.add(MOUNT_EXT3_LOOP, layer.path, layer.mountpoint, ro + ("nosuid", "nodev"),
+                  (layer.offset, layer.size))
+        elif p.rootless:
+            p.add(MOUNT_SQUASHFS_FUSE, layer.name, layer.mountpoint,
+                  ("ro", "nosuid", "nodev") + p.fuse_flags, p.fuse_ids)
+            p.add(FUSE_WAIT, layer.name)
+        else:
+            p.add(MOUNT_SQUASHFS_LOOP, layer.path, layer.mountpoint, ("ro", "nosuid", "nodev"),
+                  (layer.offset, layer.size))
 
 
 def _proc_and_sys(p: _Plan) -> None:
@@ -553,8 +624,8 @@ def _system_binds(p: _Plan) -> None:
 def _identity(p: _Plan) -> None:
     """Non-root: /etc/passwd and /etc/group of the image plus the caller's entries."""
     host, config = p.host, p.config
-    if not p.rootless:
-        return  # root keeps the image's own
+    if not p.rootless or p.fakeroot is not None:
+        return  # root (and --fakeroot's root) keeps the image's own
     files = p.session + "/files"
     if config.get_bool("config passwd", True) and "passwd" not in p.no_mount:
         shell = host.shell or "/bin/sh"
@@ -643,7 +714,9 @@ def _fusemounts(p: _Plan) -> None:
 def _switch_root(p: _Plan) -> None:
     p.add(PIVOT_ROOT, None, p.root)
     p.add(CHDIR, data=tuple(p.cwd), flags=("strict",) if p.opts.pwd else ())
-    p.add(DROP_CAPS)
+    # --fakeroot: root of the user namespace keeps its capabilities there (dpkg chowns files);
+    # they reach nothing outside it
+    p.add(DROP_CAPS, flags=("fakeroot",) if p.fakeroot is not None else ())
     p.add(CHECK_SHELL, None, "/bin/sh")
     if p.opts.seccomp is not None:  # last before the exec: after no_new_privs (DROP_CAPS)
         p.add(SECCOMP, data=p.opts.seccomp)
@@ -751,7 +824,17 @@ def _server_start(config, image, uid: int, opts: RunOptions):
     # the built-in server is already detached
     reads = first_reads(opts.command, opts.args) if config.get_bool("prefetch", True) else ()
     return ServerStart(image.path, image.fs_offset, (
-        program, "-f", "-o", f"offset={image.fs_offset}", image.path, "/dev/fd/{fd}"), reads)
+        program, "-f", "-o", f"offset={image.fs_offset}", image.path, "/dev/fd/{fd}"), reads,
+        _share(config, image, opts))
+
+
+def _share(config, image, opts: RunOptions) -> bool:
+    """Whether the image mount is shared with this user's other containers of the image
+    (runtime/share.py): the plain read-only image at the root, as `share image mounts` (the
+    admin) and --no-share leave it; not under an overlay, whose helper needs its own view."""
+    return (opts.share and config.get_bool("share image mounts", True)
+            and not (opts.overlay or opts.writable or opts.writable_tmpfs or opts.fakeroot
+                     or getattr(image, "overlay_part", None)))
 
 
 def _no_mount(values) -> frozenset:
@@ -940,31 +1023,3 @@ def _network_request(opts: RunOptions, warnings: list) -> tuple:
     if pairs:
         warnings.append("--network-args have no effect with --network none: ignored")
     return tuple(pairs)
-
-
-def _overlay_request(opts: RunOptions, config, host, session: str):
-    """(upper, work, upper_is_tmpfs) for --overlay/--writable-tmpfs, or None."""
-    if not opts.overlay and not opts.writable_tmpfs:
-        return None
-    if not config.get_bool("enable overlay", True):
-        raise ConfigError("overlay is disabled by the administrator (enable overlay = no)")
-    if opts.overlay and len(opts.overlay) > 1:
-        raise UsageError("only one --overlay directory is supported")
-    if opts.overlay:
-        value = opts.overlay[0]
-        path, _, mode = value.partition(":")
-        if mode not in ("", "rw"):
-            raise UsageError(f"--overlay {value}: read-only overlays are not supported yet")
-        if not path.startswith("/"):
-            path = posixpath.join(host.cwd or "/", path)
-        path = _clean(path)
-        kind = host.path_kind(path)
-        if kind is None:
-            raise ContainerError(f"overlay {value} does not exist")
-        if kind != "dir":
-            raise ContainerError(f"overlay {value}: overlay image files are not supported, "
-                                 "give a writable directory")
-        if not host.is_writable_dir(path):
-            raise ContainerError(f"overlay directory {value} is not writable by you")
-        return path + "/upper", path + "/work", False
-    return session + "/overlay/upper", session + "/overlay/work", True

@@ -1,0 +1,287 @@
+"""Writable containers as the real non-root user: --overlay with ext3 images (fuse2fs outside
+the container) and SIF overlay partitions, --writable, --fakeroot at run time, one writer at
+a time, data safety after SIGKILL, ENOSPC, and one FATAL line for bad input.
+
+The image is a SIF of mount points and merged-/usr links only; the host's /usr is bound over
+its /usr (as bench/pfs_bench does), so python3 and pip are the host's."""
+
+import base64
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from support.fixtures_runtime import live_processes, wait_until
+from support.fixtures_users import SATCHEL, run_satchel
+
+from satchel.runtime import imagelock
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PIP = ["python3", "-m", "pip", "install", "-q", "--no-index", "--no-cache-dir",
+       "--disable-pip-version-check", "--target", "/opt/site"]
+IMPORT = "import sys; sys.path.insert(0, '/opt/site'); import tinypkg; print(tinypkg.VALUE)"
+
+
+@pytest.fixture(scope="module")
+def usr_sif(image_dir):
+    """A SIF whose /usr is empty (bound from the host) and a wheel beside it."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import pfs_bench
+    work = os.path.join(image_dir, "overlay-rt")
+    os.makedirs(os.path.join(work, "empty"))
+    path = os.path.join(work, "usr.sif")
+    pfs_bench.build_sif(os.path.join(work, "empty"), os.path.join(work, "rootfs"), path)
+    shutil.rmtree(os.path.join(work, "rootfs"))
+    os.chmod(path, 0o644)
+    os.chmod(_wheel(work), 0o644)
+    os.chmod(work, 0o755)
+    return path
+
+
+def _wheel(directory: str) -> str:
+    """tinypkg-1.0-py3-none-any.whl, written by hand (no network, no build backend)."""
+    files = {"tinypkg/__init__.py": b"VALUE = 42\n",
+             "tinypkg-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: tinypkg\n"
+                                                b"Version: 1.0\n",
+             "tinypkg-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\n"
+                                            b"Root-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = ""
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record += f"{name},sha256={digest},{len(data)}\n"
+    files["tinypkg-1.0.dist-info/RECORD"] = (record + "tinypkg-1.0.dist-info/RECORD,,\n").encode()
+    path = os.path.join(directory, "tinypkg-1.0-py3-none-any.whl")
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return path
+
+
+def _wheel_of(usr_sif: str) -> str:
+    return os.path.join(os.path.dirname(usr_sif), "tinypkg-1.0-py3-none-any.whl")
+
+
+def _exec(user, *args, **kw):
+    """satchel exec with the host's /usr bound (the SIF has none of its own)."""
+    return run_satchel(["exec", "-B", "/usr", *args], user=user, **kw)
+
+
+def _fsck(image: str, offset: int = 0) -> subprocess.CompletedProcess:
+    name = image + (f"?offset={offset}" if offset else "")
+    return subprocess.run(["/sbin/e2fsck", "-fn", name], capture_output=True, text=True)
+
+
+def _released(image: str, timeout: float = 10) -> bool:
+    """Whether the image's write lock is free (its fuse2fs finished) within timeout."""
+    def free() -> bool:
+        fd = os.open(image, os.O_RDWR)
+        try:
+            return imagelock.try_lock(fd, 0, 0, True)
+        finally:
+            os.close(fd)
+    return wait_until(free, timeout)
+
+
+def _fatal_only(r) -> None:
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert lines and lines[0].startswith("FATAL:   "), r.stderr
+    assert all(line.startswith("         hint:") for line in lines[1:]), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def _no_servers(user) -> bool:
+    return not [pid for name in ("fuse2fs", "fuse-overlayfs")
+                for pid in live_processes(name) if os.stat(f"/proc/{pid}").st_uid == user.uid]
+
+
+def test_pip_install_into_overlay_image_then_import(test_user, user_tmp, usr_sif):
+    """A non-root user creates an overlay, pip-installs a local wheel into it, imports it at
+    the next run (read-only)."""
+    image = os.path.join(user_tmp, "overlay.img")
+    run_satchel(["overlay", "create", "--create-dir", "/opt/site", image], user=test_user,
+                check=True)
+    r = _exec(test_user, "--overlay", image, usr_sif, *PIP, _wheel_of(usr_sif))
+    assert r.returncode == 0, r.stderr
+    r = _exec(test_user, "--overlay", image + ":ro", usr_sif, "python3", "-c", IMPORT)
+    assert r.returncode == 0 and r.stdout.strip() == "42", r.stderr
+    assert _released(image) and _fsck(image).returncode == 0
+    assert wait_until(lambda: _no_servers(test_user), 5)
+
+
+def test_pip_install_into_sif_overlay_partition_with_writable(test_user, user_tmp, usr_sif):
+    """The same into a SIF's own overlay partition with --writable; the next run (without
+    --writable) sees it read-only."""
+    image = os.path.join(user_tmp, "image.sif")
+    shutil.copy(usr_sif, image)
+    os.chown(image, test_user.uid, test_user.gid)
+    run_satchel(["overlay", "create", "--create-dir", "/opt/site", image], user=test_user,
+                check=True)
+    r = _exec(test_user, "--writable", image, *PIP, _wheel_of(usr_sif))
+    assert r.returncode == 0, r.stderr
+    r = _exec(test_user, image, "python3", "-c", IMPORT)
+    assert r.returncode == 0 and r.stdout.strip() == "42", r.stderr
+    r = _exec(test_user, image, "touch", "/opt/site/x")
+    assert r.returncode != 0  # without --writable the partition is read-only
+
+
+@pytest.mark.parametrize("subuid", [True, False], ids=["subuid", "root-mapped"])
+def test_fakeroot_writable_sandbox_owners_on_host(test_user, user_tmp, busybox_sandbox,
+                                                  subuid):
+    """--fakeroot --writable on the user's sandbox: files root made belong to the user on the
+    host, a chown to 42 lands in the user's subordinate range; without a range (here
+    --ignore-subuid) root alone is mapped, with one INFO line."""
+    sandbox = os.path.join(user_tmp, "sandbox")
+    shutil.copytree(busybox_sandbox, sandbox, symlinks=True)
+    subprocess.run(["chown", "-R", f"{test_user.uid}:{test_user.gid}", sandbox], check=True)
+    script = "id -u; touch /rootfile; mkdir -p /opt && touch /opt/f42 && chown 42:42 /opt/f42"
+    extra = [] if subuid else ["--ignore-subuid"]
+    r = _exec(test_user, "--fakeroot", "--writable", *extra, sandbox, "sh", "-c", script)
+    assert r.stdout.splitlines()[:1] == ["0"], r.stderr
+    assert os.stat(os.path.join(sandbox, "rootfile")).st_uid == test_user.uid
+    if subuid:
+        assert r.returncode == 0, r.stderr
+        start = int(open("/etc/subuid").read().split(f"{test_user.name}:")[1].split(":")[0])
+        assert os.stat(os.path.join(sandbox, "opt/f42")).st_uid == start + 41
+    else:
+        assert r.returncode != 0  # chown to an unmapped id fails in a root-mapped namespace
+        assert r.stderr.count("INFO:") == 1 and "root-mapped" in r.stderr
+
+
+def _start_writer(user, image, usr_sif, marker, script):
+    return subprocess.Popen(
+        user.argv([SATCHEL, "exec", "--overlay", image, "-B", "/usr", usr_sif, "python3", "-c",
+                   script + f"\nopen({marker!r}, 'w').close()\nimport time\ntime.sleep(60)"]),
+        env=user.env(), cwd=user.home, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+_WRITE = ("import os\n"
+          "fd = os.open('/opt/site/kept', os.O_WRONLY | os.O_CREAT, 0o644)\n"
+          "os.write(fd, b'fsynced'); os.fsync(fd); os.close(fd)\n"
+          "os.makedirs('/opt/site/many')\n"
+          "for i in range(300):\n"
+          "    open(f'/opt/site/many/{i}', 'w').write(str(i) * 100)\n")
+
+
+@pytest.mark.parametrize("victim", ["container", "fuse2fs", "fuse-overlayfs"])
+def test_sigkill_leaves_a_clean_image_with_fsynced_data(test_user, user_tmp, usr_sif, victim):
+    """SIGKILL of the container, of fuse2fs or of fuse-overlayfs: the image passes e2fsck -fn
+    once its lock is free, and what was fsynced is there at the next run."""
+    image = os.path.join(user_tmp, "overlay.img")
+    run_satchel(["overlay", "create", "--create-dir", "/opt/site", image], user=test_user,
+                check=True)
+    marker = os.path.join(user_tmp, "ready")
+    proc = _start_writer(test_user, image, usr_sif, marker, _WRITE)
+    try:
+        assert wait_until(lambda: os.path.exists(marker), 30), proc.stderr.read1()
+        if victim == "container":
+            proc.kill()
+        else:
+            pids = [p for p in live_processes(victim) if os.stat(f"/proc/{p}").st_uid ==
+                    test_user.uid]
+            assert pids
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            proc.kill()
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert _released(image), "fuse2fs still holds the image"
+    check = _fsck(image)
+    assert check.returncode == 0, check.stdout
+    r = _exec(test_user, "--overlay", image + ":ro", usr_sif, "cat", "/opt/site/kept")
+    assert r.returncode == 0 and r.stdout == "fsynced", r.stderr
+
+
+def test_one_writer_at_a_time_readers_share(test_user, user_tmp, usr_sif):
+    """A second writable use of an image in use is refused in one line; :ro users share."""
+    image = os.path.join(user_tmp, "overlay.img")
+    run_satchel(["overlay", "create", "--create-dir", "/opt/site", image], user=test_user,
+                check=True)
+    marker = os.path.join(user_tmp, "ready")
+    proc = _start_writer(test_user, image, usr_sif, marker, "")
+    try:
+        assert wait_until(lambda: os.path.exists(marker), 30), proc.stderr.read1()
+        r = _exec(test_user, "--overlay", image, usr_sif, "true")
+        _fatal_only(r)
+        assert "in use by another container" in r.stderr
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _released(image)
+    readers = [subprocess.Popen(test_user.argv([SATCHEL, "exec", "-B", "/usr", "--overlay",
+                                                image + ":ro", usr_sif, "sh", "-c",
+                                                f"touch {marker}{i}; sleep 3"]),
+                                env=test_user.env(), cwd=test_user.home,
+                                stderr=subprocess.PIPE) for i in range(2)]
+    for reader in readers:
+        assert reader.wait(30) == 0, reader.stderr.read()
+
+
+def test_full_overlay_gives_enospc_inside(test_user, user_tmp, usr_sif):
+    image = os.path.join(user_tmp, "small.img")
+    run_satchel(["overlay", "create", "--create-dir", "/opt/site", image], user=test_user,
+                check=True)
+    r = _exec(test_user, "--overlay", image, usr_sif, "sh", "-c",
+              "dd if=/dev/zero of=/opt/site/big bs=1M count=100; echo rc=$?")
+    assert "No space left on device" in r.stderr and "rc=1" in r.stdout, r.stderr
+    assert _released(image) and _fsck(image).returncode == 0
+
+
+def test_bad_overlays_are_one_fatal_line_and_leave_nothing(test_user, user_tmp, usr_sif,
+                                                           busybox_sandbox):
+    """Not ext3; another user's image without :ro; --writable on a sandbox the caller cannot
+    write; a SIF whose overlay partition is corrupt: one FATAL line, no server left."""
+    text = os.path.join(user_tmp, "notes.txt")
+    with open(text, "w") as fh:
+        fh.write("x" * 4096)
+    os.chown(text, test_user.uid, test_user.gid)
+    theirs = os.path.join(user_tmp, "root.img")
+    run_satchel(["overlay", "create", theirs], check=True)  # root's, mode 0600
+    os.chmod(theirs, 0o644)
+    corrupt = os.path.join(user_tmp, "corrupt.sif")
+    shutil.copy(usr_sif, corrupt)
+    run_satchel(["overlay", "create", corrupt], check=True)
+    from satchel.image import overlay, sif
+    with sif.SIFFile.open(corrupt) as f:
+        offset, _ = overlay.sif_overlay(f)
+    with open(corrupt, "r+b") as fh:  # wipe the ext3 superblock
+        fh.seek(offset + 1024)
+        fh.write(bytes(1024))
+    os.chmod(corrupt, 0o644)
+    cases = [
+        (["--overlay", text, usr_sif], "not an ext3 file system"),
+        (["--overlay", theirs, usr_sif], "not writable by you"),
+        (["--writable", busybox_sandbox], "is not writable by you"),
+        ([corrupt], "overlay partition of"),
+        (["--overlay", corrupt + ":ro", usr_sif], "is corrupt"),
+    ]
+    for args, expected in cases:
+        r = _exec(test_user, *args, "true")
+        _fatal_only(r)
+        assert expected in r.stderr, (args, r.stderr)
+    r = _exec(test_user, "--overlay", theirs + ":ro", usr_sif, "ls", "/")
+    assert r.returncode == 0, r.stderr  # read-only use of another's readable image is fine
+    assert wait_until(lambda: _no_servers(test_user), 5)
+
+
+def test_root_uses_a_loop_device_and_kernel_ext3(user_tmp, usr_sif):
+    """As root: the image on a read-write loop device (kernel ext3, journaled), gone after."""
+    image = os.path.join(user_tmp, "root.img")
+    run_satchel(["overlay", "create", "--create-dir", "/opt/site", image], check=True)
+    r = run_satchel(["exec", "-B", "/usr", "--overlay", image, usr_sif, "sh", "-c",
+                     "echo root > /opt/site/f && grep ' / ' /proc/self/mountinfo"])
+    assert r.returncode == 0 and " overlay " in r.stdout, r.stderr
+    r = run_satchel(["exec", "-B", "/usr", "--overlay", image + ":ro", usr_sif, "cat",
+                     "/opt/site/f"])
+    assert r.stdout == "root\n", r.stderr
+    assert wait_until(lambda: image not in subprocess.run(["losetup", "-a"], text=True,
+                                                          capture_output=True).stdout, 5)
+    assert _fsck(image).returncode == 0
