@@ -14,9 +14,9 @@ How a launch finds a live mount, and why nothing outlives the containers:
 - The containers of one image are recorded in a per-user directory ($XDG_RUNTIME_DIR/satchel, else
   /tmp/satchel-UID; created 0700, opened O_NOFOLLOW, used only if it is the caller's and
   private; every file in it opened by that directory's descriptor with O_NOFOLLOW): KEY.members
-  lists "PID STARTTIME DEV" per container whose root is the shared mount (DEV: its device
-  number), KEY.lock serializes the launches of one image. KEY names the image file's identity
-  (device, inode, size, mtime) and the partition's offset: an image rewritten in place is
+  lists "PID STARTTIME DEV OFFSET" per container whose root is the shared mount (DEV: its
+  device number; OFFSET: the partition's), KEY.lock serializes the launches of one image. KEY
+  names the image file's identity (device, inode, size, mtime): an image rewritten in place is
   another image.
 - A launch, under the lock, tries the recorded containers (latest first): a helper process
   joins one's user and mount namespaces through a pidfd (opened, then checked against the
@@ -73,10 +73,9 @@ def runtime_dir(uid: int, environ) -> int | None:
     return None
 
 
-def image_key(path: str, offset: int) -> str:
+def image_key(path: str) -> str:
     st = os.stat(path)
-    return (f"{st.st_dev:x}-{st.st_ino:x}-{offset:x}-{st.st_size:x}-"
-            f"{st.st_mtime_ns:x}")
+    return f"{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"
 
 
 def start_time(pid: int) -> str | None:
@@ -98,11 +97,12 @@ class Claim:
     come meanwhile wait for this one's mount.
     """
 
-    __slots__ = ("dir_fd", "key", "lock_fd", "mount_fd", "dev", "pid", "start")
+    __slots__ = ("dir_fd", "key", "offset", "lock_fd", "mount_fd", "dev", "pid", "start")
 
-    def __init__(self, dir_fd: int, key: str, lock_fd: int):
+    def __init__(self, dir_fd: int, key: str, offset: int, lock_fd: int):
         self.dir_fd = dir_fd
         self.key = key
+        self.offset = offset
         self.lock_fd = lock_fd
         self.mount_fd = -1
         self.dev = None
@@ -133,7 +133,7 @@ class Claim:
                 _lock(self.lock_fd, WAIT_S)
             members = [m for m in _read_members(self.dir_fd, self.key)
                        if start_time(int(m[0])) == m[1] and m[0] != str(self.pid)]
-            members.append((str(self.pid), self.start, str(dev)))
+            members.append((str(self.pid), self.start, str(dev), str(self.offset)))
             _write_members(self.dir_fd, self.key, members)
         except (OSError, ValueError, ContainerError):
             pass  # sharing is an optimization: this container runs regardless
@@ -162,14 +162,16 @@ def claim(image: str, offset: int, uid: int, environ) -> Claim | None:
         return None
     lock_fd = -1
     try:
-        key = image_key(image, offset)
+        key = image_key(image)
         lock_fd = _open_lock(dir_fd, key)
         _lock(lock_fd, WAIT_S)
-        result = Claim(dir_fd, key, lock_fd)
+        result = Claim(dir_fd, key, offset, lock_fd)
         tried = 0
-        for pid, start, dev in reversed(_read_members(dir_fd, key)):
+        for pid, start, dev, part in reversed(_read_members(dir_fd, key)):
             if tried >= MAX_TRIED:
                 break
+            if part != str(offset):
+                continue
             tried += 1
             fd = _clone_root_of(int(pid), start, int(dev))
             if fd is not None:
@@ -184,6 +186,21 @@ def claim(image: str, offset: int, uid: int, environ) -> Claim | None:
             os.close(lock_fd)
         os.close(dir_fd)
         return None
+
+
+def likely_joined(image: str, uid: int, environ) -> bool:
+    """Whether a container of this user runs the image now (its last record is alive): then
+    the launcher forks no early server (fuse.fork_builtin), which it would cancel."""
+    dir_fd = runtime_dir(uid, environ)
+    if dir_fd is None:
+        return False
+    try:
+        members = _read_members(dir_fd, image_key(image))
+        return bool(members) and start_time(int(members[-1][0])) == members[-1][1]
+    except (OSError, ValueError):
+        return False
+    finally:
+        os.close(dir_fd)
 
 
 def root_mount_dev() -> int | None:
@@ -239,7 +256,7 @@ def _unlock(fd: int) -> None:
     fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def _read_members(dir_fd: int, key: str) -> list[tuple[str, str, str]]:
+def _read_members(dir_fd: int, key: str) -> list[tuple[str, str, str, str]]:
     try:
         fd = os.open(key + ".members", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC |
                      os.O_NONBLOCK, dir_fd=dir_fd)
@@ -254,8 +271,8 @@ def _read_members(dir_fd: int, key: str) -> list[tuple[str, str, str]]:
     members = []
     for line in data.decode(errors="replace").splitlines():
         fields = line.split()
-        if len(fields) == 3 and fields[0].isdigit() and fields[2].isdigit():
-            members.append((fields[0], fields[1], fields[2]))
+        if len(fields) == 4 and fields[0].isdigit() and fields[2].isdigit():
+            members.append((fields[0], fields[1], fields[2], fields[3]))
     return members
 
 
@@ -265,7 +282,7 @@ def _write_members(dir_fd: int, key: str, members) -> None:
         if (os.fstat(fd).st_mode & 0o170000) != 0o100000:
             return
         os.ftruncate(fd, 0)
-        data = "".join(f"{pid} {start} {dev}\n" for pid, start, dev in members[-256:])
+        data = "".join(" ".join(member) + "\n" for member in members[-256:])
         os.pwrite(fd, data.encode(), 0)
     finally:
         os.close(fd)

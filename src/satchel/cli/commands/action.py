@@ -224,9 +224,11 @@ def run(name: str, parsed) -> int:
             and not launch.is_uri(target) and _regular_file(target)):
         # an image file, run without privilege: a FUSE server will likely serve it. Forked
         # now, it loads its libraries while we import and plan (launch.start_server then
-        # tells it the image, or cancels it).
-        from satchel.runtime import fuse
-        early = fuse.fork_builtin("image")
+        # tells it the image, or cancels it). Not when this user's container of the image
+        # runs: its mount is joined (runtime/share.py) and the server would be cancelled.
+        from satchel.runtime import fuse, share
+        if parsed.no_share or not share.likely_joined(target, os.getuid(), os.environ):
+            early = fuse.fork_builtin("image")
     from satchel import log
 
     try:
