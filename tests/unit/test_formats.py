@@ -32,7 +32,6 @@ def _sif(tmp_path, sqfs, **kw):
 def test_sandbox(tmp_path):
     ref = open_image(str(tmp_path))
     assert (ref.kind, ref.path, ref.fs_offset, ref.fs_size) == ("sandbox", str(tmp_path), 0, 0)
-    assert not ref.is_squashfs
 
 
 def test_bare_squashfs_and_relative_path(sqfs, monkeypatch):

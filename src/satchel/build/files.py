@@ -166,12 +166,9 @@ def _copy(host_src: str, rootfs: str, container_path: str, active: set, skip: fr
 
 def _copy_data(src_fd: int, dst_fd: int, size: int) -> None:
     try:
-        copied = 0
-        while True:
-            n = os.copy_file_range(src_fd, dst_fd, 1 << 30)
-            if n == 0:
-                return
-            copied += n
+        while os.copy_file_range(src_fd, dst_fd, 1 << 30):
+            pass
+        return
     except OSError:
         os.lseek(src_fd, 0, os.SEEK_SET)
         os.lseek(dst_fd, 0, os.SEEK_SET)

@@ -52,10 +52,6 @@ class ImageRef:
         return (f"ImageRef({self.path!r}, {self.kind!r}, offset={self.fs_offset}, "
                 f"size={self.fs_size}, fs={self.fs_type!r})")
 
-    @property
-    def is_squashfs(self) -> bool:
-        return self.kind != "sandbox"
-
 
 def open_image(path: str) -> ImageRef:
     """Identify the image at `path` (see the module docstring); ImageError if it is not one."""

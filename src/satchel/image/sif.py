@@ -507,7 +507,7 @@ class SIFFile:
     def __enter__(self) -> "SIFFile":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *_exc) -> None:
         self.close()
 
     def __repr__(self) -> str:

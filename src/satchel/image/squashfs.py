@@ -20,7 +20,6 @@ DEFAULT_COMPRESSION = "zstd"
 ZSTD_LEVEL = "3"
 COMPRESSIONS = ("gzip", "zstd", "lz4", "xz", "lzo", "lzma", "none")
 ENV_COMPRESSION = "SATCHEL_SQUASHFS_COMP"
-SQUASHFS_MAGIC = b"hsqs"
 
 
 def tool(name: str) -> str:
@@ -200,12 +199,3 @@ def list_paths(image: str, offset: int = 0, under: str = "/") -> list[str]:
         if line.startswith("squashfs-root"):
             out.append(line[len("squashfs-root"):] or "/")
     return out
-
-
-def is_squashfs(path: str, offset: int = 0) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            return fh.read(4) == SQUASHFS_MAGIC
-    except OSError:
-        return False

@@ -328,15 +328,6 @@ def _members(ns_inode: int, owner_uid: int | None):
             process.close()
 
 
-def namespace_members(ns_inode: int, uid: int | None) -> list[int]:
-    """Pids of the live processes (that `uid` owns, if given) in mount namespace `ns_inode`."""
-    pids = []
-    for process in _members(ns_inode, uid):
-        pids.append(process.pid)
-        process.close()
-    return pids
-
-
 def _kill_namespace(ns_inode: int, owner_uid: int | None) -> None:
     """SIGKILL every process still in the mount namespace: all of them for root's own
     instances, only those `owner_uid` could signal itself otherwise (root serving -u USER

@@ -607,7 +607,7 @@ class _Lock:
             os.close(dfd)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *_exc) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

@@ -358,11 +358,3 @@ class Extractor:
                 self._remove(path)
             elif os.path.isdir(path) and not os.path.islink(path):
                 self._make_opaque(path)
-
-
-def apply_layers(root: str, layers, as_root: bool | None = None) -> Stats:
-    """Apply `layers` — (name, tar byte stream) pairs — in order; returns the statistics."""
-    extractor = Extractor(root, as_root)
-    for name, stream in layers:
-        extractor.apply(stream, name)
-    return extractor.finish()

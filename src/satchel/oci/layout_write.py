@@ -18,7 +18,6 @@ from satchel.oci import manifest as mt
 
 REF_NAME = "org.opencontainers.image.ref.name"
 LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
-COPY_BLOCK = 1 << 20
 
 
 def _index(image, tag: str, existing: dict | None = None) -> bytes:

@@ -70,9 +70,6 @@ class DockerRef:
             name += f"@{self.digest}"
         return "docker://" + name
 
-    def with_digest(self, digest: str) -> "DockerRef":
-        return DockerRef(self.registry, self.repository, self.tag, digest, self.scheme)
-
 
 class LocalRef:
     """An image in a local file: docker-archive, oci-archive tar, or an OCI layout directory."""
@@ -94,10 +91,6 @@ def split_transport(uri: str) -> tuple[str, str]:
     if sep and (transport in TRANSPORTS or rest.startswith("//")):
         return transport, rest
     return "", uri
-
-
-def is_oci_uri(uri: str) -> bool:
-    return split_transport(uri)[0] in TRANSPORTS
 
 
 def parse(uri: str) -> DockerRef | LocalRef:

@@ -19,9 +19,6 @@ import tempfile
 
 from satchel.errors import UsageError
 
-# what is_uri() recognises without importing this module (action.py keeps a copy of the
-# prefixes: it must decide before importing anything)
-PULL_SCHEMES = ("docker://", "oci-archive:", "docker-archive:", "oci:")
 REFUSED_SCHEMES = {
     "library://": "library:// images need a library, and no library endpoint is configured "
                   "here: pull the image elsewhere or use docker:// or oras://",

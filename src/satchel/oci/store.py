@@ -18,10 +18,6 @@ from satchel.errors import OCIError
 JSON_LIMIT = 16 << 20
 
 
-def _normal(name: str) -> str:
-    return posixpath.normpath(name.lstrip("/")).lstrip("./") if name not in (".", "./") else ""
-
-
 class DirStore:
     def __init__(self, root: str, what: str):
         if not os.path.isdir(root):

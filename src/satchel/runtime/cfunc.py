@@ -60,7 +60,6 @@ class Library:
     """A loaded shared object (None: the program itself, i.e. libc's symbols)."""
 
     def __init__(self, name: str | None = None):
-        self._name = name
         self._handle = _ctypes.dlopen(name, os.RTLD_LOCAL)
 
     def address(self, name: str) -> int:

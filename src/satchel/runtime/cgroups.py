@@ -25,7 +25,6 @@ import os
 
 from satchel.errors import ContainerError, UsageError
 
-CGROUP_ROOT = "/sys/fs/cgroup"
 CPU_PERIOD = 100000  # microseconds: --cpus N means a quota of N periods per period
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 from satchel.errors import UsageError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-LIBS_DIR = "/.singularity.d/libs"
 ALWAYS_PASS = frozenset((
     "TERM", "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY",
     "all_proxy", "ALL_PROXY", "ftp_proxy", "FTP_PROXY",

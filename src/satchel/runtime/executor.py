@@ -39,7 +39,7 @@ def _mount_attrs(op) -> int:
 
 
 class Executor:
-    __slots__ = ("plan", "root", "underlays", "fuse", "in_init", "early", "ensured", "root_fd",
+    __slots__ = ("plan", "root", "underlays", "fuse", "early", "ensured", "root_fd",
                  "held", "mounted", "skip")
 
     def __init__(self, plan, early=None):
@@ -48,7 +48,6 @@ class Executor:
         self.root = plan.root
         self.underlays = underlay.Underlays(plan.session)
         self.fuse = {}
-        self.in_init = False
         # Container paths are mounted onto through O_PATH descriptors (see underlay.py): a
         # user who owns the image may rename its entries while we stage it.
         self.ensured = None  # (container path, fd) ENSURE_MOUNTPOINT just resolved
@@ -700,7 +699,6 @@ class Executor:
         from satchel.runtime import supervisor
 
         supervisor.fork_init()  # returns only in the child, pid 1 of the new namespace
-        self.in_init = True
 
     def op_pivot_root(self, op) -> None:
         if self.root_fd is not None:

@@ -78,13 +78,6 @@ class HostInfo:
     def is_writable_dir(self, path: str) -> bool:
         return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
 
-    def read_text(self, path: str) -> str | None:
-        try:
-            with open(path, encoding="utf-8", errors="replace") as fh:
-                return fh.read()
-        except OSError:
-            return None
-
 
 def _group_names(gids) -> dict:
     import grp

@@ -38,17 +38,14 @@ MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
-MS_REMOUNT = 0x20
 MS_NOATIME = 0x400
 MS_BIND = 0x1000
-MS_MOVE = 0x2000
 MS_REC = 0x4000
 MS_UNBINDABLE = 0x20000
 MS_PRIVATE = 0x40000
 MS_SLAVE = 0x80000
 MS_RELATIME = 0x200000
 MNT_DETACH = 2
-UMOUNT_NOFOLLOW = 8
 
 # mount_setattr(2): changes flags of a whole mount tree in one call and, unlike a remount,
 # does not need the caller to restate flags the kernel locked in a user namespace.

@@ -51,7 +51,7 @@ _CONN_CAPABLE, _CONN_WANT = 20, 24
 FUSE_CAP_CACHE_SYMLINKS = 1 << 23
 
 
-def _init(userdata, conn) -> None:
+def _init(_userdata, conn) -> None:
     """FUSE INIT handler: let the kernel cache symbolic links.
 
     The image is read-only, so a link's target never changes; without the flag every path
