@@ -161,6 +161,21 @@ def test_fifo_in_an_oci_layout_or_as_an_archive(who, planted):
         assert not os.path.exists(target)
 
 
+def test_fifo_or_device_given_as_the_build_source(who):
+    """Attack: a FIFO (or a device) named as the build's source (definition file or image).
+    Promise: one FATAL line saying what it is, at once: no open that waits for a writer (the
+    head of a source is read through fsutil.open_regular), no "not found", nothing built."""
+    work = who.tmp()
+    fifo = os.path.join(work, "image.def")
+    plant_fifo(fifo, who.uid, who.gid)
+    target = os.path.join(work, "out.sif")
+    r = who.run(["build", target, fifo], timeout=HANG, cwd=work)
+    one_fatal(r, f"build source {fifo} is a FIFO, not a definition file")
+    r = who.run(["build", target, "/dev/zero"], timeout=HANG, cwd=work)
+    one_fatal(r, "build source /dev/zero is a character device")
+    assert not os.path.exists(target)
+
+
 # -- 8: bytes that are not UTF-8 text -----------------------------------------------------------
 
 @pytest.mark.parametrize("content, message", [

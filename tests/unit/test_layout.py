@@ -63,6 +63,18 @@ def test_prepare_keeps_existing_files_without_overwrite(rootfs):
     assert "echo mine" not in open(os.path.join(rootfs, ".singularity.d", "runscript")).read()
 
 
+def test_fetch_result_keep_layout_keeps_the_image_files(rootfs):
+    """An agent whose rootfs has its own /.singularity.d (localimage, oras, a SIF exported to
+    OCI and converted back) says so in its FetchResult; prepare() then keeps its runscript."""
+    os.makedirs(os.path.join(rootfs, ".singularity.d"))
+    with open(os.path.join(rootfs, ".singularity.d", "runscript"), "w") as fh:
+        fh.write("#!/bin/sh\necho mine\n")
+    layout.prepare(rootfs, FetchResult(keep_layout=True))
+    assert "echo mine" in open(os.path.join(rootfs, ".singularity.d", "runscript")).read()
+    layout.prepare(rootfs, FetchResult())
+    assert "echo mine" not in open(os.path.join(rootfs, ".singularity.d", "runscript")).read()
+
+
 def test_image_symlinks_cannot_redirect_writes_outside(tmp_path, rootfs):
     host = tmp_path / "host"
     host.mkdir()

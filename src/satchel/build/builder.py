@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import time
 
 from satchel import fsutil, log
@@ -79,20 +80,31 @@ class Step:
         self.start = time.monotonic()
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type, _exc, _tb):
         if exc_type is None:
             log.info(f"  done in {time.monotonic() - self.start:.2f} s")
         return False
 
 
 def _looks_like_image(path: str) -> bool:
-    """A SIF, SquashFS or .simg file (else the source is read as a definition file)."""
+    """A SIF, SquashFS or .simg file (else the source is read as a definition file).
+
+    The head is read through fsutil.open_regular: a source swapped for a FIFO after
+    load_source looked at it must not block the build waiting for a writer.
+    """
     from satchel.image.formats import open_image
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(64)
+        fd = fsutil.open_regular(path, follow=True)
+    except fsutil.NotRegularFileError as err:
+        raise BuildError(f"build source {path} {err.strerror}") from None
     except OSError:
         return False
+    try:
+        head = os.read(fd, 64)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
     if head[32:41] != b"SIF_MAGIC" and not head.startswith(b"hsqs") and not head.startswith(b"#!"):
         return False
     try:
@@ -107,9 +119,16 @@ _SINGLE_COLON_TRANSPORTS = ("docker-archive", "oci-archive", "oci", "docker-daem
 
 def load_source(source: str, options: BuildOptions) -> list[deffile.Definition]:
     """SOURCE -> stages: a definition file, a URI (docker://x), a SIF/SquashFS or a sandbox."""
-    if os.path.isdir(source):
+    try:
+        mode = os.stat(source).st_mode
+    except (OSError, ValueError):
+        mode = 0  # not a file: a URI, or a name nothing answers to
+    if stat.S_ISDIR(mode):
         return [deffile.from_uri("localimage://" + os.path.abspath(source))]
-    if os.path.isfile(source):
+    if mode and not stat.S_ISREG(mode):
+        raise BuildError(f"build source {source} is {fsutil.file_kind(mode)}, not a definition "
+                         "file, image or sandbox directory")
+    if mode:
         if _looks_like_image(source):
             return [deffile.from_uri("localimage://" + os.path.abspath(source))]
         build_args = deffile.parse_build_args(options.build_args, options.build_arg_file)
@@ -273,8 +292,7 @@ def build_stage(stage, rootfs: str, workdir: str, options: BuildOptions,
         ctx = agents.AgentContext(stage, rootfs, workdir, fakeroot=fakeroot, options=options)
         with Step(f"Bootstrapping the root filesystem with the {stage.bootstrap} agent"):
             result = agent.fetch(ctx)
-        layout.prepare(rootfs, result,
-                       overwrite=not getattr(agent, "KEEP_EXISTING_LAYOUT", False))
+        layout.prepare(rootfs, result)
     else:
         layout.prepare(rootfs, None, overwrite=False)
 
@@ -350,7 +368,6 @@ def run_post(rootfs: str, post, staged) -> None:
 
 def fix_permissions(rootfs: str) -> None:
     """--fix-perms: owner rwX everywhere, so a non-root user can later modify/remove the tree."""
-    import stat
     for dirpath, dirnames, filenames in os.walk(rootfs):
         for name in dirnames + filenames:
             path = os.path.join(dirpath, name)

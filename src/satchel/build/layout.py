@@ -273,8 +273,11 @@ def make_link(rootfs: str, link: str, target: str) -> None:
 def prepare(rootfs: str, fetch_result=None, overwrite: bool = True) -> None:
     """Base layout right after the agent: directories, scripts, links, mount points, OCI data.
 
-    `overwrite=False` keeps files an existing image (localimage) already has.
+    `overwrite=False`, or a fetch result with keep_layout (localimage, oras, a SIF exported to
+    OCI), keeps the files an existing image already has.
     """
+    if fetch_result is not None and fetch_result.keep_layout:
+        overwrite = False
     try:
         st = os.stat(rootfs)
         if not st.st_mode & stat.S_IWUSR:

@@ -22,19 +22,6 @@ from satchel.oci.cache import Cache
 
 USED_HEADERS = ("from", "registry", "namespace")
 
-# True after fetch() unpacked an image that `satchel push --oci` exported from a SIF: its
-# /.singularity.d is complete already (runscript, %environment, labels), and the builder must
-# keep it. Rewriting its runscript from the image's Entrypoint, which execs that very
-# runscript, would make a runscript that runs itself forever. The builder reads the agent's
-# KEEP_EXISTING_LAYOUT right after fetch() (see __getattr__ below), in the same process.
-_keep_layout = False
-
-
-def __getattr__(name: str):
-    if name == "KEEP_EXISTING_LAYOUT":
-        return _keep_layout
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 def source_uri(header: dict) -> str:
     """The image URI a definition header names (Apptainer's Registry/Namespace rules)."""
@@ -57,17 +44,17 @@ def source_uri(header: dict) -> str:
 
 
 def fetch(ctx: AgentContext) -> FetchResult:
-    global _keep_layout
     from satchel.build.agents import warn_unused_headers
     warn_unused_headers(ctx, USED_HEADERS)
     uri = source_uri(ctx.header)
     opts = source.fetch_options(ctx.options)
-    _keep_layout = False
     result = fetch_into(uri, ctx.rootfs, opts, temp_root=ctx.workdir)
     if exported_from_sif(result, ctx.rootfs):
+        # Its /.singularity.d is complete (runscript, %environment, labels) and must stay:
+        # a runscript rewritten from the image's Entrypoint, which execs that very runscript,
+        # would run itself forever.
         log.verbose(f"{uri} was exported from a SIF: keeping its /.singularity.d")
-        _keep_layout = True
-        return FetchResult()
+        return FetchResult(keep_layout=True)
     return result
 
 

@@ -89,22 +89,27 @@ class FetchResult:
       (None: keep the image's, or the layout's default). Apptainer's agents that make a new
       root filesystem (scratch, busybox, debootstrap, yum, ...) write a bare BARE_RUNSCRIPT,
       so `run` of an image without %runscript prints nothing; localimage keeps the base's.
+    - keep_layout: the rootfs came with a complete /.singularity.d of its own (localimage,
+      oras, an OCI image `satchel push --oci` exported from a SIF): layout.prepare keeps its
+      files instead of writing the defaults over them.
     """
 
-    __slots__ = ("env", "entrypoint", "cmd", "workdir", "labels", "runscript")
+    __slots__ = ("env", "entrypoint", "cmd", "workdir", "labels", "runscript", "keep_layout")
 
     def __init__(self, env=None, entrypoint=None, cmd=None, workdir=None, labels=None,
-                 runscript=None):
+                 runscript=None, keep_layout: bool = False):
         self.env: list[str] = list(env or [])
         self.entrypoint: list[str] | None = list(entrypoint) if entrypoint is not None else None
         self.cmd: list[str] | None = list(cmd) if cmd is not None else None
         self.workdir: str | None = workdir
         self.labels: dict[str, str] = dict(labels or {})
         self.runscript: str | None = runscript
+        self.keep_layout = keep_layout
 
     def __repr__(self) -> str:
         return (f"FetchResult(env={self.env!r}, entrypoint={self.entrypoint!r}, cmd={self.cmd!r}, "
-                f"workdir={self.workdir!r}, labels={self.labels!r}, runscript={self.runscript!r})")
+                f"workdir={self.workdir!r}, labels={self.labels!r}, runscript={self.runscript!r}, "
+                f"keep_layout={self.keep_layout!r})")
 
 
 def warn_unused_headers(ctx: AgentContext, used: tuple[str, ...]) -> None:

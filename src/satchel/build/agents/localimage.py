@@ -14,9 +14,6 @@ from satchel.build import process
 from satchel.build.agents import AgentContext, FetchResult, warn_unused_headers
 from satchel.errors import BuildError, SatchelError
 
-# the base image's files are kept (layout.prepare(overwrite=False))
-KEEP_EXISTING_LAYOUT = True
-
 
 def source_path(ctx: AgentContext) -> str:
     source = ctx.header.get("from", "").strip()
@@ -46,7 +43,7 @@ def fetch(ctx: AgentContext) -> FetchResult:
             # cp -a keeps owners, modes, links, devices, hard links and xattrs
             process.run(["cp", "-a", "--", ref.path.rstrip("/") + "/.", ctx.rootfs],
                         f"while copying sandbox {source}", quiet=True)
-        return FetchResult()
+        return FetchResult(keep_layout=True)  # the base image's own files stay
     # SIF (its primary SquashFS partition), a bare SquashFS file or a legacy .simg
     from satchel.image import squashfs
     # as uid 0 of a user namespace mknod is refused: leave device nodes out (the runtime
@@ -55,7 +52,7 @@ def fetch(ctx: AgentContext) -> FetchResult:
     if skipped:
         log.info(f"left out {skipped} device node{'s' if skipped > 1 else ''} of {source}: "
                  "a non-root build cannot create them")
-    return FetchResult()
+    return FetchResult(keep_layout=True)
 
 
 def overlay(source: str, ctx: AgentContext) -> bool:

@@ -14,8 +14,6 @@ import os
 from satchel.build.agents import AgentContext, FetchResult, warn_unused_headers
 from satchel.errors import BuildError
 
-KEEP_EXISTING_LAYOUT = True  # the pulled SIF's runscript, environment and labels stay
-
 
 def source_uri(header: dict) -> str:
     ref = (header.get("from") or "").strip()
@@ -39,4 +37,4 @@ def fetch(ctx: AgentContext) -> FetchResult:
     path = oras.fetch(uri, opts, cache)
     ref = open_image(path)
     squashfs.extract(ref.path, ctx.rootfs, ref.fs_offset)
-    return FetchResult()
+    return FetchResult(keep_layout=True)  # the SIF's runscript, environment, labels stay
