@@ -287,6 +287,27 @@ def read_regular(path: str, follow: bool = False, limit: int = SMALL_FILE_LIMIT)
         os.close(fd)
 
 
+def read_user_text(path: str, what: str, error: type) -> str:
+    """The UTF-8 text of a file a user names (--env-file, a definition file), read as given
+    (a pipe too: `--env-file <(...)`). Unreadable, not UTF-8, or holding a NUL byte (no
+    variable, argument or script can): `error("WHAT PATH[:LINE]: why")`."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as err:
+        raise error(f"{what} {path}: {err.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise error(f"{what} {path}:{line}: not UTF-8 text (byte {err.start})") from None
+    nul = data.find(b"\0")
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise error(f"{what} {path}:{line}: a NUL byte (is it a binary file?)")
+    return text
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -298,19 +319,24 @@ def _temp_name(path: str) -> str:
     return f"{path}.tmp-{os.urandom(4).hex()}"
 
 
-def atomic_write(path: str, data: bytes | str, mode: int = 0o644, fsync: bool = False) -> None:
+def atomic_write(path: str, data: bytes | str, mode: int = 0o644, fsync: bool = False,
+                 owner: tuple[int, int] | None = None) -> None:
     """Write `data` to `path` through a temporary file in the same directory and a rename.
 
     Readers see the old content or the new one, never a partial file; a failure leaves no
-    temporary file behind.
+    temporary file behind. The new file is private until it has its `owner` (uid, gid), if
+    given, and then `mode`; `fsync` syncs it before the rename (a crash leaves the old file
+    or the whole new one).
     """
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogateescape")  # bytes from argv or a file, as given
     tmp = _temp_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         try:
             _write_all(fd, data)
+            if owner is not None:
+                os.fchown(fd, *owner)
             os.fchmod(fd, mode)
             if fsync:
                 os.fsync(fd)

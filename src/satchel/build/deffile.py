@@ -22,6 +22,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
+from satchel import fsutil
 from satchel.errors import DefinitionError
 
 # Header keys Apptainer accepts; `otherurl<N>` is numbered.
@@ -92,17 +93,7 @@ class Definition:
 
 def parse_file(path: str, build_args: dict[str, str] | None = None) -> tuple[list[Definition], list[str]]:
     """Read and parse a definition file. Returns (stages, unused build argument names)."""
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as err:
-        raise DefinitionError(f"while reading definition file {path}: {err.strerror}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise DefinitionError(f"definition file {path} is not UTF-8 text (byte {err.start})") from None
-    if "\0" in text:
-        raise DefinitionError(f"definition file {path} is a binary file, not a definition")
+    text = fsutil.read_user_text(path, "definition file", DefinitionError)
     try:
         stages, unused = parse(text, build_args)
     except DefinitionError as err:

@@ -15,7 +15,6 @@ code (tests/unit/test_import_budget.py).
 from __future__ import annotations
 
 import os
-import tempfile
 
 from satchel.errors import UsageError
 
@@ -55,20 +54,15 @@ def resolve(uri: str, parsed) -> tuple[str, tuple[str, ...]]:
     if isinstance(ref, refs.DockerRef) and cache is not None:
         return pull.cached_sif(ref, uri, fetch, cache, build_options), ()
     # no digest to cache by, or no cache wanted: a temporary SIF for this run only
-    try:
-        temp_dir = tempfile.mkdtemp(prefix="satchel-image-", dir=tmpdir)
-    except OSError as err:
-        raise UsageError(f"{uri}: cannot create a temporary directory in "
-                         f"{tmpdir or tempfile.gettempdir()}: {err.strerror}") from None
-    try:
+    from satchel.runtime import reaper
+
+    def fill(temp_dir: str) -> None:
         sif_path = os.path.join(temp_dir, "image.sif")
         if oras:
             from satchel.oci import oras as orasmod
             orasmod.pull(uri, sif_path, True, fetch)
         else:
             pull.pull(uri, sif_path, True, fetch, build_options)
-    except BaseException:
-        from satchel.runtime import reaper
-        reaper.remove_tree(temp_dir)
-        raise
-    return sif_path, (temp_dir,)
+
+    temp_dir = reaper.temp_dir("satchel-image-", parsed, uri, fill)
+    return os.path.join(temp_dir, "image.sif"), (temp_dir,)

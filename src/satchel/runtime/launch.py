@@ -234,23 +234,10 @@ def _security_refusal(item: str) -> str:
 def _env_file_pairs(path: str) -> list:
     """--env-file: its (name, value) pairs; UTF-8 without NUL bytes (no variable can hold
     one), else a UsageError naming the line."""
+    from satchel import fsutil
     from satchel.runtime.environment import parse_env_file
 
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as err:
-        raise UsageError(f"--env-file {path}: {err.strerror}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise UsageError(f"--env-file {path}:{line}: not UTF-8 text (byte {err.start})") from None
-    nul = data.find(b"\0")
-    if nul >= 0:
-        line = data.count(b"\n", 0, nul) + 1
-        raise UsageError(f"--env-file {path}:{line}: a NUL byte (is it a binary file?)")
-    return parse_env_file(text, path)
+    return parse_env_file(fsutil.read_user_text(path, "--env-file", UsageError), path)
 
 
 def gpu_binds(parsed, config) -> list:
@@ -297,21 +284,12 @@ def unsquash(image, parsed) -> tuple[object, tuple[str, ...]]:
     or /tmp), which the reaper removes when the container ends."""
     if image.kind == "sandbox":
         return image, ()
-    import tempfile
-
     from satchel.image import squashfs
     from satchel.image.formats import open_image
     from satchel.runtime import reaper
 
-    tmpdir = getattr(parsed, "tmpdir", None) or None
-    try:
-        top = tempfile.mkdtemp(prefix="satchel-unsquash-", dir=tmpdir)
-    except OSError as err:
-        raise UsageError(f"--unsquash: cannot create a directory in "
-                         f"{tmpdir or tempfile.gettempdir()}: {err.strerror}") from None
-    try:
+    def extract(top: str) -> None:
         squashfs.extract(image.path, top + "/root", image.fs_offset)
-        return open_image(top + "/root"), (top,)
-    except BaseException:
-        reaper.remove_tree(top)
-        raise
+
+    top = reaper.temp_dir("satchel-unsquash-", parsed, "--unsquash", extract)
+    return open_image(top + "/root"), (top,)

@@ -89,6 +89,28 @@ def clean(paths, cgroup_dirs) -> None:
         remove_tree(path)
 
 
+def temp_dir(prefix: str, parsed, what: str, fill) -> str:
+    """A new private directory under --tmpdir (else $TMPDIR or /tmp), filled by `fill(path)`,
+    for this reaper to remove after the container (--unsquash's sandbox, a URI's temporary
+    SIF); removed at once if `fill` fails. UsageError naming `what` if none can be made."""
+    import tempfile
+
+    from satchel.errors import UsageError
+
+    tmpdir = getattr(parsed, "tmpdir", None) or None
+    try:
+        top = tempfile.mkdtemp(prefix=prefix, dir=tmpdir)
+    except OSError as err:
+        raise UsageError(f"{what}: cannot create a temporary directory in "
+                         f"{tmpdir or tempfile.gettempdir()}: {err.strerror}") from None
+    try:
+        fill(top)
+    except BaseException:
+        remove_tree(top)
+        raise
+    return top
+
+
 def remove_tree(path: str) -> None:
     """rm -rf, also through directories the image made unwritable (mode 0555 and the like)."""
     import shutil

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 
+from satchel import fsutil
 from satchel.errors import ConfigError
 
 SUBUID, SUBGID = "/etc/subuid", "/etc/subgid"
@@ -128,32 +129,12 @@ def replace_keeping_owner(path: str, data: bytes | str, default_mode: int = 0o64
     """atomic_write for an administrator's file (/etc/subuid, satchel.conf): the new file
     gets the old one's mode and owner (a new one: the caller's, `default_mode`) before the rename,
     and is synced first, so a crash leaves the old file or the whole new one."""
-    if isinstance(data, str):
-        data = data.encode("utf-8", "surrogateescape")
     try:
         st = os.stat(path)
         mode, owner = st.st_mode & 0o7777, (st.st_uid, st.st_gid)
     except FileNotFoundError:
         mode, owner = default_mode, (os.geteuid(), os.getegid())
-    tmp = f"{path}.tmp-{os.urandom(4).hex()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fchown(fd, *owner)
-            os.fchmod(fd, mode)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    fsutil.atomic_write(path, data, mode, fsync=True, owner=owner)
 
 
 def configure(op: str, username: str, environ=None) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+from satchel import fsutil
 from satchel.errors import TrustError
 from satchel.trust import pgp
 
@@ -64,19 +65,7 @@ def save(path: str, keys: list[pgp.Key]) -> None:
     directory = os.path.dirname(path)
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                for key in keys:
-                    fh.write(key.binary())
-            os.rename(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        fsutil.atomic_write(path, b"".join(key.binary() for key in keys), 0o600)
     except OSError as err:
         raise TrustError(f"writing keyring {path}: {(err.strerror or str(err)).lower()}") from None
 
