@@ -95,6 +95,7 @@ def empty_sif(workdir: str) -> str:
     os.makedirs(empty)
     sif_path = os.path.join(workdir, "empty.sif")
     pfs_bench.build_sif(empty, os.path.join(workdir, "rootfs"), sif_path)
+    shutil.rmtree(os.path.join(workdir, "rootfs"))  # its merged-/usr links dangle on the host
     return sif_path
 
 

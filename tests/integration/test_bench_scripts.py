@@ -72,3 +72,16 @@ def test_push_bench():
                  "--size-mb", "4"])
     assert "oras push: satchel / skopeo = " in out
     assert "OCI export to a registry: satchel / (unsquashfs + tar + skopeo) = " in out
+
+
+@pytest.mark.parametrize("runner", ["fuse2fs", "satchel"])
+def test_overlay_bench(test_user, tmp_path, runner):
+    """bench/overlay_bench.py (issue 12): installs into an ext3 overlay image and a directory
+    on the slow file system, imports from 2 interpreters, reports both."""
+    out = bench(["/usr/bin/python3", os.path.join(BENCH, "overlay_bench.py"), "--modules",
+                 "40", "--delay-us", "50", "--parallel", "2", "--runner", runner, "--user",
+                 test_user.name, "--json", str(tmp_path / "r.json")])
+    assert "import, 2 interpreter(s): the overlay image needs" in out, out
+    rows = json.load(open(tmp_path / "r.json"))["results"]
+    assert {(r["case"], r["step"]) for r in rows} == {
+        (c, s) for c in ("directory", "overlay") for s in ("install", "import")}
