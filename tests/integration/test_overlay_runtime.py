@@ -285,3 +285,22 @@ def test_root_uses_a_loop_device_and_kernel_ext3(user_tmp, usr_sif):
     assert wait_until(lambda: image not in subprocess.run(["losetup", "-a"], text=True,
                                                           capture_output=True).stdout, 5)
     assert _fsck(image).returncode == 0
+
+
+def test_read_only_layers_squashfs_and_directory_stack_in_order(test_user, user_tmp, usr_sif):
+    """A SquashFS file (always read-only) and a directory with :ro stack above the image, the
+    first given on top; nothing can be written without a writable layer."""
+    top, low = os.path.join(user_tmp, "top"), os.path.join(user_tmp, "low")
+    for d, text in ((top, "top"), (low, "low")):
+        os.makedirs(os.path.join(d, "opt"))
+        for name in ("both", d.rsplit("/", 1)[1]):
+            with open(os.path.join(d, "opt", name), "w") as fh:
+                fh.write(text)
+    squash = os.path.join(user_tmp, "low.sqfs")
+    subprocess.run(["mksquashfs", low, squash, "-quiet", "-no-progress", "-all-root"],
+                   check=True)
+    subprocess.run(["chown", "-R", f"{test_user.uid}:{test_user.gid}", user_tmp], check=True)
+    r = _exec(test_user, "--overlay", top + ":ro", "--overlay", squash, usr_sif, "sh", "-c",
+              "cat /opt/both /opt/top /opt/low; touch /opt/new 2>/dev/null || echo ro")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "toptoplowro\n", r.stdout
