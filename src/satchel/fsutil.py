@@ -308,6 +308,20 @@ def read_user_text(path: str, what: str, error: type) -> str:
     return text
 
 
+def write_kernel_file(path: str, text: str, what: str, error: type) -> None:
+    """Write `text` to a kernel interface file (/proc/self/uid_map, a cgroup's memory.max...)
+    in one write(2), as the kernel reads it; `error("WHAT: writing TEXT to PATH: why")` if the
+    kernel refuses."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise error(f"{what}: writing {text!r} to {path}: {err.strerror}") from None
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 
+from satchel import fsutil
 from satchel.errors import ContainerError, UsageError
 
 CPU_PERIOD = 100000  # microseconds: --cpus N means a quota of N periods per period
@@ -383,9 +384,10 @@ def enter(data) -> None:
         if value == "inherit":  # v1 cpuset: the parent's cpus/mems
             value = _read(os.path.join(os.path.dirname(os.path.dirname(path)),
                                        os.path.basename(path))).strip()
-        _write(path, value, "setting a resource limit")
+        fsutil.write_kernel_file(path, value, "setting a resource limit", ContainerError)
     for path in procs:
-        _write(path, str(os.getpid()), "entering the container's cgroup")
+        fsutil.write_kernel_file(path, str(os.getpid()), "entering the container's cgroup",
+                                 ContainerError)
 
 
 def _read(path: str) -> str:
@@ -394,17 +396,6 @@ def _read(path: str) -> str:
             return fh.read()
     except OSError as err:
         raise ContainerError(f"reading {path}: {err.strerror}") from None
-
-
-def _write(path: str, value: str, what: str) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, value.encode())
-        finally:
-            os.close(fd)
-    except OSError as err:
-        raise ContainerError(f"{what}: writing {value!r} to {path}: {err.strerror}") from None
 
 
 def remove(dirs, timeout: float) -> list:

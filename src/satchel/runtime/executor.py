@@ -148,14 +148,7 @@ class Executor:
         uid_map, gid_map = op.data
         for path, text in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", uid_map),
                            ("/proc/self/gid_map", gid_map)):
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-                try:
-                    os.write(fd, text.encode())
-                finally:
-                    os.close(fd)
-            except OSError as err:
-                raise ContainerError(f"writing {path} ({text!r}): {err.strerror}") from None
+            fsutil.write_kernel_file(path, text, "mapping the user namespace", ContainerError)
 
     def op_join_namespaces(self, op) -> None:
         """Enter a running instance's namespaces (user first: it grants the rest)."""
