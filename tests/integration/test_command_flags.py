@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from support.assertions import fatal
 from support.fixtures_registry import sif_extract
 from support.fixtures_users import run_satchel
 
@@ -18,14 +19,6 @@ from test_apptainer_command_flags import APPTAINER_FLAGS, REFUSED, SAMPLE  # noq
 ARGS = {"build": ["out.sif", "in.def"], "pull": ["out.sif", "docker://x/y"],
         "push": ["in.sif", "oras://x/y:1"], "verify": ["in.sif"]}
 CASES = [(cmd, name) for cmd in sorted(REFUSED) for name in REFUSED[cmd]]
-
-
-def fatal(result, *needles):
-    assert result.returncode == 255, result.stderr
-    lines = [l for l in result.stderr.splitlines() if l.startswith("FATAL:")]
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.mark.parametrize("cmd,name", CASES, ids=[f"{c}--{n}" for c, n in CASES])

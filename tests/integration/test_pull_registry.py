@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from support.assertions import fatal
 from support.fixtures_registry import (Proxy, sha256_file, sif_extract, sif_listing)
 from support.fixtures_users import SATCHEL, run_satchel
 
@@ -27,16 +28,6 @@ def pull(args, cwd, env, user=None, ok=True):
     if ok:
         assert result.returncode == 0, result.stderr
     return result
-
-
-def fatal(result, *needles):
-    assert result.returncode == 255, result.stderr
-    lines = [l for l in result.stderr.splitlines() if l.startswith("FATAL:")]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr and "bug in satchel" not in result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def test_pull_content_metadata_and_default_name(test_images, tmp_path, cache_env):

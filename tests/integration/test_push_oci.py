@@ -12,6 +12,7 @@ import tempfile
 
 import pytest
 
+from support.assertions import fatal
 from support.fixtures_registry import sif_extract, sif_partition_offset
 from support.fixtures_runtime import processes_mentioning, wait_until
 from support.fixtures_users import run_satchel
@@ -27,14 +28,6 @@ BUILD_RECORDS = ("/.singularity.d/labels.json", "/.singularity.d/Singularity",
 def ok(result):
     assert result.returncode == 0, result.stderr
     return result
-
-
-def fatal(result, *needles):
-    assert result.returncode == 255, result.stderr
-    lines = [l for l in result.stderr.splitlines() if l.startswith("FATAL:")]
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def sif_listing(path):

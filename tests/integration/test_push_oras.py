@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 
+from support.assertions import fatal
 from support.fixtures_push import FaultProxy, oras_sdk
 from support.fixtures_registry import PASSWORD, USERNAME, http_get, sha256_file
 from support.fixtures_users import run_satchel
@@ -29,16 +30,6 @@ def env(tmp_path):
 def ok(result):
     assert result.returncode == 0, result.stderr
     return result
-
-
-def fatal(result, *needles):
-    assert result.returncode == 255, result.stderr
-    lines = [l for l in result.stderr.splitlines() if l.startswith("FATAL:")]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr and "bug in satchel" not in result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def manifest(registry, repo_tag):

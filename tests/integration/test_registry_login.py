@@ -10,18 +10,11 @@ import stat
 
 import pytest
 
+from support.assertions import fatal
 from support.fixtures_registry import PASSWORD, USERNAME
 from support.fixtures_users import run_satchel
 
 pytestmark = pytest.mark.slow
-
-
-def fatal(result, *needles):
-    assert result.returncode == 255, result.stderr
-    lines = [l for l in result.stderr.splitlines() if l.startswith("FATAL:")]
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.fixture

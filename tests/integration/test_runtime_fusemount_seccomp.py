@@ -5,14 +5,8 @@ import json
 import os
 import subprocess
 
+from support.assertions import fatal
 from support.fixtures_runtime import assert_nothing_left
-
-
-def fatal(r, *needles):
-    lines = [l for l in r.stderr.splitlines() if l.startswith("FATAL:")]
-    assert r.returncode == 255 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def squashfs(who, content: str) -> str:
