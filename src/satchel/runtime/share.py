@@ -195,12 +195,33 @@ def likely_joined(image: str, uid: int, environ) -> bool:
     if dir_fd is None:
         return False
     try:
-        members = _read_members(dir_fd, image_key(image))
+        key = image_key(image)
+        if _first_in_progress(dir_fd, key):
+            return True  # its mount will be joined (or, if it fails, a server forked then)
+        members = _read_members(dir_fd, key)
         return bool(members) and start_time(int(members[-1][0])) == members[-1][1]
     except (OSError, ValueError):
         return False
     finally:
         os.close(dir_fd)
+
+
+def _first_in_progress(dir_fd: int, key: str) -> bool:
+    """Whether a launch holds the image's lock now (a first one setting its mount up)."""
+    import fcntl
+
+    try:
+        fd = os.open(key + ".lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                     dir_fd=dir_fd)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False  # closing the descriptor drops the shared lock
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def root_mount_dev() -> int | None:
