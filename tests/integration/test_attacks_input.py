@@ -16,22 +16,11 @@ import tempfile
 
 import pytest
 
+from support.assertions import one_fatal
 from support.fixtures_runtime import assert_nothing_left
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HANG = 30  # seconds: far above any run below, far below the suite's patience
-
-
-def one_fatal(r, *needles):
-    """Exactly one FATAL line (an optional hint after it), status 255, no stdout, no bug report."""
-    lines = r.stderr.splitlines()
-    assert r.returncode == 255, (r.returncode, r.stdout, r.stderr)
-    assert lines and lines[0].startswith("FATAL:   "), r.stderr
-    assert [l for l in lines if not l.startswith("         hint: ")] == lines[:1], r.stderr
-    assert "Traceback" not in r.stderr and "this is a bug" not in r.stderr, r.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    assert r.stdout == ""
 
 
 def fatal_after_info(r, *needles):

@@ -5,23 +5,13 @@ import subprocess
 
 import pytest
 
+from support.assertions import one_fatal
 from support.fixtures_runtime import assert_nothing_left
-
-
-def _one_fatal(r, *needles):
-    lines = r.stderr.splitlines()
-    assert r.returncode == 255, (r.returncode, r.stdout, r.stderr)
-    assert lines and lines[0].startswith("FATAL:   "), r.stderr
-    assert [l for l in lines if not l.startswith("         hint: ")] == lines[:1], r.stderr
-    assert "Traceback" not in r.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    assert r.stdout == ""
 
 
 def test_missing_image(who):
     r = who.run(["exec", "/nonexistent/image.sif", "true"])
-    _one_fatal(r, "/nonexistent/image.sif", "not found")
+    one_fatal(r, "/nonexistent/image.sif", "not found")
 
 
 def test_not_an_image(who):
@@ -30,57 +20,57 @@ def test_not_an_image(who):
         fh.write("just text\n" * 20)
     os.chmod(path, 0o644)
     r = who.run(["exec", path, "true"])
-    _one_fatal(r, "not a valid image")
+    one_fatal(r, "not a valid image")
 
 
 def test_corrupt_sif(who, rt_images):
     r = who.run(["exec", rt_images.corrupt, "true"])
-    _one_fatal(r, "corrupt SIF image")
+    one_fatal(r, "corrupt SIF image")
     assert_nothing_left(rt_images.corrupt)
 
 
 def test_sif_without_primary_partition(who, rt_images):
     r = who.run(["exec", rt_images.dataonly, "true"])
-    _one_fatal(r, "no primary system partition")
+    one_fatal(r, "no primary system partition")
 
 
 def test_missing_bind_source(who, busybox_sif):
     r = who.run(["exec", "-B", "/nonexistent/src:/mnt", busybox_sif, "true"])
-    _one_fatal(r, "bind source /nonexistent/src does not exist")
+    one_fatal(r, "bind source /nonexistent/src does not exist")
     assert_nothing_left(busybox_sif)
 
 
 def test_bind_onto_root(who, busybox_sif):
     src = who.tmp()
     r = who.run(["exec", "-B", f"{src}:/", busybox_sif, "true"])
-    _one_fatal(r, "cannot bind onto the container's root")
+    one_fatal(r, "cannot bind onto the container's root")
     r = who.run(["exec", "--mount", f"type=bind,source={src},destination=/", busybox_sif, "true"])
-    _one_fatal(r, "cannot bind onto the container's root")
+    one_fatal(r, "cannot bind onto the container's root")
 
 
 def test_bind_kind_mismatch(who, busybox_sif):
     """A file onto a directory (or the reverse) is refused in the container's terms."""
     r = who.run(["exec", "-B", "/etc/hostname:/etc", busybox_sif, "true"])
-    _one_fatal(r, "cannot mount a file onto /etc: it is a directory in the container")
+    one_fatal(r, "cannot mount a file onto /etc: it is a directory in the container")
     assert "session" not in r.stderr  # no staging paths in what the user reads
     r = who.run(["exec", "-B", f"{who.tmp()}:/etc/passwd", busybox_sif, "true"])
-    _one_fatal(r, "cannot mount a directory onto /etc/passwd: it is a file in the container")
+    one_fatal(r, "cannot mount a directory onto /etc/passwd: it is a file in the container")
     assert_nothing_left(busybox_sif)
 
 
 def test_relative_bind_destination(who, busybox_sif):
     src = who.tmp()
     r = who.run(["exec", "-B", f"{src}:relative/dir", busybox_sif, "true"])
-    _one_fatal(r, "must be an absolute path")
+    one_fatal(r, "must be an absolute path")
 
 
 def test_bad_bind_option(who, busybox_sif):
     src = who.tmp()
     r = who.run(["exec", "-B", f"{src}:/mnt:rx", busybox_sif, "true"])
-    _one_fatal(r, "invalid bind specification")
+    one_fatal(r, "invalid bind specification")
     r = who.run(["exec", "--mount", f"type=volume,source={src},destination=/x", busybox_sif,
                  "true"])
-    _one_fatal(r, "only type=bind")
+    one_fatal(r, "only type=bind")
 
 
 @pytest.fixture
@@ -102,33 +92,33 @@ def unwritable_dir(who):
 
 def test_unwritable_overlay(who, busybox_sif, unwritable_dir):
     r = who.run(["exec", "--overlay", unwritable_dir, busybox_sif, "true"])
-    _one_fatal(r, "overlay", "not writable")
+    one_fatal(r, "overlay", "not writable")
     assert_nothing_left(busybox_sif)
 
 
 def test_missing_overlay(who, busybox_sif):
     r = who.run(["exec", "--overlay", "/nonexistent/overlay", busybox_sif, "true"])
-    _one_fatal(r, "does not exist")
+    one_fatal(r, "does not exist")
 
 
 def test_unknown_option(who, busybox_sif):
     r = who.run(["exec", "--no-such-option", busybox_sif, "true"])
-    _one_fatal(r, "unknown flag: --no-such-option")
+    one_fatal(r, "unknown flag: --no-such-option")
 
 
 def test_unknown_no_mount_value(who, busybox_sif):
     r = who.run(["exec", "--no-mount", "bogus", busybox_sif, "true"])
-    _one_fatal(r, "--no-mount bogus")
+    one_fatal(r, "--no-mount bogus")
 
 
 def test_refused_options(who, busybox_sif):
     r = who.run(["exec", "--keep-privs", busybox_sif, "true"])
-    _one_fatal(r, "--keep-privs is not supported")
+    one_fatal(r, "--keep-privs is not supported")
 
 
 def test_no_shell_in_container(who, rt_images):
     r = who.run(["exec", rt_images.nosh, "/bin/busybox", "true"])
-    _one_fatal(r, "No valid /bin/sh in container")
+    one_fatal(r, "No valid /bin/sh in container")
     assert_nothing_left(rt_images.nosh)
 
 
@@ -140,13 +130,13 @@ def test_missing_command(who, busybox_sif):
 
 def test_missing_pwd(who, busybox_sif):
     r = who.run(["exec", "--pwd", "/no/such/dir", busybox_sif, "true"])
-    _one_fatal(r, "could not set working directory /no/such/dir")
+    one_fatal(r, "could not set working directory /no/such/dir")
     assert_nothing_left(busybox_sif)
 
 
 def test_exec_needs_a_command(who, busybox_sif):
     r = who.run(["exec", busybox_sif])
-    _one_fatal(r, "requires at least 2 arg(s)")
+    one_fatal(r, "requires at least 2 arg(s)")
 
 
 def test_bad_env_file(who, busybox_sif):
@@ -155,4 +145,4 @@ def test_bad_env_file(who, busybox_sif):
         fh.write("GOOD=1\nthis is not an assignment\n")
     os.chmod(path, 0o644)
     r = who.run(["exec", "--env-file", path, busybox_sif, "true"])
-    _one_fatal(r, "expected KEY=VALUE")
+    one_fatal(r, "expected KEY=VALUE")

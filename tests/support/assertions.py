@@ -14,3 +14,18 @@ def fatal(result, *needles) -> str:
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
+
+
+def one_fatal(result, *needles) -> None:
+    """Stricter, for bad input: the FATAL line is all that is printed (a `hint:` line may
+    follow it), nothing on stdout, status 255, no traceback or bug report."""
+    lines = result.stderr.splitlines()
+    assert result.returncode == 255, (result.returncode, result.stdout, result.stderr)
+    assert lines and lines[0].startswith("FATAL:   "), result.stderr
+    assert [line for line in lines if not line.startswith("         hint: ")] == lines[:1], \
+        result.stderr
+    assert "Traceback" not in result.stderr and "this is a bug" not in result.stderr, \
+        result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert result.stdout == ""
