@@ -97,7 +97,8 @@ class Claim:
     come meanwhile wait for this one's mount.
     """
 
-    __slots__ = ("dir_fd", "key", "offset", "lock_fd", "mount_fd", "dev", "pid", "start")
+    __slots__ = ("dir_fd", "key", "offset", "lock_fd", "mount_fd", "dev", "pid", "start",
+                 "helpers")
 
     def __init__(self, dir_fd: int, key: str, offset: int, lock_fd: int):
         self.dir_fd = dir_fd
@@ -108,6 +109,8 @@ class Claim:
         self.dev = None
         self.pid = os.getpid()  # the launcher: the payload itself, or the --pid supervisor
         self.start = start_time(self.pid)
+        self.helpers: list[int] = []  # exited helpers, reaped by release() (no wait on the
+        #                               critical path)
 
     @property
     def joined(self) -> bool:
@@ -152,6 +155,12 @@ class Claim:
         if self.dir_fd >= 0:
             os.close(self.dir_fd)
             self.dir_fd = -1
+        for pid in self.helpers:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass  # under --pid this is the namespace's init: the helper is its parent's
+        self.helpers = []
 
 
 def claim(image: str, offset: int, uid: int, environ) -> Claim | None:
@@ -161,6 +170,7 @@ def claim(image: str, offset: int, uid: int, environ) -> Claim | None:
     if dir_fd is None:
         return None
     lock_fd = -1
+    result = None
     try:
         key = image_key(image)
         lock_fd = _open_lock(dir_fd, key)
@@ -173,7 +183,7 @@ def claim(image: str, offset: int, uid: int, environ) -> Claim | None:
             if part != str(offset):
                 continue
             tried += 1
-            fd = _clone_root_of(int(pid), start, int(dev))
+            fd = _clone_root_of(int(pid), start, int(dev), result.helpers)
             if fd is not None:
                 result.mount_fd, result.dev = fd, int(dev)
                 _unlock(lock_fd)  # joined: the next launch may go on at once
@@ -182,9 +192,12 @@ def claim(image: str, offset: int, uid: int, environ) -> Claim | None:
                 return result
         return result  # the first: the lock stays held until register()
     except (OSError, ValueError, ContainerError):
-        if lock_fd >= 0:
-            os.close(lock_fd)
-        os.close(dir_fd)
+        if result is not None:
+            result.release()  # and reaps its helpers: no zombie may pass to the payload
+        else:
+            if lock_fd >= 0:
+                os.close(lock_fd)
+            os.close(dir_fd)
         return None
 
 
@@ -309,7 +322,7 @@ def _write_members(dir_fd: int, key: str, members) -> None:
         os.close(fd)
 
 
-def _clone_root_of(pid: int, start: str, dev: int) -> int | None:
+def _clone_root_of(pid: int, start: str, dev: int, helpers: list) -> int | None:
     """A detached clone of the root mount of process pid's mount namespace, if pid is the
     recorded process (start time) and that mount is the recorded one (dev); else None."""
     try:
@@ -319,15 +332,16 @@ def _clone_root_of(pid: int, start: str, dev: int) -> int | None:
     try:
         if start_time(pid) != start:  # the pid was reused: not the container recorded
             return None
-        return _clone_through_helper(pidfd, dev)
+        return _clone_through_helper(pidfd, dev, helpers)
     finally:
         os.close(pidfd)
 
 
-def _clone_through_helper(pidfd: int, dev: int) -> int | None:
+def _clone_through_helper(pidfd: int, dev: int, helpers: list) -> int | None:
     """Joining a user namespace is for good, so a forked helper joins the container's user and
     mount namespaces, clones the root mount and waits until the launcher took the clone's
-    descriptor (pidfd_getfd: the helper is the launcher's child, which Yama allows)."""
+    descriptor (pidfd_getfd: the helper is the launcher's child, which Yama allows). The
+    helper then exits; its pid goes to `helpers`, reaped later (Claim.release)."""
     answer_r, answer_w = os.pipe()
     hold_r, hold_w = os.pipe()
     child = os.fork()
@@ -359,8 +373,8 @@ def _clone_through_helper(pidfd: int, dev: int) -> int | None:
         return None
     finally:
         os.close(answer_r)
-        os.close(hold_w)
-        os.waitpid(child, 0)
+        os.close(hold_w)  # the helper's end of file: it exits
+        helpers.append(child)
 
 
 class SharedMount:
