@@ -48,7 +48,10 @@ def ns_mount(image: str, mnt: str, options: str, then: str) -> list[str]:
     """argv: mount the image with fuse2fs in a user+mount namespace of its own, then run
     `then` (a shell command). uid 0 of the namespace keeps CAP_SYS_ADMIN across exec, which
     fuse2fs (libfuse 2) needs to mount by itself."""
-    script = f"fuse2fs -o {options} {image} {mnt} 2>/dev/null && {then}"
+    # fuse2fs lives in the namespace it mounted in and would pin it (and itself) forever:
+    # unmounting ends it
+    script = (f"fuse2fs -o {options} {image} {mnt} 2>/dev/null || exit 1; ({then}); "
+              f"rc=$?; umount {mnt}; exit $rc")
     return ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script]
 
 
@@ -84,7 +87,7 @@ def overlay_case(image: str, parallel: int, user: str | None, workdir: str, runn
             mnt = os.path.join(workdir, f"mnt{i}")
             os.makedirs(mnt, exist_ok=True)
             code = pfs_bench.import_code(mnt + "/upper" + IN_OVERLAY)
-            argv = ns_mount(image, mnt, "ro", f"exec {pfs_bench.PYTHON} -I -c \"{code}\"")
+            argv = ns_mount(image, mnt, "ro", f"{pfs_bench.PYTHON} -I -c \"{code}\"")
         argvs.append(pfs_bench.as_user(argv, user))
     return argvs
 

@@ -85,3 +85,6 @@ def test_overlay_bench(test_user, tmp_path, runner):
     rows = json.load(open(tmp_path / "r.json"))["results"]
     assert {(r["case"], r["step"]) for r in rows} == {
         (c, s) for c in ("directory", "overlay") for s in ("install", "import")}
+    from support.fixtures_runtime import live_processes, wait_until
+    assert wait_until(lambda: not [p for p in live_processes("fuse2fs")
+                                   if os.stat(f"/proc/{p}").st_uid == test_user.uid], 5)
