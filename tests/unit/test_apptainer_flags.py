@@ -156,7 +156,7 @@ def test_table_covers_satchel_action_options():
     (other than satchel's own spellings, which are aliases)."""
     ours = {n[2:] for opt in action.ACTION_OPTIONS for n in opt.names if n.startswith("--")}
     theirs = {f[0] for f in APPTAINER_ACTION_FLAGS}
-    assert ours - theirs <= {"noinit"}
+    assert ours - theirs <= {"noinit", "no-share"}  # --no-share: image mounts (issue 14)
 
 
 def test_uri_images_load_no_oci_code_for_image_files():
