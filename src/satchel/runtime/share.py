@@ -18,7 +18,7 @@ How a launch finds a live mount, and why nothing outlives the containers:
   device number; OFFSET: the partition's), KEY.lock serializes the launches of one image. KEY
   names the image file's identity (device, inode, size, mtime): an image rewritten in place is
   another image.
-- A launch, under the lock, tries the recorded containers (latest first): a helper process
+- A launch tries the recorded containers (latest first; no lock needed): a helper process
   joins one's user and mount namespaces through a pidfd (opened, then checked against the
   start time: a reused PID is never joined) and clones the root mount of that namespace
   (open_tree(OPEN_TREE_CLONE), not recursive: the container's binds stay its own); the clone
@@ -26,11 +26,12 @@ How a launch finds a live mount, and why nothing outlives the containers:
   from the helper (pidfd_getfd) and later attaches it on its own session directory
   (move_mount). A clone holds the superblock: the server cannot be exiting. A container that
   is gone, or going, simply fails these steps and the next one is tried.
-- No live container: this launch is the first; it keeps the lock through its setup, so the
-  launches that come meanwhile wait for its mount instead of starting servers of their own
-  (bounded: after WAIT_S they go on without sharing).
-- After pivot_root each container whose root is the shared FUSE mount records itself (the
-  first: and lets the waiting launches go). Entries of dead processes are dropped then.
+- No live container: under the lock, checked again, this launch is the first; it keeps the
+  lock through its setup, so the launches that come meanwhile wait for its mount instead of
+  starting servers of their own (bounded: after WAIT_S they go on without sharing).
+- After pivot_root each container whose root is the shared FUSE mount records itself: the
+  first rewrites the file without dead records and lets the waiting launches go; the others
+  append their line (O_APPEND, one write) without taking the lock.
 """
 
 from __future__ import annotations
@@ -131,13 +132,13 @@ class Claim:
             dev = root_mount_dev()
             if dev is None or (self.dev is not None and dev != self.dev):
                 return  # the root is not the image mount itself (an underlay copy of it)
-            if self.lock_fd < 0:
-                self.lock_fd = _open_lock(self.dir_fd, self.key)
-                _lock(self.lock_fd, WAIT_S)
-            members = [m for m in _read_members(self.dir_fd, self.key)
+            record = (str(self.pid), self.start, str(dev), str(self.offset))
+            if self.lock_fd < 0:  # joined: one appended line (atomic), no lock to queue on
+                _append_member(self.dir_fd, self.key, record)
+                return
+            members = [m for m in _read_members(self.dir_fd, self.key)  # the first: prune
                        if start_time(int(m[0])) == m[1] and m[0] != str(self.pid)]
-            members.append((str(self.pid), self.start, str(dev), str(self.offset)))
-            _write_members(self.dir_fd, self.key, members)
+            _write_members(self.dir_fd, self.key, members + [record])
         except (OSError, ValueError, ContainerError):
             pass  # sharing is an optimization: this container runs regardless
         finally:
@@ -165,40 +166,54 @@ class Claim:
 
 def claim(image: str, offset: int, uid: int, environ) -> Claim | None:
     """Join a live mount of image[offset:] or become its first container; None: no sharing
-    (no private directory, or the first launch kept the lock longer than WAIT_S)."""
+    (no private directory, or the first launch kept the lock longer than WAIT_S).
+
+    The lock only decides who is first: a launch that finds live records clones without it,
+    so that joining launches do not queue behind each other."""
     dir_fd = runtime_dir(uid, environ)
     if dir_fd is None:
         return None
-    lock_fd = -1
     result = None
     try:
         key = image_key(image)
-        lock_fd = _open_lock(dir_fd, key)
-        _lock(lock_fd, WAIT_S)
-        result = Claim(dir_fd, key, offset, lock_fd)
-        tried = 0
-        for pid, start, dev, part in reversed(_read_members(dir_fd, key)):
-            if tried >= MAX_TRIED:
-                break
-            if part != str(offset):
-                continue
-            tried += 1
-            fd = _clone_root_of(int(pid), start, int(dev), result.helpers)
-            if fd is not None:
-                result.mount_fd, result.dev = fd, int(dev)
-                _unlock(lock_fd)  # joined: the next launch may go on at once
-                os.close(lock_fd)
-                result.lock_fd = -1
+        result = Claim(dir_fd, key, offset, -1)
+        if _join(result):
+            return result
+        for _ in range(3):
+            result.lock_fd = _open_lock(dir_fd, key)
+            _lock(result.lock_fd, WAIT_S)
+            if not _live_members(result):
+                return result  # the first: the lock stays held until register()
+            _unlock(result.lock_fd)  # a first one has registered meanwhile: join it
+            os.close(result.lock_fd)
+            result.lock_fd = -1
+            if _join(result):
                 return result
-        return result  # the first: the lock stays held until register()
+        result.release()
+        return None
     except (OSError, ValueError, ContainerError):
         if result is not None:
             result.release()  # and reaps its helpers: no zombie may pass to the payload
         else:
-            if lock_fd >= 0:
-                os.close(lock_fd)
             os.close(dir_fd)
         return None
+
+
+def _live_members(claim: Claim) -> list:
+    """The records of this image and partition whose process is still the one recorded,
+    latest first."""
+    return [m for m in reversed(_read_members(claim.dir_fd, claim.key))
+            if m[3] == str(claim.offset) and start_time(int(m[0])) == m[1]]
+
+
+def _join(claim: Claim) -> bool:
+    """Clone the mount of a live recorded container into claim.mount_fd; False if none."""
+    for pid, start, dev, _ in _live_members(claim)[:MAX_TRIED]:
+        fd = _clone_root_of(int(pid), start, int(dev), claim.helpers)
+        if fd is not None:
+            claim.mount_fd, claim.dev = fd, int(dev)
+            return True
+    return False
 
 
 def likely_joined(image: str, uid: int, environ) -> bool:
@@ -318,6 +333,15 @@ def _write_members(dir_fd: int, key: str, members) -> None:
         os.ftruncate(fd, 0)
         data = "".join(" ".join(member) + "\n" for member in members[-256:])
         os.pwrite(fd, data.encode(), 0)
+    finally:
+        os.close(fd)
+
+
+def _append_member(dir_fd: int, key: str, record) -> None:
+    fd = os.open(key + ".members", _FILE_OPEN | os.O_APPEND, 0o600, dir_fd=dir_fd)
+    try:
+        if (os.fstat(fd).st_mode & 0o170000) == 0o100000:
+            os.write(fd, (" ".join(record) + "\n").encode())
     finally:
         os.close(fd)
 
