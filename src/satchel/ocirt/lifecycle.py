@@ -6,23 +6,31 @@ then blocks opening exec.fifo for writing. create answers the setup's requests o
 pair (id maps need a writer outside the new user namespace; prestart/createRuntime hooks run
 in the runtime's namespaces with the init's pid), records the init, writes --pid-file and
 exits: the init stays, stopped before the user's program, until `start` opens the fifo.
+
+Each command is its own interpreter, started by containerd's shim five times per container:
+start, state, kill and delete import nothing beyond os, time and the builtin _signal/select
+(no json, re, enum, socket, subprocess or ctypes: ~15 ms together here); create and exec load
+the plan, the spec and the executor, and the rest where a feature asks for it (hooks:
+subprocess, a console: socket, seccomp: ctypes).
 """
 
 from __future__ import annotations
 
-import json
+import _signal  # signal.py builds enums (and imports enum) that nothing here needs
 import os
-import signal
-import socket
 import time
 
 from satchel import log
 from satchel.errors import ContainerError, SatchelError, UsageError
-from satchel.ocirt import plan as oplan
-from satchel.ocirt import spec as specmod
+from satchel.ocirt import jsonlite
 from satchel.ocirt import state as st
 
 HOOK_TIMEOUT = 60
+SIGKILL = _signal.SIGKILL
+SIGNALS = {name: getattr(_signal, name) for name in dir(_signal)
+           if name.startswith("SIG") and not name.startswith("SIG_")}
+# the signals the setup and run/exec waiters handle
+_FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
 
 
 def _now() -> str:
@@ -33,9 +41,11 @@ def _now() -> str:
 # -- hooks ------------------------------------------------------------------------------------------
 def run_hooks(hooks: list, state: dict, kind: str, fatal: bool) -> None:
     """Each hook with the state on its stdin; a failure is an error (fatal) or a warning."""
+    if not hooks:
+        return
     import subprocess
 
-    data = json.dumps(state).encode()
+    data = jsonlite.dumps(state).encode()
     for hook in hooks:
         try:
             proc = subprocess.run(hook["args"], executable=hook["path"], input=data,
@@ -60,7 +70,7 @@ def run_hooks(hooks: list, state: dict, kind: str, fatal: bool) -> None:
 class _Channel:
     """The create side of the setup socket: lines in, `ok`/`error` out."""
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock):
         self.sock = sock
         self.buffer = b""
 
@@ -121,7 +131,9 @@ def _cgroup(spec, cid: str):
         return cgroups.request(res, 0, os.getpid(), a.read(), b.read())
 
 
-def _connect(path: str) -> socket.socket:
+def _connect(path: str):
+    import socket  # a terminal only
+
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
@@ -131,7 +143,14 @@ def _connect(path: str) -> socket.socket:
     return sock
 
 
-def _setup_child(plan, keep: socket.socket, close: socket.socket) -> None:
+def _socketpair():
+    """The setup's sync channel. _socket's own (socket.py's wrapper imports enum and
+    selectors for nothing used here); ops.py reads and writes its descriptor."""
+    import _socket
+    return _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+
+
+def _setup_child(plan, keep, close) -> None:
     """The forked setup process: apply the plan; report a failure on the socket. Never
     returns."""
     from satchel.ocirt import executor, ops
@@ -139,11 +158,11 @@ def _setup_child(plan, keep: socket.socket, close: socket.socket) -> None:
     code = 1
     try:
         close.close()
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        for name in _FORWARDED[:4]:
             # pid 1 of a new namespace ignores signals without a handler: a created
             # container waiting at exec.fifo must still die of `kill ID TERM`
-            signal.signal(sig, lambda n, _f: os._exit(128 + n))
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+            _signal.signal(SIGNALS[name], lambda n, _f: os._exit(128 + n))
+        _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
         executor.apply(plan)
     except SatchelError as err:
         message = err.message
@@ -156,10 +175,11 @@ def _setup_child(plan, keep: socket.socket, close: socket.socket) -> None:
     os._exit(code)
 
 
-def _fork_setup(plan, spec, mine: socket.socket, theirs: socket.socket):
+def _fork_setup(plan, spec, process, mine, theirs):
     from satchel.ocirt import executor, ops  # noqa: F401 - before the fork and pivot_root
 
-    ops.preload(spec.seccomp is not None)
+    ops.preload(seccomp=spec.seccomp is not None, terminal=bool(process.terminal),
+                rlimits=bool(process.rlimits))
     log.flush_outputs()
     pid = os.fork()
     if pid == 0:
@@ -216,6 +236,9 @@ def _reap(pid: int) -> None:
 def create(store, cid: str, bundle: str, pid_file: str | None, console_socket: str | None,
            subreaper: bool = False) -> dict:
     """Create container `cid` from `bundle`; returns its record (the init is waiting)."""
+    from satchel.ocirt import plan as oplan
+    from satchel.ocirt import spec as specmod
+
     spec = specmod.load(bundle)
     if spec.process is not None and spec.process.terminal and not console_socket:
         raise UsageError("process.terminal is true: --console-socket is required")
@@ -226,7 +249,7 @@ def create(store, cid: str, bundle: str, pid_file: str | None, console_socket: s
               "owner": "", "annotations": spec.annotations,
               "cgroup_dirs": list(cgroup.dirs) if cgroup else [],
               "hooks": {k: spec.hooks.get(k, []) for k in ("poststart", "poststop")},
-              "config_process": spec.process and _process_json(bundle),
+              "config_process": spec.raw_process,
               "seccomp": spec.seccomp, "own_pid_ns": "pid" in spec.namespace_types()}
     init_pid = 0
     console = None
@@ -239,7 +262,7 @@ def create(store, cid: str, bundle: str, pid_file: str | None, console_socket: s
         finally:
             os.close(dfd)
         store.save(cid, record)
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        mine, theirs = _socketpair()
         console = _connect(console_socket) if console_socket else None
         ctx = oplan.Context(sync_fd=theirs.fileno(), fifo_fd=fifo_fd,
                             console_fd=console.fileno() if console else None,
@@ -247,10 +270,11 @@ def create(store, cid: str, bundle: str, pid_file: str | None, console_socket: s
                             self_map=_self_map(spec))
         plan = oplan.build(spec, ctx)
         if log.debug_enabled():
+            import json
             log.debug("plan: " + json.dumps([op.to_dict() for op in plan.ops], default=str))
         if subreaper:  # run/exec wait for the init, which the setup process forks
             _prctl_subreaper()
-        setup = _fork_setup(plan, spec, mine, theirs)
+        setup = _fork_setup(plan, spec, spec.process, mine, theirs)
         os.close(fifo_fd)
         if console:
             console.close()
@@ -267,18 +291,10 @@ def create(store, cid: str, bundle: str, pid_file: str | None, console_socket: s
         if console:
             console.close()
         if init_pid:
-            _kill_quietly(init_pid, signal.SIGKILL)
+            _kill_quietly(init_pid, SIGKILL)
         _remove(store, cid, record)
         raise
     return record
-
-
-def _process_json(bundle: str):
-    """config.json's process object as JSON data (for `exec` without --process)."""
-    from satchel import fsutil
-    data = json.loads(fsutil.read_regular(os.path.join(bundle, "config.json"), follow=True,
-                                          limit=specmod.MAX_CONFIG))
-    return data.get("process")
 
 
 def _prctl_subreaper() -> None:
@@ -309,7 +325,6 @@ def start(store, cid: str) -> None:
     current = st.status(record, store)
     if current != "created":
         raise ContainerError(f"cannot start a container that is {current}")
-    from satchel.runtime import linux
     dfd = store.container_dir(cid)
     try:
         fd = os.open(st.FIFO, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -318,13 +333,7 @@ def start(store, cid: str) -> None:
         os.close(dfd)
         raise ContainerError(f"opening exec.fifo of {cid}: {err.strerror}") from None
     try:
-        data = b""
-        while True:
-            if linux.wait_readable(fd, 100):
-                data = os.read(fd, 1)
-                break
-            if st.start_time(record["pid"]) != record["start_time"]:
-                break
+        data = _read_fifo(fd, record)
         os.unlink(st.FIFO, dir_fd=dfd)
     finally:
         os.close(fd)
@@ -335,16 +344,30 @@ def start(store, cid: str) -> None:
     run_hooks(record["hooks"].get("poststart", []), state, "poststart", False)
 
 
+def _read_fifo(fd: int, record: dict) -> bytes:
+    """The init's "0" on exec.fifo: our open (O_NONBLOCK) let its blocked open for writing
+    return, and it writes at once. Blocks in poll; the timeout only serves to notice an init
+    that died before it could write (a FIFO that never had a writer reports no POLLHUP)."""
+    import select  # builtin, no import cost
+
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    while True:
+        if poller.poll(1000):
+            return os.read(fd, 1)
+        if st.start_time(record["pid"]) != record["start_time"]:
+            return b""
+
+
 def parse_signal(text: str) -> int:
     name = text.upper()
     if name.isdigit():
         return int(name)
     if not name.startswith("SIG"):
         name = "SIG" + name
-    sig = getattr(signal.Signals, name, None) if name in signal.Signals.__members__ else None
-    if sig is None:
+    if name not in SIGNALS:
         raise UsageError(f"unknown signal {text!r}")
-    return int(sig)
+    return SIGNALS[name]
 
 
 def pids(record: dict) -> list[int]:
@@ -382,15 +405,34 @@ def delete(store, cid: str, force: bool) -> None:
     if current == "running" and not force:
         raise ContainerError(f"cannot delete container {cid} that is not stopped: running")
     if current in ("running", "created", "creating"):
-        for pid in pids(record) or [record["pid"]]:
-            _kill_quietly(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while st.start_time(record["pid"]) == record.get("start_time") and \
-                time.monotonic() < deadline:
-            time.sleep(0.01)
+        _kill_and_wait(record)
     _remove(store, cid, record)
     state = dict(st.public_state(record, store), status="stopped")
     run_hooks(record["hooks"].get("poststop", []), state, "poststop", False)
+
+
+def _kill_and_wait(record: dict, timeout: float = 10.0) -> None:
+    """SIGKILL the container's processes and block until its init is gone: a pidfd of the
+    init (opened, then checked to be the recorded process) becomes readable when it exits."""
+    import select
+
+    pid = record["pid"]
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # already gone (ESRCH)
+        pidfd = None
+    try:
+        if pidfd is not None and st.start_time(pid) != record.get("start_time"):
+            return  # the pid was recycled: not ours to wait for
+        for target in pids(record) or [pid]:
+            _kill_quietly(target, SIGKILL)
+        if pidfd is not None:
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            poller.poll(int(timeout * 1000))
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 def _remove(store, cid: str, record: dict) -> None:
@@ -427,17 +469,20 @@ def exec_process(store, cid: str, process, pid_file: str | None, console_socket:
     if record.get("cgroup_dirs"):
         dirs = tuple(record["cgroup_dirs"])
         cgroup = (1, dirs, (), tuple(d + "/cgroup.procs" for d in dirs))
+    from satchel.ocirt import plan as oplan
+    from satchel.ocirt import spec as specmod
+
     spec = specmod.Spec(seccomp=None, hostname=None)
     if record.get("seccomp"):
         spec.seccomp = record["seccomp"]
-    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    mine, theirs = _socketpair()
     console = _connect(console_socket) if console_socket else None
     ctx = oplan.Context(sync_fd=theirs.fileno(), console_fd=console.fileno() if console else None,
                         cgroup=cgroup, join_pid=record["pid"], join_names=tuple(names))
     plan = oplan.build_exec(spec, process, ctx)
     if not detach:
         _prctl_subreaper()
-    setup = _fork_setup(plan, spec, mine, theirs)
+    setup = _fork_setup(plan, spec, process, mine, theirs)
     if console:
         console.close()
     pid = _drive(_Channel(mine), setup, spec, record, store)
@@ -454,9 +499,8 @@ def wait_for(pid: int) -> int:
     def forward(signum, _frame):
         _kill_quietly(pid, signum)
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-                signal.SIGUSR2):
-        signal.signal(sig, forward)
+    for name in _FORWARDED:
+        _signal.signal(SIGNALS[name], forward)
     while True:
         try:
             got, status = os.waitpid(-1, 0)
@@ -479,4 +523,5 @@ def exec_from_args(record: dict, args, env, cwd, user, tty: bool):
     if user:
         uid, _, gid = user.partition(":")
         base["user"] = {"uid": int(uid), "gid": int(gid or 0)}
+    from satchel.ocirt import spec as specmod
     return specmod.parse_process(base)

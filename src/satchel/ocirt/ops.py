@@ -16,6 +16,7 @@ import os
 from satchel import log
 from satchel.errors import ContainerError
 from satchel.runtime import linux
+from satchel.runtime.cfunc import get_errno
 
 CAPABILITIES = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
@@ -72,17 +73,18 @@ def split_options(options) -> tuple[int, int, int, list[str]]:
     return flags, clear, propagation, data
 
 
-def preload(seccomp: bool) -> None:
-    """Import and load now what the operations after pivot_root use: the host's Python
-    library and libseccomp are out of reach from the container's root."""
-    import ctypes  # noqa: F401
-    import fcntl  # noqa: F401
-    import resource  # noqa: F401
-    import socket  # noqa: F401
-    import struct  # noqa: F401
-    import termios  # noqa: F401
+def preload(seccomp: bool, terminal: bool, rlimits: bool) -> None:
+    """Import and load now what the operations after pivot_root use (the host's Python
+    library and libseccomp are out of reach from the container's root), and only that: each
+    import is time on every create (libc is reached through runtime/cfunc.py, not ctypes)."""
+    import struct  # noqa: F401 - capset
 
-    _c()
+    if rlimits:
+        import resource  # noqa: F401
+    if terminal:
+        import fcntl  # noqa: F401
+        import socket  # noqa: F401
+        import termios  # noqa: F401
     if seccomp:
         from satchel.ocirt import seccomp as module
         module.library()
@@ -349,23 +351,8 @@ def _rlimits(limits) -> None:
             raise ContainerError(f"setting rlimit {name} to {soft}:{hard}: {err}") from None
 
 
-_libc = None
-
-
-def _c():
-    global _libc
-    if _libc is None:
-        import ctypes
-        _libc = ctypes.CDLL(None, use_errno=True)
-    return _libc
-
-
 def _prctl(option: int, arg: int, what: str) -> None:
-    import ctypes
-
-    if _c().prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0),
-                  ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
-        raise ContainerError(f"{what}: {os.strerror(ctypes.get_errno())}")
+    linux.prctl(option, arg, what)
 
 
 def cap_numbers(names) -> set[int]:
@@ -380,15 +367,12 @@ def cap_numbers(names) -> set[int]:
 
 
 def _drop_bounding(names) -> None:
-    import ctypes
-
     keep = cap_numbers(names)
     for cap in range(linux.last_capability() + 1):
         if cap in keep:
             continue
-        if _c().prctl(ctypes.c_int(linux.PR_CAPBSET_DROP), ctypes.c_ulong(cap),
-                      ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
-            err = ctypes.get_errno()
+        if linux._prctl(linux.PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            err = get_errno()
             if err != 22:
                 raise ContainerError(f"dropping capability {CAPABILITIES[cap]} from the bounding "
                                      f"set: {os.strerror(err)}")
@@ -402,22 +386,19 @@ def _mask(names) -> tuple[int, int]:
 
 
 def _capset(caps: dict) -> None:
-    import ctypes
     import struct
 
     eff, perm, inh = _mask(caps["effective"]), _mask(caps["permitted"]), _mask(caps["inheritable"])
     header = struct.pack("=Ii", 0x20080522, 0)
     data = struct.pack("=6I", eff[0], perm[0], inh[0], eff[1], perm[1], inh[1])
-    if _c().capset(header, data) != 0:
-        raise ContainerError(f"setting capabilities (capset): {os.strerror(ctypes.get_errno())}")
-    if _c().prctl(ctypes.c_int(linux.PR_CAP_AMBIENT), ctypes.c_ulong(4), ctypes.c_ulong(0),
-                  ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0 and ctypes.get_errno() != 22:
-        raise ContainerError("clearing the ambient capabilities: "
-                             f"{os.strerror(ctypes.get_errno())}")
+    if linux._capset(header, data) != 0:
+        raise ContainerError(f"setting capabilities (capset): {os.strerror(get_errno())}")
+    if linux._prctl(linux.PR_CAP_AMBIENT, linux.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 and \
+            get_errno() != 22:
+        raise ContainerError(f"clearing the ambient capabilities: {os.strerror(get_errno())}")
     for cap in sorted(cap_numbers(caps["ambient"])):
-        # PR_CAP_AMBIENT_RAISE; like runc, a capability that cannot be raised is skipped
-        _c().prctl(ctypes.c_int(linux.PR_CAP_AMBIENT), ctypes.c_ulong(2), ctypes.c_ulong(cap),
-                   ctypes.c_ulong(0), ctypes.c_ulong(0))
+        # like runc, a capability that cannot be raised is skipped
+        linux._prctl(linux.PR_CAP_AMBIENT, linux.PR_CAP_AMBIENT_RAISE, cap, 0, 0)
 
 
 def find_program(name: str, environ: dict) -> str:

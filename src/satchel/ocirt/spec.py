@@ -7,11 +7,11 @@ with an error naming it (never ignored silently): see UNSUPPORTED_LINUX.
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 
 from satchel.errors import ConfigError
+from satchel.ocirt import jsonlite
 
 SUPPORTED_VERSIONS = ("1.0.", "1.1.", "1.2.")
 NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time")
@@ -51,7 +51,7 @@ class Spec:
     __slots__ = ("version", "bundle", "root_path", "root_readonly", "process", "hostname",
                  "mounts", "namespaces", "uid_mappings", "gid_mappings", "masked_paths",
                  "readonly_paths", "devices", "resources", "hooks", "seccomp", "sysctl",
-                 "rootfs_propagation", "cgroups_path", "annotations")
+                 "rootfs_propagation", "cgroups_path", "annotations", "raw_process")
 
     def __init__(self, **values):
         for key in self.__slots__:
@@ -102,7 +102,7 @@ def load(bundle: str) -> Spec:
     except OSError as err:
         raise ConfigError(f"reading {path}: {err.strerror}") from None
     try:
-        data = json.loads(raw)
+        data = jsonlite.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path} is not valid JSON: {err}") from None
     return parse(data, os.path.abspath(bundle))
@@ -129,6 +129,7 @@ def parse(data, bundle: str) -> Spec:
         version=version, bundle=bundle, root_path=posixpath.normpath(root_path),
         root_readonly=bool(_get(root, "readonly", bool, "root", False)),
         process=parse_process(process) if process is not None else None,
+        raw_process=process,  # as given: `exec ID CMD` without --process starts from it
         hostname=_get(data, "hostname", str, "", None),
         mounts=_mounts(data), namespaces=_namespaces(linux),
         uid_mappings=_mappings(linux, "uidMappings"), gid_mappings=_mappings(linux, "gidMappings"),

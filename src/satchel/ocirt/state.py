@@ -13,10 +13,10 @@ alive without it "running", gone "stopped".
 
 from __future__ import annotations
 
-import json
 import os
 
 from satchel.errors import ContainerError, UsageError
+from satchel.ocirt import jsonlite
 
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+-.")
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -107,7 +107,7 @@ class Store:
         dfd = self.container_dir(cid)
         if dfd is None:
             raise ContainerError(f"container {cid} does not exist")
-        data = json.dumps(record).encode()
+        data = jsonlite.dumps(record).encode()
         tmp = f".{STATE_FILE}.{os.getpid()}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -142,7 +142,7 @@ class Store:
         finally:
             os.close(dfd)
         try:
-            record = json.loads(raw)
+            record = jsonlite.loads(raw)
         except ValueError:
             raise ContainerError(f"state of {cid} is not valid JSON") from None
         if not isinstance(record, dict) or record.get("id") != cid:

@@ -9,7 +9,6 @@ json: the shim reports the last "msg" of its log.json).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -104,7 +103,8 @@ class _LogFile:
             return
         from satchel.ocirt.lifecycle import _now
         if self.fmt == "json":
-            line = json.dumps({"level": "error", "msg": message, "time": _now()})
+            from satchel.ocirt import jsonlite
+            line = jsonlite.dumps({"level": "error", "msg": message, "time": _now()})
         else:
             line = f'time="{_now()}" level=error msg="{message}"'
         try:
@@ -155,6 +155,16 @@ def _one_id(args, command: str, most: int = 1) -> str:
     return args[0]
 
 
+def _dumps(value, indent=None) -> str:
+    """JSON for stdout: `features` indented for people (json is imported there only); what
+    the shim and conmon parse (state, ps, list) through jsonlite, which costs no imports."""
+    if indent:
+        import json
+        return json.dumps(value, indent=indent)
+    from satchel.ocirt import jsonlite
+    return jsonlite.dumps(value)
+
+
 def _run(command: str, argv: list[str], glob) -> int:
     from satchel.ocirt import lifecycle, state
 
@@ -162,7 +172,7 @@ def _run(command: str, argv: list[str], glob) -> int:
     opts, args = parse_flags(argv, values, flags, short, command == "exec")
     store = _store(glob)
     if command == "features":
-        print(json.dumps(features(), indent=2))
+        print(_dumps(features(), indent=2))
         return 0
     if command == "list":
         return _list(store, opts)
@@ -185,7 +195,7 @@ def _run(command: str, argv: list[str], glob) -> int:
     if command == "start":
         lifecycle.start(store, cid)
     elif command == "state":
-        print(json.dumps(state.public_state(store.load(cid), store), indent=2))
+        print(_dumps(state.public_state(store.load(cid), store)))
     elif command == "kill":
         if len(args) > 2:
             raise UsageError("kill: expected a container id and an optional signal")
@@ -202,7 +212,7 @@ def _run(command: str, argv: list[str], glob) -> int:
         record = store.load(cid)
         pids = lifecycle.pids(record)
         if opts.get("format", "table") == "json":
-            print(json.dumps(pids))
+            print(_dumps(pids))
         else:
             print("PID")
             for pid in pids:
@@ -219,7 +229,8 @@ def _exec(store, cid: str, cmd: list[str], opts) -> int:
     if opts.get("process"):
         from satchel import fsutil
         try:
-            data = json.loads(fsutil.read_regular(opts["process"], follow=True))
+            from satchel.ocirt import jsonlite
+            data = jsonlite.loads(fsutil.read_regular(opts["process"], follow=True))
         except (OSError, ValueError) as err:
             raise UsageError(f"--process {opts['process']}: {err}") from None
         process = specmod.parse_process(data)
@@ -245,7 +256,7 @@ def _list(store, opts) -> int:
         for row in rows:
             print(row["id"])
     elif opts.get("format", "table") == "json":
-        print(json.dumps(rows))
+        print(_dumps(rows))
     else:
         print(f"{'ID':<20}{'PID':<10}{'STATUS':<10}{'BUNDLE':<40}CREATED")
         for r in rows:
