@@ -83,6 +83,9 @@ def main() -> int:
         raise SystemExit("fuse_vs_kernel: run as root (the kernel SquashFS case needs it)")
     entry = pwd.getpwnam(args.user)
     ids = (entry.pw_uid, entry.pw_gid)
+    # byte-compile satchel: a user who cannot write __pycache__ would recompile every launch
+    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(ROOT, "src")],
+                   check=True, stdout=subprocess.DEVNULL)
     work = tempfile.mkdtemp(prefix="satchel-fusebench-", dir="/tmp")
     try:
         os.chmod(work, 0o755)

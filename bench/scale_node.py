@@ -215,6 +215,9 @@ def main() -> int:
     ids = (entry.pw_uid, entry.pw_gid)
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": entry.pw_dir, "USER": entry.pw_name,
            "LANG": "C.UTF-8"}
+    # byte-compile satchel: a user who cannot write __pycache__ would recompile every launch
+    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(ROOT, "src")],
+                   check=True, stdout=subprocess.DEVNULL)
     sif = args.sif or debian_python_image()
     from satchel.image.formats import open_image
     ref = open_image(sif)
