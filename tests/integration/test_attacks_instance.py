@@ -23,7 +23,7 @@ import uuid
 
 import pytest
 
-from support.fixtures_runtime import wait_until
+from support.fixtures_runtime import alive, wait_until
 from support.fixtures_users import SATCHEL
 
 TIMEOUT = 30  # every root command must answer well within this
@@ -48,14 +48,6 @@ def as_user(user, script: str, *args: str, text_in: str | None = None) -> None:
 def start_time(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as fh:
         return int(fh.read().rsplit(")", 1)[1].split()[19])
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 def mount_ns(pid: int) -> int:

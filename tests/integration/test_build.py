@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from support.fixtures_registry import sif_listing
 from support.fixtures_runtime import wait_for_name_below
 from support.fixtures_users import SATCHEL, run_satchel
 
@@ -34,15 +35,7 @@ def cat(image, path):
 
 def listing(image):
     """{path: (mode string, 'uid/gid')} of a SIF's file system."""
-    part = partition(image)
-    out = subprocess.run(["unsquashfs", "-lln", "-o", str(part.offset), image],
-                         capture_output=True, text=True, check=True).stdout
-    result = {}
-    for line in out.splitlines():
-        fields = line.split()
-        if len(fields) >= 6 and fields[5].startswith("squashfs-root"):
-            result[fields[5][len("squashfs-root"):] or "/"] = (fields[0], fields[1])
-    return result
+    return {path: tuple(entry.split(" ")) for path, entry in sif_listing(str(image)).items()}
 
 
 def build(tmp_path, text, *extra, name="image.sif", check=True):

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from support.fixtures_registry import sif_listing
 from support.fixtures_runtime import wait_for_name_below
 from support.fixtures_users import SATCHEL, run_satchel
 
@@ -15,16 +16,8 @@ from satchel.image import sif
 
 
 def owners(image):
-    with sif.SIFFile.open(image) as f:
-        offset = f.primary_partition().offset
-    out = subprocess.run(["unsquashfs", "-lln", "-o", str(offset), image], capture_output=True,
-                         text=True, check=True).stdout
-    result = {}
-    for line in out.splitlines():
-        fields = line.split()
-        if len(fields) >= 6 and fields[5].startswith("squashfs-root"):
-            result[fields[5][len("squashfs-root"):] or "/"] = (fields[0], fields[1])
-    return result
+    """{path: (mode string, 'uid/gid')} of a SIF's file system."""
+    return {path: tuple(entry.split(" ")) for path, entry in sif_listing(str(image)).items()}
 
 
 def write_def(directory, text, user):

@@ -18,8 +18,8 @@ import time
 import pytest
 
 from support.fixtures_clients import INSTANCE_USER
-from support.fixtures_runtime import (Who, assert_nothing_left, busybox_tree, make_sif,
-                                      wait_until)
+from support.fixtures_runtime import (Who, alive, assert_nothing_left, busybox_tree,
+                                      make_sif, wait_until)
 
 START_SCRIPT = """#!/bin/sh
 echo "startscript args: $*"
@@ -158,14 +158,6 @@ def holders(path: str) -> list[int]:
 def nothing_left(image: str) -> None:
     assert_nothing_left(image, timeout=5)
     assert wait_until(lambda: not holders(image), 5), f"{image} still open: {holders(image)}"
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 @pytest.fixture

@@ -442,9 +442,10 @@ def sif_listing(path: str) -> dict[str, str]:
     listing = {}
     for line in out.splitlines():
         fields = line.split()
-        if len(fields) < 6 or not fields[-1].startswith("squashfs-root"):
+        at = line.find(" squashfs-root")  # the name: after a size, or a device's numbers
+        if len(fields) < 6 or at < 0:
             continue
-        name = line[line.index("squashfs-root") + len("squashfs-root"):] or "/"
+        name = line[at + len(" squashfs-root"):] or "/"
         name = name.split(" -> ")[0]
         listing[name] = f"{fields[0]} {fields[1]}"
     return listing

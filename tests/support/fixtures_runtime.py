@@ -164,6 +164,15 @@ def satchel_loop_devices(image: str) -> list[str]:
     return found
 
 
+def alive(pid: int) -> bool:
+    """The process exists and is no zombie (PID 1 here reaps no orphans: see FACTS.md)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
 def wait_until(predicate, timeout: float = 1.0, interval: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     while True:
