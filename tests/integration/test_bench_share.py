@@ -5,21 +5,12 @@ machine): nothing judges them, this keeps the scripts from rotting unnoticed."""
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BENCH = os.path.join(ROOT, "bench")
+from support.benches import BENCH, bench
 
 pytestmark = pytest.mark.slow
-
-
-def bench(argv: list[str], timeout: float = 300) -> str:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
-    return proc.stdout
 
 
 def test_fuse_vs_kernel_bench(test_user):
