@@ -15,9 +15,18 @@ from support.fixtures_users import SATCHEL, run_satchel
 V1 = os.path.isdir("/sys/fs/cgroup/memory") and not os.path.exists("/sys/fs/cgroup/cgroup.procs")
 
 
-def _ours() -> list[str]:
+def _all() -> set[str]:
     """satchel-<pid> cgroups anywhere in the tree (every hierarchy, any depth)."""
-    return glob.glob("/sys/fs/cgroup/**/satchel-[0-9]*", recursive=True)
+    return set(glob.glob("/sys/fs/cgroup/**/satchel-[0-9]*", recursive=True))
+
+
+_BEFORE: set[str] = set()
+
+
+def _ours() -> list[str]:
+    """The satchel-<pid> cgroups that appeared since this test began: what earlier runs on the
+    machine left (a killed test run, a killed reaper) is not this test's to judge."""
+    return sorted(_all() - _BEFORE)
 
 
 def _root(args, **kw):
@@ -30,6 +39,8 @@ def _root(args, **kw):
 def _as_root():
     if os.geteuid() != 0:
         pytest.skip("resource limits are tested as root")
+    _BEFORE.clear()
+    _BEFORE.update(_all())
 
 
 def test_memory_limit_kills_allocation(busybox_sif):
