@@ -703,6 +703,11 @@ class Executor:
             if claim is not None:  # the image mount is the root now: others may join it
                 claim.register()
 
+    @staticmethod
+    def op_record_namespaces(op) -> None:
+        from satchel.runtime import share
+        share.record_sharens(op.data)
+
     def op_chdir(self, op) -> None:
         candidates = list(op.data)
         for i, path in enumerate(candidates):

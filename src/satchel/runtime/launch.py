@@ -30,8 +30,6 @@ REFUSED = {
               "(nvidia-container-cli is not used)",
     "pem_path": "--pem-path is not supported: satchel cannot run encrypted images",
     "passphrase": "--passphrase is not supported: satchel cannot run encrypted images",
-    "sharens": "--sharens is not supported: your containers of one image share its mount "
-               "already; to share namespaces, start an instance and use instance://NAME",
     "containlibs": "--containlibs is not supported: bind the libraries with -B",
     "netns_path": "--netns-path is not supported: satchel provides --net --network none only",
     "boot": "--boot is not supported: satchel does not run a system init in instances",
@@ -63,7 +61,10 @@ def plan_launch(command: str, parsed):
             image, join = None, join_target(target)
         else:
             image, join = open_image_arg(target, parsed, config, temporary), None
+            if getattr(parsed, "sharens", False):
+                join = sharens_target(image)
         opts = run_options(command, parsed, config, cleanup=temporary, join=join)
+        opts.sharens = bool(getattr(parsed, "sharens", False)) and join is None
         return build_plan(opts, config, image, HostInfo.gather())
     except BaseException:
         _remove(temporary)  # the reaper did not start
@@ -253,6 +254,20 @@ def gpu_binds(parsed, config) -> list:
         from satchel.errors import ContainerError
         raise ContainerError(f"--{kinds[0]} support is not installed") from None
     return [gpu.gpu_binds(kind, config) for kind in kinds]
+
+
+def sharens_target(image):
+    """--sharens: the namespaces of the first container this launch's parent started from
+    the same image (a JoinTarget), or None when this one is the first (runtime/share.py)."""
+    from satchel.runtime import share
+    from satchel.runtime.plan import JoinTarget
+
+    found = share.sharens(image.path, image.fs_offset or 0, os.getppid(), os.getuid(),
+                          os.environ)
+    if found is None:
+        return None
+    pid, flags = found
+    return JoinTarget(f"--sharens {pid}", pid, share.namespace_names(flags), image.path)
 
 
 def join_target(uri: str):

@@ -85,6 +85,8 @@ NET_LOOPBACK = "net_loopback"      # "lo"          -                ((key, value
 FORK_INIT = "fork_init"            # -             -                - (--pid: the parent forwards
                                    # signals, the child, pid 1, goes on)
 PIVOT_ROOT = "pivot_root"          # -             host dir         -
+RECORD_NAMESPACES = "record_namespaces"  # -       -                namespace names (--sharens,
+                                   # the first of its parent: share.record_sharens)
 CHDIR = "chdir"                    # -             -                candidate dirs, first that
                                    # works ("strict": only the first)
 DROP_CAPS = "drop_caps"            # -             -                - (no_new_privs, caps emptied)
@@ -95,7 +97,8 @@ EXEC = "exec"                      # "/bin/sh"     -                - (execve(Co
 EXEC_CHILD = "exec_child"          # "/bin/sh"     -                - (--pid: init forks, reaps)
 INSTANCE_INIT = "instance_init"    # "/bin/sh"     -                ready fd (stay as the init)
 JOIN_NAMESPACES = "join_namespaces"  # -           -                (pid, namespace names), user
-                                   #                                first (instance://)
+                                   #                                first (instance://,
+                                   #                                --sharens)
 REAPER = "reaper"                  # -             -                (host paths, cgroup dirs)
                                    #                                removed after the container
 CGROUP = "cgroup"                  # -             -                cgroups.CgroupPlan.to_data()
@@ -192,7 +195,8 @@ class RunOptions:
                  "writable_tmpfs", "overlay", "pid", "ipc", "uts", "hostname", "net",
                  "network", "network_args", "no_eval", "instance_ready_fd", "join",
                  "shell", "gpu", "prog", "scratch", "dns", "no_pid", "cleanup", "cgroup",
-                 "fusemounts", "seccomp", "writable", "fakeroot", "ignore_subuid", "share")
+                 "fusemounts", "seccomp", "writable", "fakeroot", "ignore_subuid", "share",
+                 "sharens")
 
     def __init__(self, command: str = "exec", args=(), **values):
         self.command = command
@@ -229,6 +233,7 @@ class RunOptions:
         self.fakeroot = False   # --fakeroot: uid 0 of a user namespace (subordinate ids)
         self.ignore_subuid = False  # --ignore-subuid: --fakeroot maps root alone
         self.share = True       # --no-share: this container's image mount is its own
+        self.sharens = False    # --sharens, the first container of its parent: record it
         for key, value in values.items():
             setattr(self, key, value)
 
@@ -713,6 +718,8 @@ def _fusemounts(p: _Plan) -> None:
 
 def _switch_root(p: _Plan) -> None:
     p.add(PIVOT_ROOT, None, p.root)
+    if p.opts.sharens:  # the later --sharens launches of this parent join these namespaces
+        p.add(RECORD_NAMESPACES, data=(("user",) if p.rootless else ()) + p.namespaces())
     p.add(CHDIR, data=tuple(p.cwd), flags=("strict",) if p.opts.pwd else ())
     # --fakeroot: root of the user namespace keeps its capabilities there (dpkg chowns files);
     # they reach nothing outside it

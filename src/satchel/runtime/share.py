@@ -144,6 +144,19 @@ class Claim:
         finally:
             self.release()
 
+    def record_namespaces(self, flags: int) -> None:
+        """--sharens, the first container: after pivot_root, record its namespaces (CLONE_*
+        flags) for the later launches of the same parent, and let them go."""
+        try:
+            members = [m for m in _read_members(self.dir_fd, self.key)
+                       if start_time(int(m[0])) == m[1]]
+            _write_members(self.dir_fd, self.key, members + [
+                (str(self.pid), self.start, str(flags), str(self.offset))])
+        except (OSError, ValueError):
+            pass
+        finally:
+            self.release()
+
     def release(self) -> None:
         """Unlock and close everything (the payload inherits none of it)."""
         if self.lock_fd >= 0:
@@ -214,6 +227,52 @@ def _join(claim: Claim) -> bool:
             claim.mount_fd, claim.dev = fd, int(dev)
             return True
     return False
+
+
+# --sharens: the claim of this launch if it is the first of its parent (one launch per process;
+# the executor's RECORD_NAMESPACES operation records it after pivot_root)
+_first_sharens: list = []
+
+
+def sharens(image: str, offset: int, parent: int, uid: int, environ):
+    """--sharens (Apptainer: share the namespaces of the containers started by one parent):
+    (pid, CLONE_* flags) of the live first container of this parent and image to join, or
+    None: this launch is the first (then its namespaces are recorded after pivot_root, the
+    launches of the same parent waiting meanwhile), or sharing is not possible here."""
+    dir_fd = runtime_dir(uid, environ)
+    if dir_fd is None:
+        return None
+    started = start_time(parent)
+    result = Claim(dir_fd, f"ns-{parent}-{started}-{image_key(image)}", offset, -1)
+    try:
+        live = _live_members(result)
+        if not live:
+            result.lock_fd = _open_lock(dir_fd, result.key)
+            _lock(result.lock_fd, WAIT_S)
+            live = _live_members(result)
+        if live:
+            result.release()
+            return int(live[0][0]), int(live[0][2])
+        _first_sharens.append(result)
+        return None
+    except (OSError, ValueError):
+        result.release()
+        return None
+
+
+def record_sharens(names) -> None:
+    """RECORD_NAMESPACES: this first --sharens container's namespaces, by name."""
+    flags = 0
+    for name in names:
+        flags |= linux.NAMESPACE_FLAGS[name]
+    while _first_sharens:
+        _first_sharens.pop().record_namespaces(flags)
+
+
+def namespace_names(flags: int) -> tuple[str, ...]:
+    """The namespace names of a recorded CLONE_* mask, the user namespace first."""
+    return tuple(name for name in ("user", "mount", "ipc", "uts", "net", "pid")
+                 if flags & linux.NAMESPACE_FLAGS[name])
 
 
 def likely_joined(image: str, uid: int, environ) -> bool:

@@ -171,7 +171,9 @@ ACTION_OPTIONS = [
     o.Opt("--pem-path", "pem_path", o.VALUE, env=_env("PEM_PATH"), hidden=True,
           help="not supported (encrypted images)"),
     o.Opt("--passphrase", "passphrase", hidden=True, help="not supported (encrypted images)"),
-    o.Opt("--sharens", "sharens", env=_env("SHARENS"), hidden=True, help="not supported"),
+    o.Opt("--sharens", "sharens", env=_env("SHARENS"),
+          help="share the namespaces of the first container the same parent process started "
+               "from the same image"),
     o.Opt("--containlibs", "containlibs", o.LIST, env=_env("CONTAINLIBS"), hidden=True,
           help="not supported"),
     o.Opt("--netns-path", "netns_path", o.VALUE, env=_env("NETNS_PATH"), hidden=True,
