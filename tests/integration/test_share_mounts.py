@@ -69,6 +69,27 @@ def test_other_user_and_other_image_never_share(test_user, share_sif):
     wait_no_servers(copy)
 
 
+def test_containers_of_different_job_steps_never_share(test_user, share_sif):
+    """A batch system ends a job step by killing what it started, the FUSE server of the
+    step's first container included: containers of another step (or job, or node) must not
+    depend on it. Same user, same image, other SLURM_STEP_ID: a mount of its own; the same
+    step: shared."""
+    step0 = {"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0", "SLURMD_NODENAME": "n1"}
+    step1 = dict(step0, SLURM_STEP_ID="1")
+    started = [Container(test_user, share_sif, env=env) for env in (step0, step0, step1)]
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        for container in started:
+            container.ready(deadline)
+        first, same_step, other_step = started
+        assert same_step.dev == first.dev
+        assert other_step.dev != first.dev
+        assert len(servers(share_sif)) == 2
+    finally:
+        finish_all(started)
+    wait_no_servers(share_sif)
+
+
 def test_a_launch_during_the_last_exit_still_starts(test_user, share_sif):
     """The only container ends while new launches come (each round at another moment of its
     exit, and once right after a SIGKILL): each new one starts, on the dying mount never."""

@@ -16,8 +16,9 @@ How a launch finds a live mount, and why nothing outlives the containers:
   private; every file in it opened by that directory's descriptor with O_NOFOLLOW): KEY.members
   lists "PID STARTTIME DEV OFFSET" per container whose root is the shared mount (DEV: its
   device number; OFFSET: the partition's), KEY.lock serializes the launches of one image. KEY
-  names the image file's identity (device, inode, size, mtime): an image rewritten in place is
-  another image.
+  names the image file's identity (device, inode, size, mtime: an image rewritten in place is
+  another image) and the launch's scope (its cgroups and batch job step, scope_key: a step's
+  end kills the server it started, so other steps must not depend on it).
 - A launch tries the recorded containers (latest first; no lock needed): a helper process
   joins one's user and mount namespaces through a pidfd (opened, then checked against the
   start time: a reused PID is never joined) and clones the root mount of that namespace
@@ -74,9 +75,43 @@ def runtime_dir(uid: int, environ) -> int | None:
     return None
 
 
-def image_key(path: str) -> str:
+# a batch system's job step: containers of different steps never share (see scope_key)
+SCOPE_VARIABLES = ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURMD_NODENAME", "PBS_JOBID",
+                   "LSB_JOBID", "FLUX_JOB_ID")
+
+
+def image_key(path: str, environ) -> str:
+    """The sharing key: the image file's identity and the launch's scope (scope_key)."""
     st = os.stat(path)
-    return f"{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"
+    return (f"{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}-"
+            f"{scope_key(environ)}")
+
+
+def scope_key(environ) -> str:
+    """Who may share a mount: launches in the same cgroups and the same batch job step.
+
+    The FUSE server belongs to the first launch's job step. A batch system ends a step by
+    killing everything the step started (Slurm: the step's cgroup, proctrack/cgroup), the
+    server included, so a container of another step sharing that mount would lose its image
+    when the first step ends ("Transport endpoint is not connected": seen with srun over two
+    slurmd on one machine, tests/integration/test_slurm.py). The ranks of one step on a node
+    share. Outside a batch system the cgroup is the login session's, which logind may end the
+    same way. A 64-bit FNV-1a of /proc/self/cgroup and the job variables (no hashlib on the
+    launch path)."""
+    try:
+        fd = os.open("/proc/self/cgroup", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, 65536)
+        finally:
+            os.close(fd)
+    except OSError:
+        data = b""
+    for name in SCOPE_VARIABLES:
+        data += f"{name}={environ.get(name, '')}\n".encode("utf-8", "surrogateescape")
+    value = 0xcbf29ce484222325
+    for byte in data:
+        value = ((value ^ byte) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return f"{value:016x}"
 
 
 def start_time(pid: int) -> str | None:
@@ -188,7 +223,7 @@ def claim(image: str, offset: int, uid: int, environ) -> Claim | None:
         return None
     result = None
     try:
-        key = image_key(image)
+        key = image_key(image, environ)
         result = Claim(dir_fd, key, offset, -1)
         if _join(result):
             return result
@@ -243,7 +278,7 @@ def sharens(image: str, offset: int, parent: int, uid: int, environ):
     if dir_fd is None:
         return None
     started = start_time(parent)
-    result = Claim(dir_fd, f"ns-{parent}-{started}-{image_key(image)}", offset, -1)
+    result = Claim(dir_fd, f"ns-{parent}-{started}-{image_key(image, environ)}", offset, -1)
     try:
         live = _live_members(result)
         if not live:
@@ -282,7 +317,7 @@ def likely_joined(image: str, uid: int, environ) -> bool:
     if dir_fd is None:
         return False
     try:
-        key = image_key(image)
+        key = image_key(image, environ)
         if _first_in_progress(dir_fd, key):
             return True  # its mount will be joined (or, if it fails, a server forked then)
         members = _read_members(dir_fd, key)
