@@ -110,6 +110,25 @@ def test_matches_runc(name, oci_rootfs, satchel_runc, tmp_path):
     assert os.listdir(tmp_path / "satchel-root") == []  # run removes its record
 
 
+# cases where crun itself gives another answer than runc (satchel-runc follows runc): why
+CRUN_DIFFERS = {}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_matches_crun(name, oci_rootfs, satchel_runc, crun_runtime, tmp_path):
+    """The same bundles under crun (the C reference, run in a mount namespace without the
+    cgroup2 mount it refuses on this hybrid host) give what satchel-runc gives."""
+    if name in CRUN_DIFFERS:
+        pytest.skip(f"crun differs from runc here: {CRUN_DIFFERS[name]}")
+    config = default_config()
+    CASES[name](config)
+    bundle = make_bundle(str(tmp_path), oci_rootfs, config)
+    reference = run_bundle(crun_runtime, bundle, str(tmp_path / "crun-root"))
+    ours = run_bundle(satchel_runc, bundle, str(tmp_path / "satchel-root"))
+    assert reference[1].strip(), f"the case printed nothing under crun: {reference}"
+    assert ours[:2] == reference[:2], f"crun: {reference}\nsatchel-runc: {ours}"
+
+
 def test_missing_program_fails_create(oci_rootfs, satchel_runc, tmp_path):
     """A program not in the root fails `create` in one line, leaves no record or process."""
     config = default_config()

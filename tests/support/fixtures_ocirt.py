@@ -65,6 +65,41 @@ def satchel_runc(satchel_bin):
     shutil.rmtree(top, ignore_errors=True)
 
 
+# crun 1.8 (Debian 12) refuses a host whose cgroup2 hierarchy is mounted beside v1 ("cgroups
+# in hybrid mode not supported"); in a mount namespace without that mount it sees a plain v1
+# host and runs. The wrapper is a runtime with crun's command line, for matrix and bench.
+CRUN_WRAPPER = """#!/bin/sh
+exec unshare --mount --propagation private sh -c \\
+  'umount -l /sys/fs/cgroup/unified 2>/dev/null; exec crun "$@"' crun "$@"
+"""
+
+
+def write_crun_wrapper(directory: str) -> str | None:
+    """DIR/crun-v1: crun as above; None where crun or unshare is missing."""
+    if not shutil.which("crun") or not shutil.which("unshare"):
+        return None
+    path = os.path.join(directory, "crun-v1")
+    with open(path, "w") as fh:
+        fh.write(CRUN_WRAPPER)
+    os.chmod(path, 0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def crun_runtime():
+    """crun as a reference runtime (root), or a skip saying why there is none."""
+    if os.getuid() != 0:
+        pytest.skip("crun is compared as root only")
+    top = tempfile.mkdtemp(prefix="satchel-crun-bin-")
+    os.chmod(top, 0o755)
+    path = write_crun_wrapper(top)
+    if path is None:
+        shutil.rmtree(top)
+        pytest.skip("crun is not installed (apt-get install crun)")
+    yield path
+    shutil.rmtree(top, ignore_errors=True)
+
+
 def make_bundle(top: str, rootfs: str, config: dict) -> str:
     """TOP/bundle-N with config.json; the root is the shared rootfs (read-only runs) or a
     copy when the config makes it writable."""
