@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from satchel import fsutil
 from satchel.errors import ContainerError
 from satchel.ocirt import ops
 from satchel.runtime import executor as base
@@ -42,6 +43,23 @@ class Executor(base.Executor):
 
     def op_oci_seccomp(self, op) -> None:
         ops.seccomp_late(self, op)
+
+    def _missing(self, op) -> bool:
+        """Whether a maskedPaths/readonlyPaths entry is absent when its turn comes (an earlier
+        mask can hide it: /a masked, then /a/b): runc skips those, and so do we."""
+        if "if_exists" not in op.flags:
+            return False
+        found = fsutil.resolve_at(self._root_fd(), op.destination)
+        self.held.append(found.fd)
+        return bool(found.missing)
+
+    def op_mask_path(self, op) -> None:
+        if not self._missing(op):
+            super().op_mask_path(op)
+
+    def op_readonly_path(self, op) -> None:
+        if not self._missing(op):
+            super().op_readonly_path(op)
 
     def op_bind_image_dir(self, op) -> None:
         super().op_bind_image_dir(op)

@@ -112,6 +112,19 @@ def sync(ex, op) -> None:
     answer = receive(fd)
     if answer != "ok":
         raise ContainerError(answer.removeprefix("error "))
+    if what == "idmap":
+        _become_root()
+
+
+def _become_root() -> None:
+    """In the new user namespace, once mapped: uid/gid 0 of it, as runc's init does. Until
+    then the ids are the creator's, which a map such as 0 -> 1000 leaves unmapped (the kernel
+    then refuses to create files: EOVERFLOW). Where 0 is not mapped, stay as we are."""
+    try:
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+    except OSError:
+        pass
 
 
 def fork(ex, op) -> None:
@@ -170,6 +183,8 @@ def mount(ex, op) -> None:
         # made detached (fsopen/fsmount), then attached onto the resolved descriptor: its fd
         # says which file system is ours to make mount points in
         attrs = sum(attr for bit, attr in _ATTRS if flags & bit)
+        if source and "," not in source:  # what /proc/mounts shows as its source (fsconfig)
+            data = [f"source={source}"] + data
         mnt = linux.new_mount(fstype, ",".join(data) or None, attrs, what)
         try:
             linux.move_mount(mnt, target, what)

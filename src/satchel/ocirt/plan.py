@@ -37,7 +37,8 @@ OCI_PROCESS = "oci_process"        # -             -                ((key, value
 OCI_SECCOMP = "oci_seccomp"        # -             -                compiled profile (with
                                    # no_new_privs: last, after the wait)
 # flags on runtime/plan.py's kinds: BIND_IMAGE_DIR "owned" (the bundle's root is ours to
-# create mount points in, as runc does); EXEC "lookup" (args[0] searched on the PATH)
+# create mount points in, as runc does); EXEC "lookup" (args[0] searched on the PATH);
+# MASK_PATH/READONLY_PATH "if_exists" (skipped if an earlier mask hid the path, as runc does)
 
 # spec namespace type -> satchel's name (linux.NAMESPACE_FLAGS)
 NS_NAMES = {"pid": "pid", "network": "net", "mount": "mount", "ipc": "ipc", "uts": "uts",
@@ -287,6 +288,7 @@ def _kernel_paths(p, spec, ctx) -> None:
     # rootless, a kernel or LSM may refuse mounts over procfs: tolerated as satchel exec does
     # (the caller's uid owns none of those files)
     flags = ("root", "optional") if ctx.uid != 0 else ("root",)
+    flags += ("if_exists",)  # an earlier mask may hide it by then (ocirt/executor.py)
     for path in spec.readonly_paths:
         if kind_of(path):
             p.add(rp.READONLY_PATH, None, posixpath.normpath(path), flags)
