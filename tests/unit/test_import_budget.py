@@ -17,7 +17,7 @@ EXEC_PATH_MODULES = [
     "satchel.runtime.executor", "satchel.runtime.linux", "satchel.runtime.underlay",
     "satchel.runtime.fuse", "satchel.runtime.loopdev", "satchel.runtime.etcfiles",
     "satchel.runtime.session", "satchel.runtime.cfunc", "satchel.runtime.sqfs_server",
-    "satchel.runtime.sqfs_prefetch", "satchel.runtime.elfdeps", "satchel.trust.ecl",
+    "satchel.runtime.sqfs_prefetch", "satchel.runtime.elfdeps", "satchel.runtime.launch",
 ]
 FORBIDDEN = {"json", "logging", "argparse", "subprocess", "pathlib", "dataclasses", "enum",
              "typing", "re", "shlex", "tempfile", "shutil", "uuid", "hashlib", "signal",
@@ -115,3 +115,44 @@ def _after_enforce_failing(ecl_text: str, tmp_path) -> set[str]:
     proc = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
                           text=True, check=True)
     return set(proc.stdout.split())
+
+
+def _after_check_ecl(tmp_path) -> set[str]:
+    code = (f"import sys; sys.path.insert(0, {os.path.join(ROOT, 'src')!r})\n"
+            "from satchel.runtime.launch import check_ecl\n"
+            "class Image: kind = 'sif'; path = '/nonexistent.sif'\n"
+            "try:\n"
+            f"    check_ecl(Image(), {str(tmp_path / 'satchel.conf')!r})\n"
+            "except Exception as err:\n    print('refused', type(err).__name__)\n"
+            "print(' '.join(sorted(sys.modules)))\n")
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
+                          text=True, check=True)
+    return set(proc.stdout.split())
+
+
+def test_launch_without_an_ecl_file_does_not_load_the_ecl_module(tmp_path):
+    """Most hosts have no ecl.toml: the launch stats for it and imports trust/ecl.py only
+    when it is there (and then enforces it: an activated list refuses an unsigned image)."""
+    (tmp_path / "satchel.conf").write_text("")
+    assert "satchel.trust.ecl" not in _after_check_ecl(tmp_path)
+    (tmp_path / "ecl.toml").write_text("activated = true\n")
+    loaded = _after_check_ecl(tmp_path)
+    assert {"satchel.trust.ecl", "refused", "TrustError"} <= loaded
+
+
+def test_loading_the_exec_path_runs_no_garbage_collection():
+    """cli/main.py raises the collector's threshold: loading the exec path's modules (a few
+    thousand long-lived objects) must not run a collection on the way (~1.2 ms at the
+    default threshold of 700)."""
+    code = (f"import gc, sys; sys.path.insert(0, {os.path.join(ROOT, 'src')!r})\n"
+            "runs = []\n"
+            "gc.callbacks.append(lambda phase, info: runs.append(info['generation']))\n"
+            "import satchel.cli.main\n"
+            "after_main = len(runs)\n"
+            + "".join(f"import {m}\n" for m in EXEC_PATH_MODULES) +
+            "print(len(runs) - after_main, gc.get_count()[0])\n")
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
+                          text=True, check=True)
+    collections, allocated = map(int, proc.stdout.split())
+    assert collections == 0
+    assert allocated > 700  # enough objects that the default threshold would have collected

@@ -15,16 +15,17 @@ blacklist = by none of them. Signatures are checked against the global keyring
 (global-pgp-public, beside ecl.toml); a signature that does not verify counts for nothing, an
 unsigned or altered image is refused. As in Apptainer, the ECL is a policy for SIF images only.
 
-The exec path calls enforce() on every launch: without an ecl.toml it costs one failed open;
-with one that is not activated, a read and a scan of a small file. Only an activated list
-loads tomllib and the crypto.
+Every launch checks for the file (runtime/launch.py: check_ecl, one failed stat without it)
+and imports this module and calls enforce() only when it exists; with a list that is not
+activated, that costs a read and a scan of a small file. Only an activated list loads tomllib
+and the crypto.
 """
 
 from __future__ import annotations
 
 import os
 
-FILE = "ecl.toml"
+FILE = "ecl.toml"  # runtime/launch.py (ECL_FILE) looks for it before importing this
 MODES = ("whitelist", "whitestrict", "blacklist")
 
 
