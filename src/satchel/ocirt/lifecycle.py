@@ -153,7 +153,8 @@ def _socketpair():
 def _setup_child(plan, keep, close) -> None:
     """The forked setup process: apply the plan; report a failure on the socket. Never
     returns."""
-    from satchel.ocirt import executor, ops
+    from satchel.ocirt import ops
+    from satchel.runtime import executor
 
     code = 1
     try:
@@ -176,7 +177,8 @@ def _setup_child(plan, keep, close) -> None:
 
 
 def _fork_setup(plan, spec, process, mine, theirs):
-    from satchel.ocirt import executor, ops  # noqa: F401 - before the fork and pivot_root
+    from satchel.ocirt import ops
+    from satchel.runtime import executor  # noqa: F401 - before the fork and pivot_root
 
     ops.preload(seccomp=spec.seccomp is not None, terminal=bool(process.terminal),
                 rlimits=bool(process.rlimits))

@@ -19,27 +19,6 @@ import posixpath
 from satchel.errors import ConfigError
 from satchel.runtime import plan as rp
 
-# The operations only OCI containers have, beside runtime/plan.py's table (ocirt/executor.py
-# adds their op_ methods to the executor):
-#   kind                              source        destination      data
-OCI_SYNC = "oci_sync"              # -             -                (message, sync fd): tell the
-                                   # create process, wait for its answer (idmap, hooks, ready)
-OCI_SETNS = "oci_setns"            # -             -                (namespace, path) to join
-OCI_FORK = "oci_fork"              # -             -                sync fd: fork the init, the
-                                   # parent reports its pid and exits
-OCI_MOUNT = "oci_mount"            # -             container path   (fstype, source, options)
-OCI_DEVICE = "oci_device"          # -             container path   ((key, value), ...) of the
-                                   # device ("bind": the host's node bound, in a user namespace)
-OCI_CONSOLE = "oci_console"        # -             -                (socket fd, (rows, cols))
-OCI_WAIT_START = "oci_wait_start"  # -             -                (exec.fifo fd, sync fd)
-OCI_PROCESS = "oci_process"        # -             -                ((key, value), ...): ids,
-                                   # rlimits, capabilities, no_new_privs, seccomp (if no nnp)
-OCI_SECCOMP = "oci_seccomp"        # -             -                compiled profile (with
-                                   # no_new_privs: last, after the wait)
-# flags on runtime/plan.py's kinds: BIND_IMAGE_DIR "owned" (the bundle's root is ours to
-# create mount points in, as runc does); EXEC "lookup" (args[0] searched on the PATH);
-# MASK_PATH/READONLY_PATH "if_exists" (skipped if an earlier mask hid the path, as runc does)
-
 # spec namespace type -> satchel's name (linux.NAMESPACE_FLAGS)
 NS_NAMES = {"pid": "pid", "network": "net", "mount": "mount", "ipc": "ipc", "uts": "uts",
             "user": "user", "cgroup": "cgroup"}
@@ -100,7 +79,7 @@ def _frozen(value):
 
 
 def process_data(spec_process, seccomp) -> tuple:
-    """The OCI_PROCESS op's data: credentials and limits of the process, plain values."""
+    """The rp.OCI_PROCESS op's data: credentials and limits of the process, plain values."""
     p = spec_process
     caps = p.capabilities
     return (("uid", p.uid), ("gid", p.gid),
@@ -141,26 +120,26 @@ def build(spec, ctx: Context):
         if kind not in NS_NAMES:
             raise ConfigError(f"config.json: the {kind} namespace is not supported by satchel")
     if "user" in [k for k, _ in joined]:
-        p.add(OCI_SETNS, data=next(j for j in joined if j[0] == "user"))
+        p.add(rp.OCI_SETNS, data=next(j for j in joined if j[0] == "user"))
     elif "user" in new:
         p.add(rp.UNSHARE, data=("user",))
         if ctx.self_map:
             p.add(rp.ID_MAP, data=(_mapping_text(spec.uid_mappings),
                                    _mapping_text(spec.gid_mappings)))
         else:
-            p.add(OCI_SYNC, data=("idmap", ctx.sync_fd))
+            p.add(rp.OCI_SYNC, data=("idmap", ctx.sync_fd))
     elif ctx.uid != 0:
         raise ConfigError("a rootless container needs a user namespace in linux.namespaces "
                           "(with uidMappings and gidMappings)")
     for kind, path in joined:
         if kind != "user":
-            p.add(OCI_SETNS, data=(kind, path))
+            p.add(rp.OCI_SETNS, data=(kind, path))
     rest = tuple(n for n in new if n != "user")
     if "mount" not in rest and "mount" not in [k for k, _ in joined]:
         raise ConfigError("config.json: satchel needs a mount namespace in linux.namespaces")
     if rest:
         p.add(rp.UNSHARE, data=rest)
-    p.add(OCI_FORK, data=ctx.sync_fd)
+    p.add(rp.OCI_FORK, data=ctx.sync_fd)
     p.add(rp.MAKE_PRIVATE, None, "/")
     p.add(rp.BIND_IMAGE_DIR, spec.root_path, spec.root_path, ("owned",))
     dev_tmpfs = _mounts(p, spec, ctx)
@@ -173,7 +152,7 @@ def build(spec, ctx: Context):
     elif spec.hostname:
         raise ConfigError("config.json: hostname needs a new uts namespace")
     if any(spec.hooks.get(k) for k in ("prestart", "createRuntime")):
-        p.add(OCI_SYNC, data=("hooks", ctx.sync_fd))
+        p.add(rp.OCI_SYNC, data=("hooks", ctx.sync_fd))
     _kernel_paths(p, spec, ctx)
     if spec.process.cwd != "/":  # made if missing, as runc does
         p.ensure(spec.process.cwd, "dir")
@@ -194,7 +173,7 @@ def build_exec(spec, process, ctx: Context):
     if ctx.cgroup is not None:
         p.add(rp.CGROUP, data=ctx.cgroup)
     p.add(rp.JOIN_NAMESPACES, data=(ctx.join_pid, tuple(ctx.join_names)))
-    p.add(OCI_FORK, data=ctx.sync_fd)
+    p.add(rp.OCI_FORK, data=ctx.sync_fd)
     _process_tail(p, process, ctx, seccomp_data, wait=False)
     return _container_plan(spec, ctx, p, list(ctx.join_names), process)
 
@@ -204,15 +183,15 @@ def _process_tail(p, process, ctx, seccomp_data, wait: bool) -> None:
     if process.terminal:
         if ctx.console_fd is None:
             raise ConfigError("process.terminal is true: --console-socket is required")
-        p.add(OCI_CONSOLE, data=(ctx.console_fd, process.console_size))
+        p.add(rp.OCI_CONSOLE, data=(ctx.console_fd, process.console_size))
     elif ctx.console_fd is not None:
         raise ConfigError("--console-socket given but process.terminal is false")
     late = seccomp_data is not None and process.no_new_privileges
-    p.add(OCI_PROCESS, data=process_data(process, None if late else seccomp_data))
+    p.add(rp.OCI_PROCESS, data=process_data(process, None if late else seccomp_data))
     # exec: no fifo, the setup says "ready" and goes on
-    p.add(OCI_WAIT_START, data=(ctx.fifo_fd if wait else None, ctx.sync_fd))
+    p.add(rp.OCI_WAIT_START, data=(ctx.fifo_fd if wait else None, ctx.sync_fd))
     if late:
-        p.add(OCI_SECCOMP, data=_frozen(seccomp_data))
+        p.add(rp.OCI_SECCOMP, data=_frozen(seccomp_data))
     p.add(rp.EXEC, process.args[0], None, ("lookup",))
 
 
@@ -242,13 +221,13 @@ def _mounts(p, spec, ctx) -> bool:
             options = m.options if any(o in ("bind", "rbind") for o in m.options) else \
                 (("rbind",) if m.type == "rbind" else ("bind",)) + m.options
             p.ensure(m.destination, kind)
-            p.add(OCI_MOUNT, None, m.destination, ("root",), ("bind", source, options))
+            p.add(rp.OCI_MOUNT, None, m.destination, ("root",), ("bind", source, options))
             continue
         if m.type not in ("proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2"):
             raise ConfigError(f"config.json: mount type {m.type!r} on {m.destination} is not "
                               "supported by satchel")
         p.ensure(m.destination, "dir")
-        p.add(OCI_MOUNT, None, m.destination, ("root",), (m.type, m.source, m.options))
+        p.add(rp.OCI_MOUNT, None, m.destination, ("root",), (m.type, m.source, m.options))
         if m.destination == "/dev" and m.type == "tmpfs":
             dev_tmpfs = True
     return dev_tmpfs
@@ -268,7 +247,7 @@ def _devices(p, spec, ctx, dev_tmpfs: bool) -> None:
     devices = [d for d in devices if d["path"] not in listed] + list(spec.devices)
     for dev in devices:
         p.ensure(dev["path"], "file")
-        p.add(OCI_DEVICE, None, dev["path"], ("root", "bind") if in_userns else ("root",),
+        p.add(rp.OCI_DEVICE, None, dev["path"], ("root", "bind") if in_userns else ("root",),
               _frozen(dev))
     if dev_tmpfs:
         for target, link in DEV_SYMLINKS:

@@ -318,6 +318,8 @@ class Executor:
         if attrs:
             linux.mount_setattr(target, attrs, 0, True,
                                 "making the sandbox image " + ",".join(op.flags))
+        if "owned" in op.flags:  # an OCI bundle's root: mount points are made in it directly
+            self.underlays.own_devices.add(os.stat(target).st_dev)
 
     def op_mount_overlay(self, op) -> None:
         """Kernel overlayfs (root): upper and work opened as _owned_dir() checks them, and
@@ -569,12 +571,23 @@ class Executor:
                 raise
             linux.mount("/proc", target, None, MS_BIND | MS_REC, None, "binding the host's /proc")
 
+    def _hidden(self, op) -> bool:
+        """An "if_exists" path (OCI maskedPaths/readonlyPaths) absent when its turn comes: an
+        earlier mask can hide it (/a masked, then /a/b). runc skips those, and so do we."""
+        if "if_exists" not in op.flags:
+            return False
+        found = fsutil.resolve_at(self._root_fd(), op.destination)
+        self.held.append(found.fd)
+        return bool(found.missing)
+
     def op_readonly_path(self, op) -> None:
         """A kernel path (/proc/sys...) bound on itself, that bind and those below read-only.
 
         Through descriptors, as op_bind: the path is resolved once (a user who owns a sandbox
         could otherwise rename the /proc mount point away and leave a decoy at its name), the
         clone is attached onto that object and the clone itself is made read-only."""
+        if self._hidden(op):
+            return
         target = self.target_fd(op)  # outside the try: a resolution error is never tolerated
         what = f"binding {op.destination} on itself"
         try:
@@ -591,6 +604,8 @@ class Executor:
     def op_mask_path(self, op) -> None:
         """An empty read-only tmpfs over a kernel directory, /dev/null over a kernel file;
         attached onto the resolved descriptor (see op_readonly_path)."""
+        if self._hidden(op):
+            return
         target = self.target_fd(op)
         what = f"masking {op.destination}"
         try:
@@ -739,8 +754,14 @@ class Executor:
             raise ContainerError(f"No valid {op.destination} in container")
 
     def op_exec(self, op) -> None:
+        path, environ = op.source, self.plan.environ
+        if "lookup" in op.flags:  # OCI: args[0] on the process's PATH, HOME from its passwd
+            from satchel.ocirt import ops
+            path = ops.find_program(op.source, environ)
+            if "HOME" not in environ:
+                environ = dict(environ, HOME=ops.home_of(os.getuid()))
         try:
-            os.execve(op.source, self.plan.argv, self.plan.environ)
+            os.execve(path, self.plan.argv, environ)
         except OSError as err:
             raise ContainerError(f"executing {op.source} in the container: "
                                  f"{err.strerror}") from None
@@ -754,6 +775,44 @@ class Executor:
         from satchel.runtime import supervisor
 
         supervisor.run_init(self.plan.argv, self.plan.environ)
+
+    # -- OCI containers (satchel oci): the operations live in ocirt/ops.py, loaded by the
+    # create process before the fork (lifecycle._fork_setup), as instance/init.py is above
+    def op_oci_sync(self, op) -> None:
+        from satchel.ocirt import ops
+        ops.sync(self, op)
+
+    def op_oci_setns(self, op) -> None:
+        from satchel.ocirt import ops
+        ops.setns_path(self, op)
+
+    def op_oci_fork(self, op) -> None:
+        from satchel.ocirt import ops
+        ops.fork(self, op)
+
+    def op_oci_mount(self, op) -> None:
+        from satchel.ocirt import ops
+        ops.mount(self, op)
+
+    def op_oci_device(self, op) -> None:
+        from satchel.ocirt import ops
+        ops.device(self, op)
+
+    def op_oci_console(self, op) -> None:
+        from satchel.ocirt import ops
+        ops.console(self, op)
+
+    def op_oci_wait_start(self, op) -> None:
+        from satchel.ocirt import ops
+        ops.wait_start(self, op)
+
+    def op_oci_process(self, op) -> None:
+        from satchel.ocirt import ops
+        ops.process(self, op)
+
+    def op_oci_seccomp(self, op) -> None:
+        from satchel.ocirt import ops
+        ops.seccomp_late(self, op)
 
 
 def _why_refused(err: OSError) -> str:

@@ -102,6 +102,26 @@ JOIN_NAMESPACES = "join_namespaces"  # -           -                (pid, namesp
 REAPER = "reaper"                  # -             -                (host paths, cgroup dirs)
                                    #                                removed after the container
 CGROUP = "cgroup"                  # -             -                cgroups.CgroupPlan.to_data()
+# OCI containers (satchel oci, ocirt/plan.py builds them; performed by ocirt/ops.py, which the
+# op_oci_* methods import when the first one runs):
+OCI_SYNC = "oci_sync"              # -             -                (message, sync fd): tell the
+                                   # create process, wait for its answer (idmap, hooks, ready)
+OCI_SETNS = "oci_setns"            # -             -                (namespace, path) to join
+OCI_FORK = "oci_fork"              # -             -                sync fd: fork the init, the
+                                   # parent reports its pid and exits
+OCI_MOUNT = "oci_mount"            # -             container path   (fstype, source, options)
+OCI_DEVICE = "oci_device"          # -             container path   ((key, value), ...) of the
+                                   # device ("bind": the host's node bound, in a user namespace)
+OCI_CONSOLE = "oci_console"        # -             -                (socket fd, (rows, cols))
+OCI_WAIT_START = "oci_wait_start"  # -             -                (exec.fifo fd, sync fd)
+OCI_PROCESS = "oci_process"        # -             -                ((key, value), ...): ids,
+                                   # rlimits, capabilities, no_new_privs, seccomp (if no nnp)
+OCI_SECCOMP = "oci_seccomp"        # -             -                compiled profile (with
+                                   # no_new_privs: last, after the wait)
+# flags OCI plans set on the kinds above: BIND_IMAGE_DIR "owned" (the bundle's root is ours to
+# create mount points in, as runc does); EXEC "lookup" (args[0] searched on the PATH, HOME from
+# the container's passwd if the env has none); MASK_PATH/READONLY_PATH "if_exists" (skipped if
+# an earlier mask hid the path by then, as runc does)
 
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 # runc's and crun's defaults (the OCI spec's readonlyPaths and maskedPaths, plus powercap from
