@@ -129,14 +129,23 @@ def _become_root() -> None:
 
 def fork(ex, op) -> None:
     """Fork the container's init: the parent reports its pid and leaves; the child (pid 1 of
-    a new PID namespace, if one was made) becomes a session leader, as runc's init does."""
+    a new PID namespace, if one was made) becomes a session leader, as runc's init does.
+
+    The child waits for its parent to be gone (end of file on a pipe whose only writer the
+    parent holds), so that `pid N` reaches the create process before anything the child says:
+    on a loaded machine the child used to send `hooks` or `ready` first, create then knew no
+    pid, failed, and left the init blocked on exec.fifo for good."""
     fd = op.data
+    reported, holder = os.pipe()
     pid = os.fork()
     if pid:
         try:
             send(fd, f"pid {pid}")
         finally:
-            os._exit(0)
+            os._exit(0)  # closes `holder`: the child's read returns
+    os.close(holder)
+    os.read(reported, 1)
+    os.close(reported)
     os.setsid()
 
 
