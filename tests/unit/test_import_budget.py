@@ -156,3 +156,14 @@ def test_loading_the_exec_path_runs_no_garbage_collection():
     collections, allocated = map(int, proc.stdout.split())
     assert collections == 0
     assert allocated > 700  # enough objects that the default threshold would have collected
+
+
+def test_oci_runtime_commands_are_lean():
+    # containerd's shim starts satchel-runc four times per container (create, start, delete,
+    # delete --force): what start/state/kill/delete load must stay at os and builtins (issue 16)
+    modules = ["satchel.cli.main", "satchel.cli.commands.oci", "satchel.ocirt.lifecycle",
+               "satchel.ocirt.state"]
+    names = {name for name, _ in _imported(modules)}
+    assert "satchel.ocirt.lifecycle" in names
+    bad = sorted(names & (FORBIDDEN | LAUNCHER_ONLY_FORBIDDEN))
+    assert not bad, f"satchel oci's light commands import {bad}"
