@@ -18,6 +18,7 @@ EXEC_PATH_MODULES = [
     "satchel.runtime.fuse", "satchel.runtime.loopdev", "satchel.runtime.etcfiles",
     "satchel.runtime.session", "satchel.runtime.cfunc", "satchel.runtime.sqfs_server",
     "satchel.runtime.sqfs_prefetch", "satchel.runtime.elfdeps", "satchel.runtime.launch",
+    "satchel.pathwalk",
 ]
 FORBIDDEN = {"json", "logging", "argparse", "subprocess", "pathlib", "dataclasses", "enum",
              "typing", "re", "shlex", "tempfile", "shutil", "uuid", "hashlib", "signal",

@@ -17,7 +17,7 @@ import os
 import stat
 import struct
 
-from satchel import fsutil
+from satchel import pathwalk
 from satchel.errors import ImageError, SatchelError
 
 SQUASHFS_MAGIC = b"hsqs"
@@ -70,9 +70,9 @@ def open_image(path: str) -> ImageRef:
         return ImageRef(full, "sandbox", fs_type="dir")
     # a FIFO would block the open (and a device's open may act): only regular files are read
     try:
-        fd = fsutil.open_regular(full, follow=True)
-    except fsutil.NotRegularFileError as err:
-        raise ImageError(f"image {path} is {fsutil.file_kind(err.mode)}, not an image file or "
+        fd = pathwalk.open_regular(full, follow=True)
+    except pathwalk.NotRegularFileError as err:
+        raise ImageError(f"image {path} is {pathwalk.file_kind(err.mode)}, not an image file or "
                          "a sandbox directory") from None
     except OSError as err:
         raise ImageError(f"image {path}: {err.strerror}") from None

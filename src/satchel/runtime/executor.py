@@ -6,13 +6,16 @@ naming the operation, the path and the errno text. The plan has already chosen e
 *how* to do each step. On success the last operation execve()s the payload, so apply() does not
 return; on failure the launcher exits and the kernel tears the half-built namespace down (its
 mounts, the FUSE connection, an autoclear loop device) with it.
+
+The operations of options most launches do not use (overlay layers, --fakeroot's mapping,
+joining namespaces) are functions of executor_extra.py, imported only by a plan that has one.
 """
 
 from __future__ import annotations
 
 import os
 
-from satchel import fsutil, log
+from satchel import log, pathwalk
 from satchel.errors import ContainerError, PathError
 from satchel.runtime import linux, underlay
 from satchel.runtime.linux import (MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE,
@@ -24,7 +27,8 @@ _ATTR_BITS = {"ro": linux.MOUNT_ATTR_RDONLY, "nosuid": linux.MOUNT_ATTR_NOSUID,
 _PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 
 
-def _mount_flags(op) -> int:
+def mount_flags(op) -> int:
+    """The MS_* bits of an op's flags (executor_extra.py's overlay mounts use it too)."""
     flags = 0
     for name in op.flags:
         flags |= _FLAG_BITS.get(name, 0)
@@ -63,18 +67,18 @@ class Executor:
             return op.destination
         if self.ensured is not None and self.ensured[0] == op.destination:
             return linux.fd_path(self.ensured[1])  # resolved just before; nothing mounted since
-        host, missing = fsutil.resolve_path(self.root, op.destination)
+        host, missing = pathwalk.resolve_path(self.root, op.destination)
         if missing:
             raise ContainerError(f"path {op.destination} does not exist in the container")
         return host
 
     def target_fd(self, op) -> int:
         """O_PATH descriptor of a "root" op's destination, resolved below the staged root
-        through descriptors (fsutil.resolve_at: nothing renamed meanwhile can redirect it;
+        through descriptors (pathwalk.resolve_at: nothing renamed meanwhile can redirect it;
         a mount at the destination is entered). Closed after the operation."""
         if self.ensured is not None and self.ensured[0] == op.destination:
             return self.ensured[1]
-        found = fsutil.resolve_at(self._root_fd(), op.destination)
+        found = pathwalk.resolve_at(self._root_fd(), op.destination)
         self.held.append(found.fd)
         if found.missing:
             raise ContainerError(f"path {op.destination} does not exist in the container")
@@ -124,7 +128,12 @@ class Executor:
                 if op.destination == self.skip and "root" in op.flags:
                     continue
                 self.skip = None
-            getattr(self, "op_" + op.kind)(op)
+            method = getattr(self, "op_" + op.kind, None)
+            if method is not None:
+                method(op)
+            else:  # an operation of a rarely used option: executor_extra.py, loaded now
+                from satchel.runtime import executor_extra
+                getattr(executor_extra, "op_" + op.kind)(self, op)
             self._after(op)
 
     # -- clean-up and resource limits -----------------------------------------------------------
@@ -148,28 +157,7 @@ class Executor:
         uid_map, gid_map = op.data
         for path, text in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", uid_map),
                            ("/proc/self/gid_map", gid_map)):
-            fsutil.write_kernel_file(path, text, "mapping the user namespace", ContainerError)
-
-    def op_join_namespaces(self, op) -> None:
-        """Enter a running instance's namespaces (user first: it grants the rest)."""
-        pid, names = op.data
-        if "pid" in names:  # FORK_INIT follows, after the host's files are out of reach
-            from satchel.runtime import supervisor  # noqa: F401
-        files = {"mount": "mnt", "pid": "pid_for_children"}
-        fds = []
-        try:
-            for name in names:  # all opened first: /proc/PID/ns is checked against our ids
-                path = f"/proc/{pid}/ns/{files.get(name, name)}"
-                try:
-                    fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
-                except OSError as err:
-                    raise ContainerError(f"opening {path} of the instance: {err.strerror}",
-                                         hint="the instance may have stopped") from None
-            for name, fd in zip(names, fds):
-                linux.setns(fd, name, f"joining the instance's {name} namespace")
-        finally:
-            for fd in fds:
-                os.close(fd)
+            pathwalk.write_kernel_file(path, text, "mapping the user namespace", ContainerError)
 
     def op_sethostname(self, op) -> None:
         linux.sethostname(op.data)
@@ -225,7 +213,7 @@ class Executor:
                                      "allow_other" if "allow_other" in op.flags else "")
         server.mountpoint = self.target(op)
         server.before_mount()
-        linux.mount(source, server.mountpoint, fstype, _mount_flags(op), options,
+        linux.mount(source, server.mountpoint, fstype, mount_flags(op), options,
                     f"{what} with FUSE")
         server.start()
 
@@ -238,7 +226,7 @@ class Executor:
     def _existing(self, path: str) -> str | None:
         """Host path of an existing container path (looked up: the kernel knows it), or None."""
         try:
-            host, missing = fsutil.resolve_path(self.root, path)
+            host, missing = pathwalk.resolve_path(self.root, path)
         except PathError:
             return None
         return None if missing else host
@@ -248,7 +236,7 @@ class Executor:
         server.wait_ready()
         if "check" in op.flags:  # a --fusemount program: its first answer, or why it died
             try:  # by name: the stat must cross into the new mount (a held fd would not)
-                host, _ = fsutil.resolve_path(self.root, op.destination)
+                host, _ = pathwalk.resolve_path(self.root, op.destination)
                 os.stat(host)
             except OSError as err:
                 raise server.died_error(1000) or ContainerError(
@@ -264,7 +252,7 @@ class Executor:
 
     def op_tmpfs(self, op) -> None:
         if "root" not in op.flags:  # the session directory: a path of the installation
-            linux.mount("tmpfs", op.destination, "tmpfs", _mount_flags(op), op.data,
+            linux.mount("tmpfs", op.destination, "tmpfs", mount_flags(op), op.data,
                         "mounting a tmpfs")
             self.underlays.own_devices.add(os.stat(op.destination).st_dev)
             return
@@ -278,11 +266,10 @@ class Executor:
             os.close(mnt)
 
     def op_mkdir(self, op) -> None:
-        if "owned" in op.flags:
-            os.close(self._owned_dir(op.destination))
-            return
-        if "layer" in op.flags:
-            os.close(self._layer_dir(op.destination))
+        if "owned" in op.flags or "layer" in op.flags:  # an overlay's upper/work directory
+            from satchel.runtime import executor_extra
+            os.close(executor_extra.owned_dir(op.destination, self.plan.uid)
+                     if "owned" in op.flags else executor_extra.layer_dir(op.destination))
             return
         try:
             os.makedirs(op.destination, 0o755, exist_ok=True)
@@ -295,7 +282,7 @@ class Executor:
         offset, size = op.data
         loop_fd, device = loopdev.attach(op.source, offset, size)
         try:
-            linux.mount(device, self.target(op), "squashfs", _mount_flags(op), None,
+            linux.mount(device, self.target(op), "squashfs", mount_flags(op), None,
                         f"mounting {op.source} ({device})")
         finally:
             os.close(loop_fd)  # autoclear frees the device when the mount goes away
@@ -321,170 +308,6 @@ class Executor:
         if "owned" in op.flags:  # an OCI bundle's root: mount points are made in it directly
             self.underlays.own_devices.add(os.stat(target).st_dev)
 
-    def op_mount_overlay(self, op) -> None:
-        """Kernel overlayfs (root): upper and work opened as _owned_dir() checks them, and
-        named to overlayfs by descriptor, so a swap after the check changes nothing."""
-        lower, upper, work = op.data
-        if upper is None:  # read-only: lower layers only
-            linux.mount("overlay", self.target(op), "overlay", _mount_flags(op),
-                        f"lowerdir={lower}", "mounting the overlay")
-            return
-        opener = self._layer_dir if "layer" in op.flags else self._owned_dir
-        upper_fd = opener(upper)
-        self.held.append(upper_fd)
-        work_fd = opener(work)
-        self.held.append(work_fd)
-        linux.mount("overlay", self.target(op), "overlay", _mount_flags(op),
-                    f"lowerdir={lower},upperdir={linux.fd_path(upper_fd)},"
-                    f"workdir={linux.fd_path(work_fd)}", "mounting the overlay")
-        self.underlays.own_devices.add(os.stat(self.target(op)).st_dev)
-
-    @staticmethod
-    def _layer_dir(path: str) -> int:
-        """O_PATH fd of upper/ or work/ at the top of an overlay image mounted just now,
-        made if missing; never through a symbolic link the image's owner put there."""
-        parent, name = os.path.split(path)
-        try:
-            top = os.open(parent, _PATH_DIR)
-        except OSError as err:
-            raise ContainerError(f"opening the overlay image mount {parent}: "
-                                 f"{err.strerror}") from None
-        try:
-            try:
-                os.mkdir(name, 0o755, dir_fd=top)
-            except FileExistsError:
-                pass
-            return os.open(name, _PATH_DIR | os.O_NOFOLLOW, dir_fd=top)
-        except OSError as err:
-            raise ContainerError(f"overlay directory {path} in the image: "
-                                 f"{_why_refused(err)}") from None
-        finally:
-            os.close(top)
-
-    # -- overlay images: fuse2fs without privilege, a loop device as root --------------------------
-    def op_fakeroot_map(self, op) -> None:
-        """--fakeroot: unshare the user namespace; a helper still outside it maps it with the
-        setuid newuidmap/newgidmap (0 -> the caller, 1.. -> the subordinate range)."""
-        from satchel.runtime import fuse
-        uid_args, gid_args = op.data
-        programs = [fuse.find_program(name, os.environ) for name in ("newuidmap", "newgidmap")]
-        launcher = str(os.getpid())
-        go_r, go_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(go_w)
-            code = 3
-            try:
-                if os.read(go_r, 1) == b"g":
-                    code = 0
-                    for program, args in zip(programs, (uid_args, gid_args)):
-                        child = os.fork()
-                        if child == 0:
-                            os.execv(program, [program, launcher] + list(args))
-                        if os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) != 0:
-                            code = 1
-                            break
-            except BaseException:
-                code = 2
-            os._exit(code)
-        os.close(go_r)
-        try:
-            linux.unshare(("user",))
-        except BaseException:
-            os.close(go_w)
-            os.waitpid(pid, 0)
-            raise
-        os.write(go_w, b"g")
-        os.close(go_w)
-        if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0:
-            raise ContainerError("mapping the --fakeroot user namespace with newuidmap/newgidmap "
-                                 "failed", hint="check the caller's ranges in /etc/subuid and "
-                                                "/etc/subgid, or use --ignore-subuid")
-
-    def op_fuse2fs_prepare(self, op) -> None:
-        """Lock the ext3 image (one writer, imagelock.py) and start fuse2fs for it."""
-        from satchel.image import overlay
-        from satchel.runtime import fuse, fuse2fs, imagelock
-        path, offset, size, readonly = op.data
-        fd = self._open_layer(path, readonly)
-        try:
-            imagelock.lock(fd, offset, size, not readonly, f"overlay {path}")
-            self.fuse[op.source] = fuse2fs.start(
-                fd, path, offset, readonly, self.plan.session,
-                fuse.find_program("fuse2fs", os.environ), overlay.find_tool("e2fsck"))
-        finally:
-            os.close(fd)  # fuse2fs and its helper hold their copies (and the lock)
-
-    @staticmethod
-    def _open_layer(path: str, readonly: bool) -> int:
-        try:
-            return os.open(path, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC)
-        except OSError as err:
-            raise ContainerError(f"opening the overlay image {path}: {err.strerror}") from None
-
-    def op_mount_ext3(self, op) -> None:
-        tree = self.fuse[op.source].mount_tree()
-        try:
-            target = os.open(op.destination, _PATH_DIR)
-            try:
-                linux.move_mount(tree, target, f"attaching the overlay image on {op.destination}")
-            finally:
-                os.close(target)
-        finally:
-            os.close(tree)
-
-    def op_mount_ext3_loop(self, op) -> None:
-        """Root: the ext3 image (or SIF partition) on a loop device, locked for the life of
-        the container (the payload inherits the locked descriptor)."""
-        from satchel.runtime import imagelock, loopdev
-        offset, size = op.data
-        readonly = "ro" in op.flags
-        fd = self._open_layer(op.source, readonly)
-        imagelock.lock(fd, offset, size, not readonly, f"overlay {op.source}")
-        os.set_inheritable(fd, True)  # the lock lasts as long as the container's processes
-        loop_fd, device = loopdev.attach(op.source, offset, size, writable=not readonly,
-                                         backing=fd)
-        try:
-            linux.mount(device, op.destination, "ext3", _mount_flags(op), None,
-                        f"mounting the overlay image {op.source} ({device})")
-        finally:
-            os.close(loop_fd)
-
-    def _owned_dir(self, path: str) -> int:
-        """An O_PATH descriptor of directory `path` (an --overlay directory's upper or work,
-        created if missing), refused unless it and its parent are real directories, not
-        symbolic links, that belong to the caller.
-
-        Root running on a directory a user prepared would otherwise follow `upper -> /etc`
-        and write into it through the overlay (issue 10, point 6).
-        """
-        parent, _, name = path.rpartition("/")
-        uid = self.plan.uid
-        try:
-            top = os.open(parent, _PATH_DIR | os.O_NOFOLLOW)
-        except OSError as err:
-            raise ContainerError(f"overlay directory {parent}: {_why_refused(err)}") from None
-        try:
-            _check_owner(top, parent, uid)
-            try:
-                os.mkdir(name, 0o755, dir_fd=top)
-            except FileExistsError:
-                pass
-            try:
-                fd = os.open(name, _PATH_DIR | os.O_NOFOLLOW, dir_fd=top)
-            except OSError as err:
-                raise ContainerError(f"overlay directory {path}: {_why_refused(err)}") from None
-        except OSError as err:
-            raise ContainerError(f"creating overlay directory {path}: {err.strerror}") from None
-        finally:
-            os.close(top)
-        try:
-            _check_owner(fd, path, uid)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
     def op_ensure_mountpoint(self, op) -> None:
         """Resolve (and make) a mount point; a destination that resolves to the container's
         root itself (an image symlink `/var/tmp -> /`) is refused: for a user bind (flag
@@ -492,7 +315,7 @@ class Executor:
         ...) with a warning, and the operations on that destination that follow are skipped.
         Apptainer does the same for its own binds ("Skipping impossible home directory mount
         to '/'", its issue 5228) and refuses a user's bind onto /. Nothing can resolve above
-        the root: resolution is clamped to it (fsutil.resolve_at).
+        the root: resolution is clamped to it (pathwalk.resolve_at).
         """
         try:
             fd = self.underlays.ensure(self._root_fd(), op.destination, op.data)
@@ -540,12 +363,12 @@ class Executor:
                     f"binding device {op.source}")
 
     def op_mount_devpts(self, op) -> None:
-        linux.mount("devpts", self.mount_target(op), "devpts", _mount_flags(op), op.data,
+        linux.mount("devpts", self.mount_target(op), "devpts", mount_flags(op), op.data,
                     "mounting a devpts instance")
 
     def op_symlink(self, op) -> None:
         parent, _, name = op.destination.rpartition("/")
-        found = fsutil.resolve_at(self._root_fd(), parent or "/")
+        found = pathwalk.resolve_at(self._root_fd(), parent or "/")
         self.held.append(found.fd)
         if found.missing:
             raise ContainerError(f"creating symlink {op.destination}: {parent} does not exist "
@@ -564,7 +387,7 @@ class Executor:
         there); the host's still shows the namespace's processes."""
         target = self.mount_target(op)
         try:
-            linux.mount("proc", target, "proc", _mount_flags(op), None,
+            linux.mount("proc", target, "proc", mount_flags(op), None,
                         "mounting /proc for the new PID namespace")
         except ContainerError:
             if "host_fallback" not in op.flags or linux.get_errno() not in (1, 13):
@@ -576,7 +399,7 @@ class Executor:
         earlier mask can hide it (/a masked, then /a/b). runc skips those, and so do we."""
         if "if_exists" not in op.flags:
             return False
-        found = fsutil.resolve_at(self._root_fd(), op.destination)
+        found = pathwalk.resolve_at(self._root_fd(), op.destination)
         self.held.append(found.fd)
         return bool(found.missing)
 
@@ -680,11 +503,11 @@ class Executor:
         """A small file of the image as text ("" if unreadable or not a regular file: a FIFO
         at /etc/passwd must not hang the launch). os-level reads: open() would add an isatty()
         ioctl, one more FUSE request, and the text layer."""
-        host, missing = fsutil.resolve_path(self.root, path)
+        host, missing = pathwalk.resolve_path(self.root, path)
         if missing:
             return ""
         try:
-            data = fsutil.read_regular(host)
+            data = pathwalk.read_regular(host)
         except OSError:
             return ""
         return data.decode("utf-8", "surrogateescape")
@@ -813,19 +636,6 @@ class Executor:
     def op_oci_seccomp(self, op) -> None:
         from satchel.ocirt import ops
         ops.seccomp_late(self, op)
-
-
-def _why_refused(err: OSError) -> str:
-    if err.errno in (20, 40):  # ENOTDIR, ELOOP: O_NOFOLLOW met a symlink (or a file)
-        return "is a symbolic link or not a directory: refused"
-    return err.strerror
-
-
-def _check_owner(fd: int, path: str, uid: int) -> None:
-    owner = os.fstat(fd).st_uid
-    if owner != uid:
-        raise ContainerError(f"overlay directory {path} belongs to uid {owner}, not to the "
-                             f"caller (uid {uid}): refused")
 
 
 def apply(plan, early=None) -> None:

@@ -140,7 +140,6 @@ ACTIONS = ("exec", "run", "shell", "test")
 INSTANCE_ACTIONS = ("start", "run")  # what `instance start|run` runs as the instance's payload
 
 
-
 _set = object.__setattr__
 
 
@@ -335,7 +334,9 @@ class _Plan:
         self.rootless = host.uid != 0
         self.session = session_dir or default_session_dir()
         self.root = self.session + "/root"
-        self.network_args = _network_request(opts, self.warnings)
+        self.network_args = ()
+        if opts.net or opts.network or opts.network_args:
+            self.network_args = _extra().network_request(opts, self.warnings)
         self.fakeroot = None  # --fakeroot without privilege: overlays.fakeroot_maps()
         self.layers = None    # overlays.Layers: --overlay, --writable, a SIF's overlay
         if opts.overlay or opts.writable or opts.writable_tmpfs or opts.fakeroot or \
@@ -391,6 +392,13 @@ class _Plan:
             ("uts", opts.uts or opts.hostname), ("net", opts.net)) if wanted)
 
 
+def _extra():
+    """plan_extra.py: the steps of rarely used options (instance://, --net, --dns, -S, --nv,
+    --fusemount, overlay images), imported only by a plan that needs one."""
+    from satchel.runtime import plan_extra
+    return plan_extra
+
+
 def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = None):
     """Decide the whole container (see the module docstring). Raises UsageError/ContainerError.
 
@@ -399,7 +407,7 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
     if opts.command not in ACTIONS and not (instance and opts.command in INSTANCE_ACTIONS):
         raise UsageError(f"unknown action {opts.command!r}")
     if opts.join is not None:
-        return _join_plan(opts, config, host)
+        return _extra().join_plan(opts, config, host)
     p = _Plan(opts, config, image, host, session_dir)
     _cleanup_and_limits(p)
     _namespaces(p)
@@ -413,8 +421,10 @@ def build_plan(opts: RunOptions, config, image, host, session_dir: str | None = 
     _identity(p)
     _working_directory(p)
     _user_binds(p)
-    _fusemounts(p)
-    _gpus(p)
+    if opts.fusemounts:
+        _extra().fusemounts(p)
+    if opts.gpu:
+        _extra().gpus(p)
     _finish_root(p)
     _protect_kernel(p)
     _switch_root(p)
@@ -522,7 +532,8 @@ def _image(p: _Plan) -> None:
     else:
         p.add(MOUNT_SQUASHFS_LOOP, image.path, target, ("ro", "nosuid", "nodev"),
               (image.fs_offset, image.fs_size))
-    _layers(p)
+    if p.layers is not None and p.layers.images:
+        _extra().layers(p)
     if p.overlay is None:
         return
     upper, work, tmpfs_upper = p.overlay
@@ -542,25 +553,6 @@ def _image(p: _Plan) -> None:
         lower = ":".join(p.layers.lowers + [target])
         p.add(MOUNT_OVERLAY, "overlay", p.root,
               ("nosuid", "nodev") + (("layer",) if in_layer else ()), (lower, upper, work))
-
-
-def _layers(p: _Plan) -> None:
-    """The overlay images (--overlay files, a SIF's overlay partition), each on its mount
-    point in the session, before the overlay that stacks them."""
-    for layer in p.layers.images if p.layers is not None else ():
-        ro = ("ro",) if layer.readonly else ()
-        if layer.fs == "ext3" and p.rootless:
-            p.add(MOUNT_EXT3, layer.name, layer.mountpoint)
-        elif layer.fs == "ext3":
-            p.add(MOUNT_EXT3_LOOP, layer.path, layer.mountpoint, ro + ("nosuid", "nodev"),
-                  (layer.offset, layer.size))
-        elif p.rootless:
-            p.add(MOUNT_SQUASHFS_FUSE, layer.name, layer.mountpoint,
-                  ("ro", "nosuid", "nodev") + p.fuse_flags, p.fuse_ids)
-            p.add(FUSE_WAIT, layer.name)
-        else:
-            p.add(MOUNT_SQUASHFS_LOOP, layer.path, layer.mountpoint, ("ro", "nosuid", "nodev"),
-                  (layer.offset, layer.size))
 
 
 def _proc_and_sys(p: _Plan) -> None:
@@ -637,7 +629,7 @@ def _system_binds(p: _Plan) -> None:
             p.bind(host.realpath(src), dst, kind, readonly=True, rec=False)
     if p.opts.dns:  # --dns: a resolv.conf of those servers instead of the host's
         resolv = p.session + "/files/resolv.conf"
-        p.add(WRITE_FILE, None, resolv, (), _resolv_conf(p.opts.dns))
+        p.add(WRITE_FILE, None, resolv, (), _extra().resolv_conf(p.opts.dns))
         p.bind(resolv, "/etc/resolv.conf", "file", readonly=True, rec=False)
     elif (config.get_bool("config resolv_conf", True) and "resolv" not in no_mount
             and "/etc/resolv.conf" not in no_mount
@@ -687,28 +679,13 @@ def _user_binds(p: _Plan) -> None:
     """-B/--mount/APPTAINER_BIND (checked in _Plan), then -S/--scratch directories."""
     for spec in p.user_binds:
         p.bind(spec.host_path, spec.destination, spec.kind, readonly=spec.readonly, user=True)
-    for dst in _scratch_dirs(p.opts.scratch):
+    for dst in _extra().scratch_dirs(p.opts.scratch) if p.opts.scratch else ():
         if p.workdir:  # -W: kept on the host, as Apptainer does, under WORKDIR/scratch/
             host_dir = f"{p.workdir}/scratch/{dst.strip('/').replace('/', '_')}"
             p.add(MKDIR, destination=host_dir)
             p.bind(host_dir, dst, "dir")
         else:
             p.tmpfs(dst, "mode=0755")
-
-
-def _gpus(p: _Plan) -> None:
-    """--nv/--rocm: the driver's libraries, programs and devices found by hpc/gpu.py."""
-    for gpu in p.opts.gpu or ():
-        for lib in gpu.libraries:
-            p.bind(lib, "/.singularity.d/libs/" + posixpath.basename(lib), "file",
-                   readonly=True, rec=False)
-        for src, dst in gpu.binaries:
-            p.bind(src, dst, "file", readonly=True, rec=False)
-        for dev in gpu.devices:
-            kind = p.host.path_kind(dev) or "file"
-            p.bind(dev, "/dev/" + posixpath.basename(dev), kind, rec=kind == "dir")
-        p.gpu_env.update(gpu.env)
-        p.warnings.extend(gpu.warnings)
 
 
 def _finish_root(p: _Plan) -> None:
@@ -724,16 +701,6 @@ def _finish_root(p: _Plan) -> None:
         p.add(FORK_INIT)
         if p.mounts("proc"):
             p.add(MOUNT_PROC, "proc", "/proc", ("root", "nosuid", "nodev", "noexec"))
-
-
-def _fusemounts(p: _Plan) -> None:
-    """--fusemount: each program's /dev/fuse mounted at its container path (made if missing,
-    as a user bind's), then the program started; the mount must answer (FUSE_WAIT check)."""
-    for mount in p.opts.fusemounts:
-        p.ensure(mount.mountpoint, "dir", user=True)
-        p.add(MOUNT_FUSE, mount.name, mount.mountpoint, ("root", "nosuid", "nodev"),
-              (p.host.uid, p.host.gid))
-        p.add(FUSE_WAIT, mount.name, mount.mountpoint, flags=("check",))
 
 
 def _switch_root(p: _Plan) -> None:
@@ -782,43 +749,6 @@ def _environment_and_argv(opts: RunOptions, host, image_path: str, home_dst: str
 
 
 # options that shape a new container; a running instance's mounts and namespaces are fixed
-_FIXED_BY_INSTANCE = ("binds", "contain", "containall", "home", "no_home", "no_mount",
-                      "workdir", "writable_tmpfs", "overlay", "pid", "ipc", "uts", "hostname",
-                      "net", "gpu")
-
-
-def _join_plan(opts: RunOptions, config, host):
-    """exec|run|shell instance://NAME: enter the instance's namespaces instead of building.
-
-    The instance's mount namespace already holds the pivoted container root, so setns() into
-    it (after its user namespace, which gives the capabilities to do so) lands in the
-    container; with a PID namespace a fork puts the payload inside it.
-    """
-    target = opts.join
-    warnings = []
-    ignored = [name for name in _FIXED_BY_INSTANCE if getattr(opts, name, None)]
-    if ignored:
-        warnings.append(f"options fixed when instance {target.name} started are ignored: "
-                        + ", ".join("--" + n.replace("_", "-") for n in ignored))
-    names = [n for n in ("user", "mount", "ipc", "uts", "net", "pid") if n in target.namespaces]
-    if "mount" not in names:
-        raise ContainerError(f"instance {target.name} has no mount namespace to join")
-    ops = [Op(JOIN_NAMESPACES, data=(target.pid, tuple(names)))]
-    if "pid" in names:
-        ops.append(Op(FORK_INIT))
-    _, home_dst, _ = _home_dirs(opts, host)
-    cwd = (opts.pwd,) if opts.pwd else tuple(c for c in (host.cwd, home_dst, "/") if c)
-    ops += [Op(CHDIR, data=cwd, flags=("strict",) if opts.pwd else ()), Op(DROP_CAPS),
-            Op(CHECK_SHELL, None, "/bin/sh"), Op(EXEC, "/bin/sh")]
-    environ, argv = _environment_and_argv(opts, host, target.image, home_dst, (), {},
-                                          opts.cleanenv or opts.containall, warnings)
-    from satchel.image.formats import ImageRef
-    return ContainerPlan(
-        rootless=host.uid != 0, namespaces=tuple(names), uid=host.uid, gid=host.gid,
-        session=None, root="/", ops=tuple(ops), environ=environ, argv=argv, cwd=cwd,
-        hostname=None, image=ImageRef(target.image, "instance"), warnings=warnings, server=None)
-
-
 def first_reads(command: str, args) -> tuple[str, ...]:
     """Files the payload reads first, to be read ahead while the launcher stages the rest.
 
@@ -988,65 +918,3 @@ def _check_bind(spec, host):
         raise ContainerError(f"bind source {spec.source} does not exist (in {spec.origin!r})")
     return spec.checked(host.realpath(src), dst, kind)
 
-
-def _scratch_dirs(values) -> list[str]:
-    """-S/--scratch: absolute container directories (comma-separated lists allowed)."""
-    out = []
-    for value in values or ():
-        for item in value.split(","):
-            item = item.strip()
-            if not item:
-                continue
-            if not item.startswith("/") or _clean(item) == "/":
-                raise UsageError(f"--scratch {item}: expected an absolute directory below /")
-            out.append(_clean(item))
-    return out
-
-
-def _resolv_conf(servers: str) -> str:
-    """--dns 1.1.1.1,8.8.8.8 -> resolv.conf text (one nameserver line each)."""
-    names = [s.strip() for s in servers.split(",") if s.strip()]
-    for name in names:
-        if not all(c.isalnum() or c in ".:%" for c in name):
-            raise UsageError(f"--dns {name!r}: not an IP address")
-    return "".join(f"nameserver {name}\n" for name in names)
-
-
-SUPPORTED_NETWORKS = ("none",)
-
-
-def _network_request(opts: RunOptions, warnings: list) -> tuple:
-    """Check --net/--network/--network-args; return the network args as (key, value) pairs.
-
-    Only `none` is provided: a new network namespace with the loopback interface up, which a
-    non-root user may create (the namespace belongs to the user namespace). Apptainer's
-    default network is `bridge` (CNI, root only): satchel says so rather than silently
-    giving a container without network to a caller who asked for one.
-    """
-    pairs = []
-    for value in opts.network_args or ():
-        text = value.strip()
-        # tolerate a literal layer of quotes, as shells in job scripts leave them
-        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-            text = text[1:-1].strip()
-        key, eq, val = text.partition("=")
-        if not eq or not key.strip():
-            raise UsageError(f"invalid --network-args value {value!r}: expected KEY=VALUE")
-        pairs.append((key.strip(), val.strip()))
-    if not opts.net:
-        if opts.network or pairs:
-            warnings.append("--network and --network-args have no effect without --net")
-        return ()
-    names = [n.strip() for n in (opts.network or "").split(",") if n.strip()]
-    if not names:
-        raise UsageError("--net without --network asks for Apptainer's default 'bridge' "
-                         "network, which satchel does not provide",
-                         hint="use --net --network none for a private network with only "
-                              "the loopback interface")
-    for name in names:
-        if name not in SUPPORTED_NETWORKS:
-            raise UsageError(f"network {name!r} is not supported by satchel: only 'none' "
-                             "(a private network namespace with loopback only)")
-    if pairs:
-        warnings.append("--network-args have no effect with --network none: ignored")
-    return tuple(pairs)

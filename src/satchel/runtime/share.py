@@ -96,8 +96,9 @@ def scope_key(environ) -> str:
     when the first step ends ("Transport endpoint is not connected": seen with srun over two
     slurmd on one machine, tests/integration/test_slurm.py). The ranks of one step on a node
     share. Outside a batch system the cgroup is the login session's, which logind may end the
-    same way. A 64-bit FNV-1a of /proc/self/cgroup and the job variables (no hashlib on the
-    launch path)."""
+    same way. A hash of /proc/self/cgroup and the job variables: the bytes as one number
+    modulo the prime 2^61 - 1 (int.from_bytes, in C: a byte loop in Python, FNV-1a, took
+    ~0.15 ms a call, twice a rootless launch; no hashlib on the launch path)."""
     try:
         fd = os.open("/proc/self/cgroup", os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -108,10 +109,7 @@ def scope_key(environ) -> str:
         data = b""
     for name in SCOPE_VARIABLES:
         data += f"{name}={environ.get(name, '')}\n".encode("utf-8", "surrogateescape")
-    value = 0xcbf29ce484222325
-    for byte in data:
-        value = ((value ^ byte) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
-    return f"{value:016x}"
+    return f"{int.from_bytes(data, 'little') % ((1 << 61) - 1):016x}"
 
 
 def start_time(pid: int) -> str | None:

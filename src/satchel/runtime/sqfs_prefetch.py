@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import struct
 
-from satchel.fsutil import MAX_SYMLINKS  # the kernel's limit, as every path walk's
+from satchel.pathwalk import MAX_SYMLINKS  # the kernel's limit, as every path walk's
 from satchel.runtime import elfdeps
 from satchel.runtime import fuse_protocol as proto
 from satchel.runtime.cfunc import (Library, address_of, c_char, c_char_p, c_int, c_long,

@@ -15,7 +15,7 @@ Paths are resolved inside the staged root as the container will see them: an ima
 The image may belong to a user who changes it while root stages a container from it (a
 sandbox directory: renameat2(RENAME_EXCHANGE) swaps an entry between a directory and a symlink
 to a root-only directory in a loop). So what is mounted is never named twice: the path is
-resolved by fsutil.resolve_at() (the one resolver of paths inside a root, one component at a
+resolved by pathwalk.resolve_at() (the one resolver of paths inside a root, one component at a
 time from a descriptor of the root), the underlay lists a directory through a descriptor,
 opens each entry O_NOFOLLOW, checks it with fstat and binds that descriptor
 (/proc/self/fd/N), and the executor mounts onto the descriptor resolve_at() returned. A swap then changes nothing that was checked (issue 10).
@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import stat
 
-from satchel import fsutil
+from satchel import pathwalk
 from satchel.errors import ContainerError
 from satchel.runtime import linux
 
@@ -81,7 +81,7 @@ class Underlays:
         Raises IsContainerRoot if `path` resolves to the container's root itself (an image
         symlink such as /var/tmp -> /): nothing may be mounted over the image's root.
         """
-        found = fsutil.resolve_at(root_fd, path)
+        found = pathwalk.resolve_at(root_fd, path)
         if not found.missing:
             try:
                 if not found.parts:
