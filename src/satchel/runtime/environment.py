@@ -56,9 +56,12 @@ class ContainerEnv:
 
 
 def valid_name(name: str) -> bool:
-    if not name or not (name[0].isalpha() or name[0] == "_"):
+    """A shell variable name: ASCII letters, digits and _, not starting with a digit.
+    (Whole-string str methods: a per-character loop cost ~3 µs a name, for every variable
+    of the caller's environment on every launch.)"""
+    if not name or not name.isascii() or not (name[0].isalpha() or name[0] == "_"):
         return False
-    return all(c.isalnum() or c == "_" for c in name) and name.isascii()
+    return name.replace("_", "a").isalnum()
 
 
 def parse_env_option(values) -> list[tuple[str, str]]:
