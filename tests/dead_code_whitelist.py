@@ -16,6 +16,7 @@ _._export
 _._newpair
 
 # -- protocols called by the standard library ----------------------------------------------------
+_.__getattr__  # image/sif.py: a module's __getattr__ (PEP 562) forwards the writer's names
 _.readable  # oci/stream.py: io.RawIOBase's protocol (tarfile and gzip ask the stream)
 _.seekable
 _.tell

@@ -1,5 +1,6 @@
 """What a launch loads: the code of rarely used options (runtime/plan_extra.py,
-runtime/executor_extra.py, and trust/ecl.py on a host without an ecl.toml) stays out of a plain
+runtime/executor_extra.py, trust/ecl.py on a host without an ecl.toml) and the writers
+(fsutil.py's, image/sif_write.py) stay out of a plain
 `exec IMAGE /bin/true`, as root and as satchel-test, on a SIF and on a sandbox; an option
 that needs that code still loads it. Each module kept out is bytecode a launch does not read
 (~10 µs per KB on these machines)."""
@@ -26,7 +27,7 @@ from satchel.cli.main import main
 main()
 """ % os.path.abspath(SRC)
 RARE = {"satchel.runtime.plan_extra", "satchel.runtime.executor_extra", "satchel.trust.ecl",
-        "satchel.fsutil"}
+        "satchel.fsutil", "satchel.image.sif_write"}
 
 
 def loaded(who, args: list[str]) -> set[str]:
