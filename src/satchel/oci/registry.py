@@ -80,8 +80,7 @@ class Registry:
         realm = params.get("realm")
         if not realm:
             raise OCIError(f"{self.ref}: Bearer challenge without a realm", in_context=True)
-        query = {"scope": params.get("scope")
-                 or f"repository:{self.ref.repository}:{self.actions}"}
+        query = {"scope": self._scope(params.get("scope"))}
         if params.get("service"):
             query["service"] = params["service"]
         url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
@@ -99,6 +98,20 @@ class Registry:
             raise OCIError(f"{self.ref}: token server {realm} answered {resp.status} "
                            f"{_error_text(resp)}".rstrip(), in_context=True)
         return _token_from(resp.read(1 << 20), realm)
+
+    def _scope(self, challenged: str | None) -> str:
+        """The token scope to ask for: the challenge's, widened to every action this client
+        needs on its own repository. A registry challenges a blob HEAD with `pull` only; a
+        push client that took that scope as it is would learn at its first upload (or never,
+        if the registry has the blobs) that it needs `pull,push`, as docker asks up front."""
+        own = f"repository:{self.ref.repository}:"
+        if not challenged:
+            return own + self.actions
+        if not challenged.startswith(own):
+            return challenged
+        actions = challenged[len(own):].split(",")
+        actions += [a for a in self.actions.split(",") if a not in actions]
+        return own + ",".join(a for a in actions if a)
 
     def _refresh_token(self, realm, params, query) -> str:
         """OAuth2 refresh-token grant, for an identity token from `docker login`."""

@@ -438,9 +438,9 @@ def find_program(name: str, environ: dict) -> str:
 
 def home_of(uid: int) -> str:
     """HOME for a process whose env has none: the container's /etc/passwd, else / (runc)."""
-    from satchel import fsutil
+    from satchel import pathwalk  # loaded before pivot_root (the exec path has it); fsutil is not
     try:
-        text = fsutil.read_regular("/etc/passwd").decode(errors="replace")
+        text = pathwalk.read_regular("/etc/passwd").decode(errors="replace")
     except OSError:
         return "/"
     for line in text.splitlines():

@@ -574,6 +574,11 @@ class Executor:
 
     def op_check_shell(self, op) -> None:
         if not os.access(op.destination, os.X_OK) or os.path.isdir(op.destination):
+            try:  # why: a dying FUSE server answers ENOTCONN/EIO, which apply() explains
+                os.stat(op.destination)
+            except OSError as err:
+                raise ContainerError(f"No valid {op.destination} in container: "
+                                     f"{err.strerror}") from None
             raise ContainerError(f"No valid {op.destination} in container")
 
     def op_exec(self, op) -> None:
