@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from satchel import log
+from satchel import log, pathwalk
 from satchel.errors import ContainerError
 from satchel.runtime import linux
 from satchel.runtime.cfunc import get_errno
@@ -311,7 +311,8 @@ def process(ex, op) -> None:
     spec = dict(op.data)
     _rlimits(spec["rlimits"])
     if spec["oom_score_adj"] is not None:
-        _write_proc("/proc/self/oom_score_adj", str(spec["oom_score_adj"]))
+        pathwalk.write_kernel_file("/proc/self/oom_score_adj", str(spec["oom_score_adj"]),
+                                   "setting oomScoreAdj", ContainerError)
     if spec["umask"] is not None:
         os.umask(spec["umask"])
     caps = dict(spec["capabilities"]) if spec["capabilities"] is not None else None
@@ -347,17 +348,6 @@ def process(ex, op) -> None:
 def seccomp_late(ex, op) -> None:
     from satchel.ocirt import seccomp
     seccomp.load(op.data)
-
-
-def _write_proc(path: str, text: str) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, text.encode())
-        finally:
-            os.close(fd)
-    except OSError as err:
-        raise ContainerError(f"writing {text} to {path}: {err.strerror}") from None
 
 
 def _rlimits(limits) -> None:
@@ -438,7 +428,6 @@ def find_program(name: str, environ: dict) -> str:
 
 def home_of(uid: int) -> str:
     """HOME for a process whose env has none: the container's /etc/passwd, else / (runc)."""
-    from satchel import pathwalk  # loaded before pivot_root (the exec path has it); fsutil is not
     try:
         text = pathwalk.read_regular("/etc/passwd").decode(errors="replace")
     except OSError:
