@@ -24,7 +24,6 @@ Results are printed as a table and written to WORKDIR/results.json (--json FILE 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -169,12 +168,7 @@ def main() -> int:
                 log(f"  {row['metadata_ops']} metadata ops, {row['wall_s']} s")
                 results.append(row)
         report(results, args)
-        json_path = args.json or os.path.join(workdir, "results.json")
-        with open(json_path, "w") as fh:
-            json.dump({"modules": args.modules, "delay_us": args.delay_us, "runner": args.runner,
-                       "user": args.user, "results": results}, fh, indent=2)
-        if args.json or args.keep or args.workdir:
-            log(f"results in {json_path}")
+        pfs_bench.save_results(results, args, workdir, log)
     finally:
         if slow is not None:
             slow.unmount()

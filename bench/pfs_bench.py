@@ -250,19 +250,24 @@ def main() -> int:
                 log(f"  {row['metadata_ops']} metadata ops, {row['wall_s']} s")
                 results.append(row)
         report(results, args)
-        json_path = args.json or os.path.join(workdir, "results.json")
-        with open(json_path, "w") as fh:
-            json.dump({"modules": args.modules, "delay_us": args.delay_us,
-                       "runner": args.runner, "user": args.user, "results": results}, fh,
-                      indent=2)
-        if args.json or args.keep or args.workdir:
-            log(f"results in {json_path}")
+        save_results(results, args, workdir, log)
     finally:
         if slow is not None:
             slow.unmount()
         if not args.keep and not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def save_results(results: list[dict], args, workdir: str, say) -> None:
+    """The results as JSON (--json, else WORKDIR/results.json; said where when it is kept),
+    for this bench and bench/overlay_bench."""
+    json_path = args.json or os.path.join(workdir, "results.json")
+    with open(json_path, "w") as fh:
+        json.dump({"modules": args.modules, "delay_us": args.delay_us, "runner": args.runner,
+                   "user": args.user, "results": results}, fh, indent=2)
+    if args.json or args.keep or args.workdir:
+        say(f"results in {json_path}")
 
 
 def report(results: list[dict], args) -> None:
