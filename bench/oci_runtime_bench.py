@@ -31,23 +31,6 @@ SATCHEL = os.path.join(ROOT, ".venv", "bin", "satchel")
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 
-def start_containerd(top: str):
-    config = os.path.join(top, "config.toml")
-    with open(config, "w") as fh:
-        fh.write('version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n')
-    sock = os.path.join(top, "sock")
-    log = open(os.path.join(top, "containerd.log"), "w")
-    daemon = subprocess.Popen(["containerd", "--config", config, "--root", top + "/root",
-                               "--state", top + "/state", "--address", sock],
-                              stdout=log, stderr=log, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while not os.path.exists(sock):
-        if daemon.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("containerd did not start")
-        time.sleep(0.05)
-    return daemon, ["ctr", "-a", sock]
-
-
 def one_run(ctr, runtime: str, n: int) -> float:
     start = time.perf_counter_ns()
     proc = subprocess.run(ctr + ["run", "--rm", "--runc-binary", runtime,
@@ -82,6 +65,7 @@ def main() -> int:
                 runtimes[name] = path
             else:
                 print(f"{name}: not installed, left out")
+        from support.fixtures_ocirt import start_containerd
         daemon, ctr = start_containerd(top)
         subprocess.run(ctr + ["images", "import", _oci_archive(top)], check=True,
                        capture_output=True)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from support.fixtures_ocirt import make_rootfs
+from support.fixtures_ocirt import make_rootfs, start_containerd
 
 pytestmark = pytest.mark.slow
 IMAGE = "docker.io/library/satchel-bb:latest"
@@ -39,19 +39,7 @@ def containerd(satchel_runc):
         if not shutil.which(tool):
             pytest.skip(f"{tool} is not installed")
     top = tempfile.mkdtemp(prefix="satchel-ctd-")
-    config = os.path.join(top, "config.toml")
-    with open(config, "w") as fh:
-        fh.write('version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n')
-    sock = os.path.join(top, "containerd.sock")
-    log = open(os.path.join(top, "containerd.log"), "w")
-    daemon = subprocess.Popen(["containerd", "--config", config, "--root", top + "/root",
-                               "--state", top + "/state", "--address", sock],
-                              stdout=log, stderr=log, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while not os.path.exists(sock):
-        assert daemon.poll() is None and time.monotonic() < deadline, "containerd did not start"
-        time.sleep(0.05)
-    ctr = ["ctr", "-a", sock]
+    daemon, ctr = start_containerd(top)
     subprocess.run(ctr + ["images", "import", _oci_archive(top)], check=True,
                    capture_output=True)
     yield ctr
@@ -69,7 +57,6 @@ def containerd(satchel_runc):
         point = line.split()[1]
         if point.startswith(top):
             subprocess.run(["umount", "-l", point], capture_output=True)
-    log.close()
     shutil.rmtree(top, ignore_errors=True)
 
 

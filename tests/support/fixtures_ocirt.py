@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 
 import pytest
@@ -72,6 +73,27 @@ CRUN_WRAPPER = """#!/bin/sh
 exec unshare --mount --propagation private sh -c \\
   'umount -l /sys/fs/cgroup/unified 2>/dev/null; exec crun "$@"' crun "$@"
 """
+
+
+def start_containerd(top: str):
+    """containerd 1.6 without systemd (the CRI plugin off), its root, state and socket in
+    `top`: (the daemon, the `ctr` argv prefix for it). Used by the containerd tests and
+    bench/oci_runtime_bench.py; RuntimeError if it does not answer within 30 s."""
+    config = os.path.join(top, "config.toml")
+    with open(config, "w") as fh:
+        fh.write('version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n')
+    sock = os.path.join(top, "containerd.sock")
+    log = open(os.path.join(top, "containerd.log"), "w")
+    daemon = subprocess.Popen(["containerd", "--config", config, "--root", top + "/root",
+                               "--state", top + "/state", "--address", sock],
+                              stdout=log, stderr=log, start_new_session=True)
+    log.close()
+    deadline = time.monotonic() + 30
+    while not os.path.exists(sock):
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"containerd did not start (log: {top}/containerd.log)")
+        time.sleep(0.05)  # polling for the socket, bounded by the deadline
+    return daemon, ["ctr", "-a", sock]
 
 
 def write_crun_wrapper(directory: str) -> str | None:
