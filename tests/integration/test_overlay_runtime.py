@@ -287,9 +287,51 @@ def test_root_uses_a_loop_device_and_kernel_ext3(user_tmp, usr_sif):
     assert _fsck(image).returncode == 0
 
 
+def _layer_tree(directory: str, name: str, files) -> str:
+    """A directory holding opt/o/F (content: name) for each F in files."""
+    os.makedirs(os.path.join(directory, "opt", "o"))
+    for f in files:
+        with open(os.path.join(directory, "opt", "o", f), "w") as fh:
+            fh.write(name)
+    return directory
+
+
+@pytest.mark.parametrize("who", ["satchel-test", "root"])
+def test_several_overlays_stack_in_apptainers_order(test_user, user_tmp, usr_sif, who):
+    """Three overlays holding the same paths, given as --overlay IMG1:ro --overlay W
+    --overlay SQ:ro: the writable one (W, an ext3 image) is the upper layer wherever it was
+    given; the read-only ones stack last given on top (Apptainer's engine prepends each to
+    lowerdir in command-line order), so SQ (SquashFS) hides IMG1 (ext3 image, read-only).
+    Rootless: fuse2fs + fuse-overlayfs; root: loop devices + kernel overlayfs."""
+    user = test_user if who == "satchel-test" else None
+    run = (lambda *a: _exec(user, *a)) if user else \
+        (lambda *a: run_satchel(["exec", "-B", "/usr", *a]))
+    images = {}
+    for name, files in (("img1", ("all", "two", "one")), ("w", ("all",))):
+        images[name] = os.path.join(user_tmp, name + ".img")
+        run_satchel(["overlay", "create", "--create-dir", "/opt/o", images[name]], user=user,
+                    check=True)
+        script = " && ".join(f"printf {name} > /opt/o/{f}" for f in files)
+        r = run("--overlay", images[name], usr_sif, "sh", "-c", script)
+        assert r.returncode == 0, r.stderr
+    squash = os.path.join(user_tmp, "sq.sqfs")
+    subprocess.run(["mksquashfs", _layer_tree(os.path.join(user_tmp, "sq"), "sq", ("all", "two")),
+                    squash, "-quiet", "-no-progress", "-all-root"], check=True)
+    os.chmod(squash, 0o644)
+    r = run("--overlay", images["img1"] + ":ro", "--overlay", images["w"], "--overlay",
+            squash + ":ro", usr_sif, "sh", "-c",
+            "cat /opt/o/all /opt/o/two /opt/o/one && printf new > /opt/o/new")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "wsqimg1", r.stdout
+    r = run("--overlay", images["w"] + ":ro", usr_sif, "cat", "/opt/o/new")
+    assert r.stdout == "new", r.stderr  # the write went into the upper layer, W
+    for image in images.values():
+        assert _released(image) and _fsck(image).returncode == 0
+
+
 def test_read_only_layers_squashfs_and_directory_stack_in_order(test_user, user_tmp, usr_sif):
     """A SquashFS file (always read-only) and a directory with :ro stack above the image, the
-    first given on top; nothing can be written without a writable layer."""
+    last given on top; nothing can be written without a writable layer."""
     top, low = os.path.join(user_tmp, "top"), os.path.join(user_tmp, "low")
     for d, text in ((top, "top"), (low, "low")):
         os.makedirs(os.path.join(d, "opt"))
@@ -300,7 +342,7 @@ def test_read_only_layers_squashfs_and_directory_stack_in_order(test_user, user_
     subprocess.run(["mksquashfs", low, squash, "-quiet", "-no-progress", "-all-root"],
                    check=True)
     subprocess.run(["chown", "-R", f"{test_user.uid}:{test_user.gid}", user_tmp], check=True)
-    r = _exec(test_user, "--overlay", top + ":ro", "--overlay", squash, usr_sif, "sh", "-c",
+    r = _exec(test_user, "--overlay", squash, "--overlay", top + ":ro", usr_sif, "sh", "-c",
               "cat /opt/both /opt/top /opt/low; touch /opt/new 2>/dev/null || echo ro")
     assert r.returncode == 0, r.stderr
     assert r.stdout == "toptoplowro\n", r.stdout

@@ -307,11 +307,13 @@ def test_overlay_errors(kw, message):
         plan(host, **kw)
 
 
-def test_read_only_overlay_directories_stack_above_the_image_in_the_order_given():
+def test_read_only_overlay_directories_stack_above_the_image_last_given_on_top():
+    """Apptainer's order: the writable layer is the upper wherever it was given; each
+    read-only one goes on top of those given before it."""
     host = FakeHost(paths={"/a": "dir", "/b": "dir", "/ov": "dir"}, writable={"/ov"})
     p = plan(host, overlay=["/a:ro", "/ov", "/b:ro"])
     opts = p.ops[index(p, P.FUSE_PREPARE, source="overlay")].data[2]
-    assert opts.startswith(f"lowerdir=/a:/b:{SESSION}/lower,upperdir=/ov/upper,workdir=/ov/work")
+    assert opts.startswith(f"lowerdir=/b:/a:{SESSION}/lower,upperdir=/ov/upper,workdir=/ov/work")
     p = plan(host, overlay=["/a:ro"])  # read-only: no upper layer at all
     opts = p.ops[index(p, P.FUSE_PREPARE, source="overlay")].data[2]
     assert opts.startswith(f"lowerdir=/a:{SESSION}/lower,squash") and "upperdir" not in opts

@@ -8,9 +8,13 @@ partition (formats.ImageRef.overlay_part). What each --overlay PATH[:ro] is:
                     its upper/ and work/, with :ro its upper/ as a lower layer
   a SIF             its Ext3/Overlay partition, as an ext3 image
   a SquashFS file   always a read-only lower layer
-At most one layer is writable (Apptainer's rule). The layers stack in the order given, the
-first one the topmost of the lower layers, all above the image; a SIF's own overlay
-partition sits right above the image: read-only, or the writable layer with --writable.
+At most one layer is writable (Apptainer's rule), and it is the upper layer, above all the
+others wherever it was given. The read-only layers stack as Apptainer stacks them: its
+engine (internal/pkg/runtime/engine/apptainer/container_linux.go, addOverlayMount) walks the
+image, then each --overlay in the order given, and puts each read-only one on top of the
+lower layers so far (layer/overlay.AddLowerDir prepends). So the LAST --overlay given is the
+topmost lower layer, the first the lowest; a SIF's own overlay partition sits right above
+the image, below them all: read-only, or the writable layer with --writable.
 Bad input is one ContainerError: a file that is neither, an ext3 partition that is corrupt,
 an image the caller cannot write (unless :ro), --writable where nothing can be written.
 """
@@ -89,17 +93,19 @@ def request(opts, config, host, image, session: str) -> Layers:
                 (g[0] is None and g[1][1])]
     if len(writable) > 1:
         raise UsageError("only one writable overlay is allowed: add :ro to the others")
-    for layer, directory in given:
+    if embedded is not None:  # the image's own partition first: the lowest layer
+        given.insert(0, given.pop())
+    for layer, directory in given:  # each read-only layer goes on top of those before it
         if layer is not None:
             layers.images.append(layer)
             if layer.readonly:
-                layers.lowers.append(layer.lower)
+                layers.lowers.insert(0, layer.lower)
             else:
                 layers.upper, layers.work = layer.mountpoint + "/upper", layer.mountpoint + "/work"
         elif directory[1]:
             layers.upper, layers.work = directory[0] + "/upper", directory[0] + "/work"
         else:
-            layers.lowers.append(directory[0])
+            layers.lowers.insert(0, directory[0])
     if layers.upper is None and opts.writable_tmpfs and not layers.sandbox_rw:
         layers.upper = session + "/overlay/upper"
         layers.work = session + "/overlay/work"
