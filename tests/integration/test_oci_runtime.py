@@ -313,3 +313,60 @@ def test_rootless_with_user_namespace(oci_rootfs, satchel_runc, user_tmp, test_u
     reference = run_bundle("runc", bundle, os.path.join(user_tmp, "runc-root"), user=test_user)
     if reference[0] == 0:  # runc rootless works here too: the same output
         assert out == reference[1]
+
+
+# linux.rootfsPropagation: the propagation field of / (and /proc) in the container's
+# /proc/self/mountinfo, peer-group numbers dropped ("shared", "master", or none = private)
+PROPAGATION_SCRIPT = ("for m in / /proc; do sed -nE "
+                      "\"s|^[0-9]+ [0-9]+ [^ ]+ [^ ]+ $m [^ ]+ (.*)- .*|$m=\\1|p\" "
+                      "/proc/self/mountinfo | sed -E 's/:[0-9]+//g; s/ +$//'; done")
+
+
+def _in_shared_host(runtime: str, directory: str) -> str:
+    """RUNTIME run in a mount namespace whose mounts are shared (this host's are private, where
+    slave and private look alike): a script with RUNTIME's command line."""
+    path = os.path.join(directory, "shared-" + os.path.basename(runtime))
+    with open(path, "w") as fh:
+        fh.write(f'#!/bin/sh\nexec unshare --mount --propagation shared {runtime} "$@"\n')
+    os.chmod(path, 0o755)
+    return path
+
+
+def _propagation_config(value):
+    config = default_config()
+    if value is not None:
+        config["linux"]["rootfsPropagation"] = value
+    config["process"]["args"] = ["sh", "-c", PROPAGATION_SCRIPT]
+    return config
+
+
+@pytest.mark.parametrize("value", [None, "slave", "rslave", "private", "rprivate"])
+def test_rootfs_propagation_matches_runc(value, oci_rootfs, satchel_runc, tmp_path):
+    """rootfsPropagation unset, slave and private give the root mount runc gives (on a host
+    whose mounts are shared: a slave of the host's peer group, or private)."""
+    bundle = make_bundle(str(tmp_path), oci_rootfs, _propagation_config(value))
+    reference = run_bundle(_in_shared_host("runc", str(tmp_path)), bundle,
+                           str(tmp_path / "runc-root"))
+    ours = run_bundle(_in_shared_host(satchel_runc, str(tmp_path)), bundle,
+                      str(tmp_path / "satchel-root"))
+    assert reference[0] == 0 and reference[1].startswith("/="), reference
+    assert ours[:2] == reference[:2], f"runc: {reference}\nsatchel-runc: {ours}"
+    expected = "/=master" if value in (None, "slave", "rslave") else "/="
+    assert ours[1].splitlines()[0] == expected
+
+
+# runc 1.1 (Debian 12) leaves a shared root private and fails unbindable (EINVAL binding its
+# root on itself); crun, like runc 1.2, sets the value on / after pivot_root, as satchel does
+@pytest.mark.parametrize("value,expected", [("shared", "/=shared\n/proc=\n"),
+                                            ("rshared", "/=shared\n/proc=shared\n"),
+                                            ("unbindable", "/=unbindable\n/proc=\n"),
+                                            ("private", "/=\n/proc=\n")])
+def test_rootfs_propagation_matches_crun(value, expected, oci_rootfs, satchel_runc,
+                                         crun_runtime, tmp_path):
+    """rootfsPropagation shared, rshared and unbindable: the container's root mount (and,
+    recursive, those below it) has that propagation, as under crun."""
+    bundle = make_bundle(str(tmp_path), oci_rootfs, _propagation_config(value))
+    reference = run_bundle(crun_runtime, bundle, str(tmp_path / "crun-root"))
+    ours = run_bundle(satchel_runc, bundle, str(tmp_path / "satchel-root"))
+    assert reference[:2] == (0, expected), reference
+    assert ours[:2] == reference[:2], f"crun: {reference}\nsatchel-runc: {ours}"

@@ -84,7 +84,7 @@ def test_plan_order_follows_runc():
     spec = parse()
     ctx = oplan.Context(uid=0, sync_fd=5, fifo_fd=6, path_kind=fake_kind)
     kinds = kinds_of(oplan.build(spec, ctx))
-    order = ["oci_setns", "unshare", "oci_fork", "make_private", "bind_image_dir", "oci_mount",
+    order = ["oci_setns", "unshare", "oci_fork", "propagation", "bind_image_dir", "oci_mount",
              "oci_device", "sethostname", "oci_sync", "readonly_path", "mask_path",
              "remount_ro", "pivot_root", "chdir", "oci_process", "oci_wait_start", "exec"]
     positions = [kinds.index(k) for k in order]
@@ -146,3 +146,27 @@ def test_runc_flag_syntax():
     values, flags, short = COMMAND_OPTIONS["exec"]
     opts, rest = parse_flags(["-e", "A=1", "-t", "id", "ls", "-l"], values, flags, short, True)
     assert opts["env"] == ["A=1"] and opts["tty"] and rest == ["id", "ls", "-l"]
+
+
+@pytest.mark.parametrize("value,before,after", [("", "rslave", None), ("slave", "rslave", "slave"),
+                                                ("rshared", "rprivate", "rshared"),
+                                                ("unbindable", "rprivate", "unbindable")])
+def test_plan_rootfs_propagation(value, before, after):
+    """rootfsPropagation: the tree starts as slaves (runc's default) or private (pivot_root
+    refuses a shared root), and the value is set on / once it is the container's root."""
+    doc = copy.deepcopy(BASE)
+    if value:
+        doc["linux"]["rootfsPropagation"] = value
+    plan = oplan.build(specmod.parse(doc, "/b"), oplan.Context(uid=0, path_kind=fake_kind))
+    kinds = kinds_of(plan)
+    props = [op.data for op in plan.ops if op.kind == "propagation"]
+    assert props == [before] + ([after] if after else [])
+    if after:
+        assert kinds.index("pivot_root") < len(kinds) - 1 - kinds[::-1].index("propagation")
+
+
+def test_bad_rootfs_propagation_is_refused():
+    doc = copy.deepcopy(BASE)
+    doc["linux"]["rootfsPropagation"] = "bogus"
+    with pytest.raises(ConfigError, match="rootfsPropagation 'bogus'"):
+        specmod.parse(doc, "/b")

@@ -43,10 +43,7 @@ MOUNT_OPTIONS = {
     "dirsync": (0x80, 0), "mand": (0x40, 0), "async": (0, 0x10), "atime": (0, 0x400),
     "defaults": (0, 0), "bind": (linux.MS_BIND, 0), "rbind": (linux.MS_BIND | linux.MS_REC, 0),
 }
-PROPAGATION = {"private": linux.MS_PRIVATE, "rprivate": linux.MS_PRIVATE | linux.MS_REC,
-               "slave": linux.MS_SLAVE, "rslave": linux.MS_SLAVE | linux.MS_REC,
-               "shared": 0x100000, "rshared": 0x100000 | linux.MS_REC,
-               "unbindable": linux.MS_UNBINDABLE, "runbindable": linux.MS_UNBINDABLE | linux.MS_REC}
+PROPAGATION = linux.PROPAGATION
 _ATTRS = ((linux.MS_RDONLY, linux.MOUNT_ATTR_RDONLY), (linux.MS_NOSUID, linux.MOUNT_ATTR_NOSUID),
           (linux.MS_NODEV, linux.MOUNT_ATTR_NODEV), (linux.MS_NOEXEC, linux.MOUNT_ATTR_NOEXEC),
           (linux.MS_NOATIME, 0x10), (0x1000000, 0x20), (0x800, 0x80))  # noatime, strict, nodiratime

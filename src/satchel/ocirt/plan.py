@@ -2,8 +2,9 @@
 
 The order follows runc's init: cgroup, user namespace and its id maps, namespaces joined by
 path, the other new namespaces, the fork of the container's init (pid 1 of a new PID
-namespace), the root bound on itself, the spec's mounts and devices in order, masked and
-read-only paths, a read-only root, pivot_root, the working directory, the console, the wait
+namespace), the mounts' propagation, the root bound on itself, the spec's mounts and devices
+in order, masked and read-only paths, a read-only root, pivot_root, rootfsPropagation on the
+new root, the working directory, the console, the wait
 for `start` on exec.fifo, then the process's credentials and exec. executor.apply() performs
 it; satchel exec/run plans go through the same executor.
 
@@ -140,7 +141,12 @@ def build(spec, ctx: Context):
     if rest:
         p.add(rp.UNSHARE, data=rest)
     p.add(rp.OCI_FORK, data=ctx.sync_fd)
-    p.add(rp.MAKE_PRIVATE, None, "/")
+    # runc's start: the host's mounts become slaves (host events still reach the container,
+    # none of its mounts leaks out), unless rootfsPropagation asks for private, shared or
+    # unbindable: then private, as pivot_root refuses a shared root (set after it, below)
+    propagation = spec.rootfs_propagation
+    p.add(rp.PROPAGATION, None, "/",
+          data="rslave" if propagation in ("", "slave", "rslave") else "rprivate")
     p.add(rp.BIND_IMAGE_DIR, spec.root_path, spec.root_path, ("owned",))
     dev_tmpfs = _mounts(p, spec, ctx)
     _devices(p, spec, ctx, dev_tmpfs)
@@ -159,6 +165,8 @@ def build(spec, ctx: Context):
     if spec.root_readonly:
         p.add(rp.REMOUNT_RO, None, spec.root_path)
     p.add(rp.PIVOT_ROOT, None, spec.root_path)
+    if propagation:  # the container's root mount itself (crun's and runc 1.2's order)
+        p.add(rp.PROPAGATION, None, "/", data=propagation)
     _process_tail(p, spec.process, ctx, seccomp_data, wait=True)
     return _container_plan(spec, ctx, p, new)
 

@@ -21,6 +21,9 @@ HOOK_KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", 
 # linux.* keys with an effect satchel does not provide: refused rather than dropped
 UNSUPPORTED_LINUX = ("intelRdt", "personality")
 MAX_CONFIG = 4 << 20
+# rootfsPropagation values (the spec's four, and the recursive forms runc accepts)
+PROPAGATIONS = ("shared", "slave", "private", "unbindable", "rshared", "rslave", "rprivate",
+                "runbindable")
 
 
 class Mount:
@@ -138,7 +141,7 @@ def parse(data, bundle: str) -> Spec:
         devices=_devices(linux), resources=_get(linux, "resources", dict, "linux", {}),
         hooks=_hooks(data), seccomp=_get(linux, "seccomp", dict, "linux", None),
         sysctl=_sysctl(linux),
-        rootfs_propagation=_get(linux, "rootfsPropagation", str, "linux", ""),
+        rootfs_propagation=_propagation(linux),
         cgroups_path=_get(linux, "cgroupsPath", str, "linux", ""),
         annotations=_get(data, "annotations", dict, "", {}))
 
@@ -257,6 +260,14 @@ def _hooks(data: dict) -> dict:
                             "timeout": _int(item, "timeout", where, None, 1)})
         out[kind] = entries
     return out
+
+
+def _propagation(linux: dict) -> str:
+    value = _get(linux, "rootfsPropagation", str, "linux", "")
+    if value and value not in PROPAGATIONS:
+        raise ConfigError(f"config.json: linux.rootfsPropagation {value!r} is not one of "
+                          f"{', '.join(PROPAGATIONS)}")
+    return value
 
 
 def _sysctl(linux: dict) -> dict:

@@ -250,6 +250,10 @@ class Executor:
         linux.mount(None, op.destination, None, MS_REC | MS_PRIVATE, None,
                     "making mounts private")
 
+    def op_propagation(self, op) -> None:
+        linux.mount(None, op.destination, None, linux.PROPAGATION[op.data], None,
+                    f"making {op.destination} {op.data}")
+
     def op_tmpfs(self, op) -> None:
         if "root" not in op.flags:  # the session directory: a path of the installation
             linux.mount("tmpfs", op.destination, "tmpfs", mount_flags(op), op.data,

@@ -44,7 +44,12 @@ MS_REC = 0x4000
 MS_UNBINDABLE = 0x20000
 MS_PRIVATE = 0x40000
 MS_SLAVE = 0x80000
+MS_SHARED = 0x100000
 MS_RELATIME = 0x200000
+# mount(8)'s propagation names (OCI rootfsPropagation, mount options): the r- forms recurse
+PROPAGATION = {"private": MS_PRIVATE, "slave": MS_SLAVE, "shared": MS_SHARED,
+               "unbindable": MS_UNBINDABLE}
+PROPAGATION.update({"r" + name: flag | MS_REC for name, flag in list(PROPAGATION.items())})
 MNT_DETACH = 2
 
 # mount_setattr(2): changes flags of a whole mount tree in one call and, unlike a remount,

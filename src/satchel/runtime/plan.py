@@ -40,6 +40,8 @@ FUSE_PREPARE = "fuse_prepare"      # server name   -                program argv
                                    # ContainerPlan.server, started by the launcher, adopted here;
                                    # "detach": a foreground program (--fusemount host:)
 MAKE_PRIVATE = "make_private"      # -             mount tree       - (propagation: private)
+PROPAGATION = "propagation"        # -             mount path       linux.PROPAGATION name
+                                   # ("rslave", "shared", ...): OCI rootfsPropagation
 TMPFS = "tmpfs"                    # "tmpfs"       path             tmpfs options str
 MKDIR = "mkdir"                    # -             host directory   - ("owned": refused if a
                                    # symlink or another user's; else made if missing)
