@@ -153,6 +153,119 @@ def test_fakeroot_writable_sandbox_owners_on_host(test_user, user_tmp, busybox_s
         assert r.stderr.count("INFO:") == 1 and "root-mapped" in r.stderr
 
 
+
+NO_RANGE_USER = "satchel-nosub"
+DPKG = ["env", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "dpkg", "-i"]
+
+
+@pytest.fixture(scope="module")
+def no_range_user():
+    """A real non-root user without an /etc/subuid or /etc/subgid range (a system account:
+    useradd gives those none)."""
+    from support.fixtures_users import User
+    import pwd
+    try:
+        pwd.getpwnam(NO_RANGE_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--create-home", "--shell", "/bin/sh",
+                        NO_RANGE_USER], check=True)
+    for path in ("/etc/subuid", "/etc/subgid"):
+        with open(path) as fh:
+            if any(line.startswith(NO_RANGE_USER + ":") for line in fh):
+                pytest.skip(f"{NO_RANGE_USER} has a range in {path}")
+    return User(NO_RANGE_USER)
+
+
+def _deb(directory: str, name: str, daemon_file: bool) -> str:
+    """NAME.deb, built by dpkg-deb: /usr/share/NAME/rootfile owned root:root (and, with
+    daemon_file, /usr/share/NAME/daemonfile owned 1:1, Debian's daemon), and a postinst that
+    writes /var/lib/NAME/postinst-ran (chowned to 1:1 with daemon_file)."""
+    tree = os.path.join(directory, name)
+    os.makedirs(os.path.join(tree, "DEBIAN"))
+    os.makedirs(os.path.join(tree, "usr", "share", name))
+    with open(os.path.join(tree, "DEBIAN", "control"), "w") as fh:
+        fh.write(f"Package: {name}\nVersion: 1.0\nArchitecture: all\n"
+                 "Maintainer: satchel tests <tests@example.org>\nDescription: test package\n")
+    chown = f"chown 1:1 /var/lib/{name}/postinst-ran\n" if daemon_file else ""
+    with open(os.path.join(tree, "DEBIAN", "postinst"), "w") as fh:
+        fh.write(f"#!/bin/sh\nset -e\nmkdir -p /var/lib/{name}\n"
+                 f"echo ran > /var/lib/{name}/postinst-ran\n{chown}")
+    os.chmod(os.path.join(tree, "DEBIAN", "postinst"), 0o755)
+    for f, owner in (("rootfile", 0), ("daemonfile", 1))[:2 if daemon_file else 1]:
+        path = os.path.join(tree, "usr", "share", name, f)
+        with open(path, "w") as fh:
+            fh.write(f + "\n")
+        os.chown(path, owner, owner)
+    for root, dirs, _ in os.walk(tree):
+        for d in dirs:
+            os.chown(os.path.join(root, d), 0, 0)
+    deb = os.path.join(directory, name + ".deb")
+    subprocess.run(["dpkg-deb", "--build", tree, deb], check=True, capture_output=True)
+    os.chmod(deb, 0o644)
+    return deb
+
+
+def _debian_sandbox(debian_sif: str, directory: str, user) -> str:
+    """The debootstrap image as a sandbox owned by the user (as `build --sandbox` by the user
+    leaves it): root of a --fakeroot container owns every file in it."""
+    sandbox = os.path.join(directory, "debian")
+    run_satchel(["build", "--sandbox", sandbox, debian_sif], check=True)
+    subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}", sandbox], check=True)
+    return sandbox
+
+
+def test_fakeroot_writable_sandbox_dpkg_install_subuid(test_user, debian_sif):
+    """--fakeroot --writable on the user's Debian sandbox, with a subuid range: `dpkg -i` of
+    a local .deb works; on the host its root:root file belongs to the user (container root
+    is the caller, as in Apptainer), its 1:1 file and what the postinst chowned to 1:1 to the
+    first subordinate id, and dpkg's database has it at the next run."""
+    import tempfile
+    work = tempfile.mkdtemp(prefix="satchel-dpkg-", dir="/tmp")
+    try:
+        os.chmod(work, 0o755)
+        sandbox = _debian_sandbox(debian_sif, work, test_user)
+        deb = _deb(work, "tinydeb", daemon_file=True)
+        r = run_satchel(["exec", "--fakeroot", "--writable", sandbox, *DPKG, deb],
+                        user=test_user)
+        assert r.returncode == 0, r.stderr
+        first = int(open("/etc/subuid").read().split(f"{test_user.name}:")[1].split(":")[0])
+        owners = {f: os.stat(os.path.join(sandbox, f)).st_uid for f in
+                  ("usr/share/tinydeb/rootfile", "usr/share/tinydeb/daemonfile",
+                   "var/lib/tinydeb/postinst-ran")}
+        assert owners == {"usr/share/tinydeb/rootfile": test_user.uid,
+                          "usr/share/tinydeb/daemonfile": first,
+                          "var/lib/tinydeb/postinst-ran": first}, owners
+        r = run_satchel(["exec", sandbox, "dpkg-query", "-W", "-f=${Status}", "tinydeb"],
+                        user=test_user)
+        assert r.stdout == "install ok installed", r.stderr
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_fakeroot_writable_sandbox_dpkg_install_without_subuid_range(no_range_user,
+                                                                      debian_sif):
+    """The same for a real user without a subuid range: root alone is mapped (one INFO
+    line). dpkg installs a package whose files are all root's (they belong to the user on
+    the host). It cannot install one holding a file of another owner: dpkg chowns each file
+    to its owner in the archive, and chown to an id the namespace does not map fails
+    (EINVAL, "error setting ownership"): one id is all such a namespace has."""
+    import tempfile
+    work = tempfile.mkdtemp(prefix="satchel-dpkg-", dir="/tmp")
+    try:
+        os.chmod(work, 0o755)
+        sandbox = _debian_sandbox(debian_sif, work, no_range_user)
+        r = run_satchel(["exec", "--fakeroot", "--writable", sandbox, *DPKG,
+                         _deb(work, "tinyroot", daemon_file=False)], user=no_range_user)
+        assert r.returncode == 0, r.stderr
+        assert r.stderr.count("INFO:") == 1 and "root-mapped" in r.stderr, r.stderr
+        for f in ("usr/share/tinyroot/rootfile", "var/lib/tinyroot/postinst-ran"):
+            assert os.stat(os.path.join(sandbox, f)).st_uid == no_range_user.uid, f
+        r = run_satchel(["exec", "--fakeroot", "--writable", sandbox, *DPKG,
+                         _deb(work, "tinydeb", daemon_file=True)], user=no_range_user)
+        assert r.returncode != 0 and "error setting ownership" in r.stderr, r.stderr
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
 def _start_writer(user, image, usr_sif, marker, script):
     return subprocess.Popen(
         user.argv([SATCHEL, "exec", "--overlay", image, "-B", "/usr", usr_sif, "python3", "-c",
