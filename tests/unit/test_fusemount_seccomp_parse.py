@@ -42,7 +42,7 @@ def write(tmp_path, doc):
 
 
 def test_compile_rules(tmp_path):
-    default, rules = seccomp.compile_profile(write(tmp_path, {
+    default, rules, _arches = seccomp.compile_profile(write(tmp_path, {
         "defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 38, "syscalls": [
             {"names": ["read", "write"], "action": "SCMP_ACT_ALLOW"},
             {"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38},  # = default

@@ -125,16 +125,35 @@ def test_plan_refusals():
 
 
 def test_seccomp_profile_compiled_or_refused():
-    from satchel.ocirt import seccomp
-    data = seccomp.compile_profile({
+    """linux.seccomp goes through runtime/seccomp.py (the one loader): numbers resolved,
+    unknown names skipped as runc does, comparisons of one argument split, bad values
+    refused as config errors."""
+    doc = copy.deepcopy(BASE)
+    doc["linux"]["seccomp"] = {
         "defaultAction": "SCMP_ACT_ERRNO", "architectures": ["SCMP_ARCH_X86_64"],
-        "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"},
-                     {"names": ["kill"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
-                      "args": [{"index": 1, "value": 9, "op": "SCMP_CMP_EQ"}]}]})
-    assert data["default"] == 0x50001
-    assert data["rules"][1] == (0x50001, ["kill"], [(1, 4, 9, 0)])
-    with pytest.raises(ConfigError, match="SCMP_ACT_NOTIFY"):
-        seccomp.compile_profile({"defaultAction": "SCMP_ACT_NOTIFY"})
+        "syscalls": [{"names": ["read", "no_such_call_yet"], "action": "SCMP_ACT_ALLOW"},
+                     {"names": ["kill"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38,
+                      "args": [{"index": 1, "value": 9, "op": "SCMP_CMP_EQ"}]},
+                     {"names": ["close"], "action": "SCMP_ACT_ERRNO"},  # = the default
+                     {"names": ["kill"], "action": "SCMP_ACT_ALLOW",
+                      "args": [{"index": 1, "value": 1, "op": "SCMP_CMP_GE"},
+                               {"index": 1, "value": 3, "op": "SCMP_CMP_LE"}]}]}
+    spec = specmod.parse(doc, "/b")
+    default, rules, arches = oplan.compile_seccomp(spec)
+    assert default == 0x50001 and arches == ("x86_64",)
+    assert rules == ((0, 0x7FFF0000, ()), (62, 0x50026, ((1, 4, 9, 0),)),
+                     (62, 0x7FFF0000, ((1, 5, 1, 0),)), (62, 0x7FFF0000, ((1, 3, 3, 0),)))
+    plan = oplan.build(spec, oplan.Context(uid=0, path_kind=fake_kind))
+    late = next(op for op in plan.ops if op.kind == "oci_seccomp")  # noNewPrivileges: last
+    assert late.data == (default, rules, arches)
+    for bad, words in (({"defaultAction": "SCMP_ACT_NOTIFY"}, "SCMP_ACT_NOTIFY"),
+                       ({"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_Z"]},
+                        "SCMP_ARCH_Z"),
+                       ({"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/s"},
+                        "listenerPath")):
+        spec.seccomp = bad
+        with pytest.raises(ConfigError, match=words):
+            oplan.compile_seccomp(spec)
 
 
 def test_runc_flag_syntax():

@@ -83,7 +83,7 @@ def preload(seccomp: bool, terminal: bool, rlimits: bool) -> None:
         import socket  # noqa: F401
         import termios  # noqa: F401
     if seccomp:
-        from satchel.ocirt import seccomp as module
+        from satchel.runtime import seccomp as module
         module.library()
 
 
@@ -316,7 +316,7 @@ def process(ex, op) -> None:
     # runc's order: without no_new_privs the filter goes in while we still hold the
     # privilege to install it (CAP_SYS_ADMIN); with it, last, so it need not allow setup calls
     if spec["seccomp"] is not None:
-        from satchel.ocirt import seccomp
+        from satchel.runtime import seccomp
         seccomp.load(spec["seccomp"])
     if caps is not None:
         _drop_bounding(caps["bounding"])
@@ -343,7 +343,7 @@ def process(ex, op) -> None:
 
 
 def seccomp_late(ex, op) -> None:
-    from satchel.ocirt import seccomp
+    from satchel.runtime import seccomp
     seccomp.load(op.data)
 
 

@@ -91,6 +91,17 @@ def process_data(spec_process, seccomp) -> tuple:
             ("seccomp", _frozen(seccomp) if seccomp is not None else None))
 
 
+def compile_seccomp(spec):
+    """linux.seccomp as runtime/seccomp.py's filter data (the one loader satchel exec's
+    --security uses too), or None; names this libseccomp does not know are skipped, as runc
+    does."""
+    if spec.seccomp is None:
+        return None
+    from satchel.runtime import seccomp
+    return seccomp.compile_document(spec.seccomp, "config.json: linux.seccomp", ConfigError,
+                                    skip_unknown=True)
+
+
 def environ_of(process) -> dict:
     env = {}
     for item in process.env:
@@ -107,11 +118,7 @@ def build(spec, ctx: Context):
     """The create plan (see the module docstring)."""
     if spec.process is None:
         raise ConfigError("config.json has no process to run")
-    if spec.seccomp is not None:
-        from satchel.ocirt import seccomp
-        seccomp_data = seccomp.compile_profile(spec.seccomp)
-    else:
-        seccomp_data = None
+    seccomp_data = compile_seccomp(spec)
     p = _Ops(spec.root_path)
     if ctx.cgroup is not None:
         p.add(rp.CGROUP, data=ctx.cgroup)
@@ -173,10 +180,7 @@ def build(spec, ctx: Context):
 
 def build_exec(spec, process, ctx: Context):
     """`exec`: into the running container's namespaces (and cgroup), then the process."""
-    seccomp_data = None
-    if spec.seccomp is not None:
-        from satchel.ocirt import seccomp
-        seccomp_data = seccomp.compile_profile(spec.seccomp)
+    seccomp_data = compile_seccomp(spec)
     p = _Ops("/")
     if ctx.cgroup is not None:
         p.add(rp.CGROUP, data=ctx.cgroup)

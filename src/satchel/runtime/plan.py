@@ -94,7 +94,8 @@ CHDIR = "chdir"                    # -             -                candidate di
 DROP_CAPS = "drop_caps"            # -             -                - (no_new_privs, caps emptied)
 CHECK_SHELL = "check_shell"        # -             "/bin/sh"        - (must exist in the container)
 SECCOMP = "seccomp"                # -             -                (default action, ((syscall nr,
-                                   # action, ((arg, op, a, b), ...)), ...)): seccomp.load()
+                                   # action, ((arg, op, a, b), ...)), ...), architectures):
+                                   # seccomp.load()
 EXEC = "exec"                      # "/bin/sh"     -                - (execve(ContainerPlan.argv))
 EXEC_CHILD = "exec_child"          # "/bin/sh"     -                - (--pid: init forks, reaps)
 INSTANCE_INIT = "instance_init"    # "/bin/sh"     -                ready fd (stay as the init)

@@ -266,7 +266,8 @@ def _list(store, opts) -> int:
 
 def features() -> dict:
     """What `runc features` reports (runtime-spec features.md), for what satchel provides."""
-    from satchel.ocirt import ops, seccomp, spec
+    from satchel.ocirt import ops, spec
+    from satchel.runtime import seccomp
     return {
         "ociVersionMin": "1.0.0", "ociVersionMax": "1.2.0",
         "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
