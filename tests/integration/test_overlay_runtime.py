@@ -348,17 +348,35 @@ def test_full_overlay_gives_enospc_inside(test_user, user_tmp, usr_sif):
     assert _released(image) and _fsck(image).returncode == 0
 
 
-def test_bad_overlays_are_one_fatal_line_and_leave_nothing(test_user, user_tmp, usr_sif,
-                                                           busybox_sandbox):
-    """Not ext3; another user's image without :ro; --writable on a sandbox the caller cannot
-    write; a SIF whose overlay partition is corrupt: one FATAL line, no server left."""
+def _leftovers(directory: str) -> list[str]:
+    """What still uses the files under `directory`: a process holding one open (fuse2fs holds
+    its image), a mount naming one in any mount namespace (/proc/*/mountinfo: overlayfs'
+    lowerdir, a squashfuse or fuse2fs source), a loop device backed by one."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(directory + "/"):
+                    found.append(f"pid {pid} holds {fd}")
+            with open(f"/proc/{pid}/mountinfo") as fh:
+                found += [f"pid {pid} mount: {line}" for line in fh if directory in line]
+        except OSError:
+            continue
+    for loop in os.listdir("/sys/block"):
+        try:
+            with open(f"/sys/block/{loop}/loop/backing_file") as fh:
+                if fh.read().startswith(directory + "/"):
+                    found.append(f"{loop} backed by a file of {directory}")
+        except OSError:
+            continue
+    return found
+
+
+def _bad_inputs(user, user_tmp, usr_sif, sandbox):
+    """(args, expected message) for each bad input of issue 12, made in user_tmp."""
     text = os.path.join(user_tmp, "notes.txt")
     with open(text, "w") as fh:
         fh.write("x" * 4096)
-    os.chown(text, test_user.uid, test_user.gid)
-    theirs = os.path.join(user_tmp, "root.img")
-    run_satchel(["overlay", "create", theirs], check=True)  # root's, mode 0600
-    os.chmod(theirs, 0o644)
     corrupt = os.path.join(user_tmp, "corrupt.sif")
     shutil.copy(usr_sif, corrupt)
     run_satchel(["overlay", "create", corrupt], check=True)
@@ -368,21 +386,51 @@ def test_bad_overlays_are_one_fatal_line_and_leave_nothing(test_user, user_tmp, 
     with open(corrupt, "r+b") as fh:  # wipe the ext3 superblock
         fh.seek(offset + 1024)
         fh.write(bytes(1024))
-    os.chmod(corrupt, 0o644)
+    damaged = os.path.join(user_tmp, "damaged.img")  # a good superblock, bad group descriptors:
+    run_satchel(["overlay", "create", damaged], check=True)  # passes the check, fails to mount
+    with open(damaged, "r+b") as fh:
+        fh.seek(2048)  # 1 KiB blocks: the descriptors follow the superblock (block 1)
+        fh.write(b"\xff" * 1024)
     cases = [
         (["--overlay", text, usr_sif], "not an ext3 file system"),
-        (["--overlay", theirs, usr_sif], "not writable by you"),
-        (["--writable", busybox_sandbox], "is not writable by you"),
         ([corrupt], "overlay partition of"),
         (["--overlay", corrupt + ":ro", usr_sif], "is corrupt"),
+        (["--overlay", damaged, usr_sif], "overlay"),
     ]
-    for args, expected in cases:
-        r = _exec(test_user, *args, "true")
+    if user is not None:
+        theirs = os.path.join(user_tmp, "root.img")
+        run_satchel(["overlay", "create", theirs], check=True)  # root's, mode 0600
+        os.chmod(theirs, 0o644)
+        cases += [(["--overlay", theirs, usr_sif], "not writable by you"),
+                  (["--writable", sandbox], "is not writable by you")]
+    for path in (text, corrupt, damaged):
+        os.chmod(path, 0o644)
+        if user is not None:
+            os.chown(path, user.uid, user.gid)
+    return cases
+
+
+@pytest.mark.parametrize("who", ["satchel-test", "root"])
+def test_bad_overlays_are_one_fatal_line_and_leave_nothing(test_user, user_tmp, usr_sif,
+                                                           busybox_sandbox, who):
+    """Not ext3; another user's image without :ro; --writable on a sandbox the caller cannot
+    write; a SIF whose overlay partition is corrupt; an image whose superblock is sound but
+    whose group descriptors are not (fuse2fs, or the kernel as root, refuses to mount it):
+    one FATAL line, and after each nothing left: no server, no process holding the files,
+    no mount naming them in any mount namespace, no loop device."""
+    user = test_user if who == "satchel-test" else None
+    for args, expected in _bad_inputs(user, user_tmp, usr_sif, busybox_sandbox):
+        r = _exec(user, *args, "true") if user else \
+            run_satchel(["exec", "-B", "/usr", *args, "true"])
         _fatal_only(r)
         assert expected in r.stderr, (args, r.stderr)
-    r = _exec(test_user, "--overlay", theirs + ":ro", usr_sif, "ls", "/")
-    assert r.returncode == 0, r.stderr  # read-only use of another's readable image is fine
-    assert wait_until(lambda: _no_servers(test_user), 5)
+        assert wait_until(lambda: not _leftovers(user_tmp), 5), (args, _leftovers(user_tmp))
+        if user is not None:
+            assert wait_until(lambda: _no_servers(user), 5), args
+    if user is not None:
+        theirs = os.path.join(user_tmp, "root.img")
+        r = _exec(user, "--overlay", theirs + ":ro", usr_sif, "ls", "/")
+        assert r.returncode == 0, r.stderr  # read-only use of another's readable image is fine
 
 
 def test_root_uses_a_loop_device_and_kernel_ext3(user_tmp, usr_sif):
