@@ -239,3 +239,24 @@ def test_a_different_inode_layout_fails_the_launch_loudly(tmp_path, monkeypatch)
             server.before_mount()
     finally:
         server.cancel()
+
+
+def test_without_the_libraries_the_squashfuse_ll_program_serves(test_user, busybox_sif,
+                                                                user_tmp):
+    """libsquashfuse_ll cannot be loaded (here: a broken copy first on LD_LIBRARY_PATH): the
+    server execs the squashfuse_ll program instead (sqfs_server's fallback, which looks the
+    program up on PATH itself), and the container runs from its mount."""
+    broken = os.path.join(user_tmp, "broken-libs")
+    os.makedirs(broken)
+    with open(os.path.join(broken, "libsquashfuse_ll.so.0"), "wb") as fh:
+        fh.write(b"not an ELF file")
+    os.chmod(broken, 0o755)
+    os.chmod(os.path.join(broken, "libsquashfuse_ll.so.0"), 0o644)
+    script = 'for f in /proc/[0-9]*/cmdline; do tr "\\0" " " < "$f"; echo; done; ls /bin/busybox'
+    r = run_satchel(["exec", busybox_sif, "/bin/sh", "-c", script], user=test_user,
+                    env={"LD_LIBRARY_PATH": broken})
+    assert r.returncode == 0, r.stderr
+    servers = [line for line in r.stdout.splitlines()
+               if line.startswith("/") and line.split()[0].endswith("/squashfuse_ll")]
+    assert servers and all(" -f " in line for line in servers), r.stdout
+    assert "/bin/busybox" in r.stdout.splitlines()

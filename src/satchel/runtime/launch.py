@@ -184,11 +184,10 @@ def start_server(plan, early=None):
             if early is not None:
                 early.cancel()
             return share.SharedMount("image", claim, wanted.image)
-    argv = list(wanted.fallback_argv)
-    argv[0] = fuse.find_program(argv[0], os.environ, required=False)
     server = early or fuse.fork_builtin("image")
     server.share = claim
-    server.serve_image(wanted.image, wanted.offset, argv, wanted.reads)
+    # the fallback program (squashfuse_ll) is looked up on PATH by the server, if it runs it
+    server.serve_image(wanted.image, wanted.offset, wanted.fallback_argv, wanted.reads)
     return server
 
 

@@ -191,6 +191,9 @@ def run_daemon(go_fd: int, ack_fd: int, life_fd: int = -1) -> None:
         os.chdir("/")
         try:
             libraries = Libraries()
+            # loaded now, while the launcher plans: after IMAGE, importing it (~0.7 ms) would
+            # delay OPENED, which the launcher waits for before it mounts
+            from satchel.runtime import sqfs_prefetch  # noqa: F401
         except LibraryMissing:
             libraries = None
         request = _read_image_message(go_fd)
@@ -232,6 +235,10 @@ def run_daemon(go_fd: int, ack_fd: int, life_fd: int = -1) -> None:
             if life_fd >= 0:
                 os.set_inheritable(life_fd, True)
             argv = [a.replace("{fd}", str(fd)) for a in fallback_argv]
+            # searched here rather than by the launcher: the fallback rarely runs, and then
+            # its lookup costs the launch nothing (fuse.py is loaded: we forked from it)
+            from satchel.runtime.fuse import find_program
+            argv[0] = find_program(argv[0], os.environ, required=False)
             os.execv(argv[0], argv)
         os._exit(0 if session.serve(fd) == 0 else 1)
     except BaseException:
