@@ -12,12 +12,16 @@ interpreter through its own read-only mount of it (`--runner fuse2fs`: fuse2fs -
 namespace of its own, what each container's mount is; `--runner satchel`: `satchel exec
 --overlay IMAGE:ro` over a SIF holding nothing but mount points, the host /usr bound in).
 Reported per case: the metadata operations the slow file system served and the wall time.
+A read of an open file costs no metadata operation (pfs_bench's model, as on Lustre or GPFS;
+--read-revalidate: a getattr before every read() instead, which fuse2fs' many small reads of
+its image pay for: see pfs_slowfs.c).
 Goal (issue 12): the image needs at least 10x fewer metadata operations and is at least 5x
 faster with 8 interpreters.
 
 Usage (as root, Debian 12 with ./scripts/install-deps done):
   bench/overlay_bench.py [--modules 2000] [--delay-us 1000] [--parallel 8]
-                         [--runner fuse2fs|satchel] [--user satchel-test] [--workdir DIR]
+                         [--runner fuse2fs|satchel] [--read-revalidate] [--user satchel-test]
+                         [--workdir DIR]
 Results are printed as a table and written to WORKDIR/results.json (--json FILE elsewhere).
 """
 
@@ -110,9 +114,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=1024,
                         help="overlay image size in MiB (sparse; from 512 MiB on, mke2fs makes "
                              "4 KiB blocks: fewer, larger reads than 1 KiB ones)")
-    parser.add_argument("--read-revalidate", action="store_true",
-                        help="let the slow file system's kernel client ask a getattr before "
-                             "every read (FUSE auto_inval_data), as pfs_bench does")
+    pfs_bench.add_read_model_option(parser)
     parser.add_argument("--user", default=None, help="run everything as this user")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -138,8 +140,7 @@ def main() -> int:
             for name in files:
                 os.chmod(os.path.join(dirpath, name), 0o755)
         os.environ["PFS_SLOWFS_WRITABLE"] = "1"  # both cases install into it
-        if not args.read_revalidate:  # reads of an open file cost no metadata (pfs_slowfs.c)
-            os.environ["PFS_SLOWFS_NO_READ_REVALIDATE"] = "1"
+        pfs_bench.read_model(args.read_revalidate)  # pfs_bench's model: reads of open files
         slow = pfs_bench.SlowFS(binary, backing, os.path.join(workdir, "slow"), args.delay_us)
 
         results = []
@@ -178,7 +179,8 @@ def main() -> int:
 
 
 def report(results: list[dict], args) -> None:
-    print(f"\n{args.modules} modules, {args.delay_us} us per metadata operation, "
+    print(f"\n{args.modules} modules, {args.delay_us} us per metadata operation "
+          f"({'and a getattr per read' if args.read_revalidate else 'reads free'}), "
           f"overlay image read through {args.runner}\n")
     print(f"{'case':<10} {'step':<8} {'interp.':>7} {'metadata ops':>13} {'wall s':>9}")
     for r in results:

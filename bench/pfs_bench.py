@@ -7,14 +7,18 @@ A tree of small Python modules (default 5,000 in 50 packages) is imported
 both stored on a slow-metadata file system that this script mounts itself: pfs_slowfs, a FUSE
 passthrough adding a fixed delay (default 1 ms) to every lookup/getattr/open/readdir, a stand-in
 for Lustre or GPFS under load. Each case runs with 1 and 8 concurrent interpreters. Reported per
-case: the metadata operations the slow file system served and the wall time.
+case: the metadata operations the slow file system served and the wall time. A read of a file
+already open costs no metadata operation, as on Lustre or GPFS (pfs_slowfs.c); with
+--read-revalidate every read() pays a getattr first (FUSE auto_inval_data: the issue-5 model).
+bench/overlay_bench uses the same file system and the same model.
 
 The interpreter is the host's /usr/bin/python3 in both cases (in the container the host /usr is
 bound over the image's empty /usr), so only where the module tree lives differs.
 
 Usage (as root, Debian 12 with ./scripts/install-deps done):
   bench/pfs_bench.py [--modules 5000] [--delay-us 1000] [--parallel 1,8]
-                     [--runner satchel|squashfuse] [--user satchel-test] [--workdir DIR]
+                     [--runner satchel|squashfuse] [--read-revalidate] [--user satchel-test]
+                     [--workdir DIR]
   --runner squashfuse mounts the SIF's partition with `squashfuse -o offset=N` per interpreter
   instead of `satchel exec` (the same mechanism without the rest of the runtime).
 Results are printed as a table and written to WORKDIR/results.json.
@@ -140,6 +144,19 @@ class SlowFS:
 
 # --- the cases -----------------------------------------------------------------------------------
 
+def read_model(revalidate: bool) -> None:
+    """Whether the slow file system mounted next asks a getattr before every read (see
+    pfs_slowfs.c): off by default, as a Lustre or GPFS client reading an open file."""
+    os.environ["PFS_SLOWFS_READ_REVALIDATE"] = "1" if revalidate else "0"
+
+
+def add_read_model_option(parser) -> None:
+    parser.add_argument("--read-revalidate", action="store_true",
+                        help="a getattr before every read() of the slow file system (FUSE "
+                             "auto_inval_data), the model of the issue-5 figures; default: "
+                             "reads of an open file cost no metadata, as on Lustre/GPFS")
+
+
 def import_code(path: str) -> str:
     return f"import sys; sys.path.insert(0, {path!r}); import pfsmods; print(pfsmods.TOTAL)"
 
@@ -209,6 +226,7 @@ def main() -> int:
     parser.add_argument("--delay-us", type=int, default=1000)
     parser.add_argument("--parallel", default="1,8")
     parser.add_argument("--runner", choices=("satchel", "squashfuse"), default="satchel")
+    add_read_model_option(parser)
     parser.add_argument("--user", default=None, help="run the interpreters as this user")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -234,6 +252,7 @@ def main() -> int:
         offset = squashfs_offset(os.path.join(backing, "tree.sif"))
         for dirpath, _dirs, _files in os.walk(workdir):
             os.chmod(dirpath, 0o755)
+        read_model(args.read_revalidate)
         slow = SlowFS(binary, backing, os.path.join(workdir, "slow"), args.delay_us)
 
         results = []
@@ -265,13 +284,15 @@ def save_results(results: list[dict], args, workdir: str, say) -> None:
     json_path = args.json or os.path.join(workdir, "results.json")
     with open(json_path, "w") as fh:
         json.dump({"modules": args.modules, "delay_us": args.delay_us, "runner": args.runner,
-                   "user": args.user, "results": results}, fh, indent=2)
+                   "read_revalidate": args.read_revalidate, "user": args.user,
+                   "results": results}, fh, indent=2)
     if args.json or args.keep or args.workdir:
         say(f"results in {json_path}")
 
 
 def report(results: list[dict], args) -> None:
-    print(f"\n{args.modules} modules, {args.delay_us} us per metadata operation, "
+    print(f"\n{args.modules} modules, {args.delay_us} us per metadata operation "
+          f"({'and a getattr per read' if args.read_revalidate else 'reads free'}), "
           f"SIF run with {args.runner}\n")
     print(f"{'case':<10} {'interp.':>7} {'metadata ops':>13} {'wall s':>9}")
     by_key = {(r["case"], r["interpreters"]): r for r in results}

@@ -14,10 +14,15 @@
  * truncate, utimens) are metadata operations, delayed and counted; write and fsync are counted,
  * not delayed. New entries belong to the caller (the server runs as root with allow_other).
  *
- * PFS_SLOWFS_NO_READ_REVALIDATE=1 turns off FUSE's auto_inval_data: then a read of an open file
- * asks no getattr first (with attr_timeout 0 the kernel otherwise sends one before every read,
- * cached pages or not), as a Lustre or GPFS client reads an open file without its metadata
- * server. bench/overlay_bench sets it: fuse2fs reads its image in many small preads.
+ * Reads of an open file ask the server no getattr: FUSE's auto_inval_data is turned off, so the
+ * kernel serves a read from its page cache or sends READ alone. That is how a Lustre or GPFS
+ * client reads a file it has open: the data come from the storage servers (or its cache) under
+ * a lock it holds, and the metadata server is not asked again. With auto_inval_data (the
+ * libfuse default) and attr_timeout 0, the kernel sends a GETATTR before every read, cached
+ * pages or not: one delayed metadata operation per read() call, which squashfuse (few large
+ * reads of a SIF) hardly notices and fuse2fs (a pread per 1-4 KiB block of its image, ~70 per
+ * imported module) pays for dearly. PFS_SLOWFS_READ_REVALIDATE=1 turns it back on (the model
+ * of the issue-5 figures in docs/BENCHMARKS.md; both benches: --read-revalidate).
  *
  * Counters: read the virtual file /.slowfs-stats (not listed in its directory; serving it
  * is neither delayed nor counted): "getattr N\naccess N\n...\ntotal N\n".
@@ -92,8 +97,8 @@ static int stats_text(char *buf, size_t size)
 
 static void *sf_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 {
-    const char *no_reval = getenv("PFS_SLOWFS_NO_READ_REVALIDATE");
-    if (no_reval && strcmp(no_reval, "1") == 0)
+    const char *reval = getenv("PFS_SLOWFS_READ_REVALIDATE");
+    if (!reval || strcmp(reval, "1") != 0) /* reads of an open file: no metadata (above) */
         conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
     cfg->entry_timeout = 0;
     cfg->attr_timeout = 0;

@@ -34,3 +34,36 @@ def test_pfs_bench_small(test_user, tmp_path):
         assert s["ops"]["read"] > 0
         assert s["wall_s"] < d["wall_s"]
     assert "SIF needs" in proc.stdout
+
+
+@pytest.mark.parametrize("revalidate", [False, True], ids=["reads-free", "read-revalidate"])
+def test_slowfs_read_model(tmp_path, revalidate):
+    """The benches' model of a parallel file system (pfs_slowfs.c): a read of a file already
+    open asks the metadata server nothing, as on Lustre or GPFS; with --read-revalidate
+    (PFS_SLOWFS_READ_REVALIDATE=1, FUSE auto_inval_data) reads spread over time each pay a
+    getattr. fuse2fs reads its overlay image so (bench/overlay_bench)."""
+    import time
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import pfs_bench
+    binary = pfs_bench.build_slowfs(str(tmp_path))
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "data").write_bytes(b"x" * 4096)
+    pfs_bench.read_model(revalidate)
+    slow = pfs_bench.SlowFS(binary, str(source), str(tmp_path / "slow"), 100)
+    try:
+        fd = os.open(os.path.join(slow.mountpoint, "data"), os.O_RDONLY)
+        try:
+            before = slow.stats()
+            start, reads = time.monotonic(), 0
+            while time.monotonic() - start < 0.2 and reads < 100000:  # over many clock ticks
+                assert os.pread(fd, 512, 0) == b"x" * 512
+                reads += 1
+            after = slow.stats()
+        finally:
+            os.close(fd)
+    finally:
+        slow.unmount()
+    getattrs = after["getattr"] - before["getattr"]
+    # without revalidation at most the first read refreshes what the open left stale
+    assert (getattrs > 10) if revalidate else (getattrs <= 1), (reads, getattrs)
