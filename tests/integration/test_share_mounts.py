@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 
 from support.fixtures_share import TIMEOUT, Container, finish_all, servers, start_all, \
@@ -108,4 +110,50 @@ def test_a_launch_during_the_last_exit_still_starts(test_user, share_sif):
             last.finish(time.monotonic() + TIMEOUT)
         last.proc.wait(timeout=30)
         finish_all([new])
+    wait_no_servers(share_sif)
+
+
+# share.likely_joined as a launch calls it first thing (cli/commands/action.py), in a process
+# that then stays (its lock, if it took one, stays held) until its stdin closes
+LOOK = ("import os, sys\nfrom satchel.runtime import share\n"
+        "print(share.likely_joined(sys.argv[1], os.getuid(), os.environ), flush=True)\n"
+        "sys.stdin.read()\n")
+
+
+def test_launches_starting_together_fork_one_early_server(test_user, share_sif):
+    """16 launches of one image start at once (an MPI job's ranks on a node): no container
+    runs it yet, so each would fork an early FUSE server and cancel it on joining the first
+    one's mount (~40 ms of CPU and ~100 MiB at N=16). The first to look takes the image's lock
+    there and then; the 15 others find it held and fork none: exactly one is the first."""
+    looks = [subprocess.Popen(test_user.argv([sys.executable, "-c", LOOK, share_sif]),
+                              env=test_user.env(), cwd="/tmp", stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(16)]
+    try:
+        answers = [look.stdout.readline().strip() for look in looks]
+    finally:
+        for look in looks:
+            look.stdin.close()
+            look.wait(timeout=30)
+    assert sorted(answers) == [b"False"] + [b"True"] * 15, \
+        [answers, looks[0].stderr.read().decode(errors="replace")]
+    first, joiner = start_all(test_user, share_sif, 2)  # the lock went with its holder
+    assert joiner.dev == first.dev
+    finish_all([first, joiner])
+    wait_no_servers(share_sif)
+
+
+def test_a_launch_that_shares_nothing_lets_the_others_go(test_user, share_sif):
+    """A first launch whose plan shares no mount (--writable-tmpfs: an overlay of its own),
+    kept running with --pid (its supervisor, forked before the payload, stays): the lock its
+    start took is dropped before its container runs, so a plain launch of the image starts
+    at once, not after the first one's exit or the WAIT_S bound (30 s)."""
+    holder = Container(test_user, share_sif, ("--writable-tmpfs", "--pid"))
+    holder.ready(time.monotonic() + TIMEOUT)
+    try:
+        plain = Container(test_user, share_sif)
+        plain.ready(time.monotonic() + 15)
+        finish_all([plain])
+    finally:
+        finish_all([holder])
     wait_no_servers(share_sif)

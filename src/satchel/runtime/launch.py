@@ -170,6 +170,9 @@ def start_server(plan, early=None):
     server is cancelled); else the new server's mount is shared once this container runs.
     """
     wanted = plan.server
+    if early is not None and not getattr(wanted, "share", False):
+        from satchel.runtime import share
+        share.release_early()  # the image lock share.likely_joined took: nothing to share
     if wanted is None:
         if early is not None:
             early.cancel()  # root, a sandbox, or the squashfuse_ll program

@@ -29,7 +29,11 @@ How a launch finds a live mount, and why nothing outlives the containers:
   is gone, or going, simply fails these steps and the next one is tried.
 - No live container: under the lock, checked again, this launch is the first; it keeps the
   lock through its setup, so the launches that come meanwhile wait for its mount instead of
-  starting servers of their own (bounded: after WAIT_S they go on without sharing).
+  starting servers of their own (bounded: after WAIT_S they go on without sharing). The
+  probable first takes the lock at its very start (likely_joined, before it plans): the
+  ranks of a job start within milliseconds of each other, and the others, seeing it held,
+  fork no early server that they would cancel (each a fork, the libraries' loading and ~7 MiB:
+  at N=16 ~40 ms of CPU in all, and up to ~100 MiB at once).
 - After pivot_root each container whose root is the shared FUSE mount records itself: the
   first rewrites the file without dead records and lets the waiting launches go; the others
   append their line (O_APPEND, one write) without taking the lock.
@@ -40,7 +44,8 @@ from __future__ import annotations
 import os
 
 from satchel.errors import ContainerError
-from satchel.runtime import linux
+# runtime/linux is imported where used: likely_joined() runs before the early server's
+# fork (cli/commands/action.py), which should not wait for linux.py and the C bindings
 
 _DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_OPEN = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -153,6 +158,8 @@ class Claim:
 
     def attach(self, target_fd: int) -> None:
         """Attach the shared mount on target_fd (the container's root directory to be)."""
+        from satchel.runtime import linux
+
         try:
             linux.move_mount(self.mount_fd, target_fd, "attaching the shared image mount")
         finally:
@@ -221,14 +228,19 @@ def claim(image: str, offset: int, uid: int, environ) -> Claim | None:
     if dir_fd is None:
         return None
     result = None
+    early = -1
     try:
         key = image_key(image, environ)
+        early = _adopt_early_lock(key)
         result = Claim(dir_fd, key, offset, -1)
         if _join(result):
             return result
         for _ in range(3):
-            result.lock_fd = _open_lock(dir_fd, key)
-            _lock(result.lock_fd, WAIT_S)
+            if early >= 0:  # taken at the launch's start (likely_joined): already the first
+                result.lock_fd, early = early, -1
+            else:
+                result.lock_fd = _open_lock(dir_fd, key)
+                _lock(result.lock_fd, WAIT_S)
             if not _live_members(result):
                 return result  # the first: the lock stays held until register()
             _unlock(result.lock_fd)  # a first one has registered meanwhile: join it
@@ -244,6 +256,8 @@ def claim(image: str, offset: int, uid: int, environ) -> Claim | None:
         else:
             os.close(dir_fd)
         return None
+    finally:
+        _drop_lock(early)  # joined after all: the launches waiting for the lock may go
 
 
 def _live_members(claim: Claim) -> list:
@@ -296,6 +310,8 @@ def sharens(image: str, offset: int, parent: int, uid: int, environ):
 
 def record_sharens(names) -> None:
     """RECORD_NAMESPACES: this first --sharens container's namespaces, by name."""
+    from satchel.runtime import linux
+
     flags = 0
     for name in names:
         flags |= linux.NAMESPACE_FLAGS[name]
@@ -305,44 +321,80 @@ def record_sharens(names) -> None:
 
 def namespace_names(flags: int) -> tuple[str, ...]:
     """The namespace names of a recorded CLONE_* mask, the user namespace first."""
+    from satchel.runtime import linux
+
     return tuple(name for name in ("user", "mount", "ipc", "uts", "net", "pid")
                  if flags & linux.NAMESPACE_FLAGS[name])
 
 
 def likely_joined(image: str, uid: int, environ) -> bool:
-    """Whether a container of this user runs the image now (its last record is alive): then
-    the launcher forks no early server (fuse.fork_builtin), which it would cancel."""
+    """Whether this launch will likely join a live mount of the image: then the launcher forks
+    no early server (fuse.fork_builtin), which it would cancel.
+
+    True if the last recorded container runs, or another launch holds the image's lock (a
+    first one setting its mount up: it will be joined; if it fails, a server is forked
+    then). Else this launch is the probable first: it takes the lock now, before it plans,
+    so that the launches starting at the same moment find it held, and keeps it until its
+    container runs (claim() adopts it; release_early() if the launch shares nothing)."""
     dir_fd = runtime_dir(uid, environ)
     if dir_fd is None:
         return False
     try:
         key = image_key(image, environ)
-        if _first_in_progress(dir_fd, key):
-            return True  # its mount will be joined (or, if it fails, a server forked then)
         members = _read_members(dir_fd, key)
-        return bool(members) and start_time(int(members[-1][0])) == members[-1][1]
+        if members and start_time(int(members[-1][0])) == members[-1][1]:
+            return True
+        fd = _open_lock(dir_fd, key)
+        if not _try_lock(fd):
+            os.close(fd)
+            return True
+        _early_lock.append((key, fd))
+        return False
     except (OSError, ValueError):
         return False
     finally:
         os.close(dir_fd)
 
 
-def _first_in_progress(dir_fd: int, key: str) -> bool:
-    """Whether a launch holds the image's lock now (a first one setting its mount up)."""
+# the image's lock taken by likely_joined(): (key, descriptor), adopted by claim()
+_early_lock: list = []
+
+
+def _adopt_early_lock(key: str) -> int:
+    """The descriptor of the lock likely_joined() took for this key (-1: none); a lock of
+    another key (the image changed meanwhile) is dropped."""
+    fd = -1
+    while _early_lock:
+        held_key, held = _early_lock.pop()
+        if held_key == key and fd < 0:
+            fd = held
+        else:
+            _drop_lock(held)
+    return fd
+
+
+def release_early() -> None:
+    """The launch shares no image mount after all (its plan needs none, or its own): let the
+    launches waiting for the lock likely_joined() took go now, not at its exit."""
+    while _early_lock:
+        _drop_lock(_early_lock.pop()[1])
+
+
+def _drop_lock(fd: int) -> None:
+    if fd >= 0:
+        _unlock(fd)  # forked processes (the early server, before it closes them) hold copies
+        os.close(fd)
+
+
+def _try_lock(fd: int) -> bool:
+    """flock(LOCK_EX) if free now; False if another launch holds it."""
     import fcntl
 
     try:
-        fd = os.open(key + ".lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
-                     dir_fd=dir_fd)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False  # closing the descriptor drops the shared lock
-    except BlockingIOError:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
-    finally:
-        os.close(fd)
+    except BlockingIOError:
+        return False
 
 
 def root_mount_dev() -> int | None:
@@ -389,20 +441,15 @@ def _open_lock(dir_fd: int, key: str) -> int:
 def _lock(fd: int, wait_s: float) -> None:
     """flock(LOCK_EX), waiting at most wait_s (a first launch stuck in its setup must not hold
     the others forever: they go on without sharing)."""
-    import fcntl
     import time
 
     deadline = time.monotonic() + wait_s
     pause = 0.001
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise OSError("the image's first launch holds the lock too long") from None
-            time.sleep(pause)
-            pause = min(pause * 2, 0.01)
+    while not _try_lock(fd):
+        if time.monotonic() > deadline:
+            raise OSError("the image's first launch holds the lock too long")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.01)
 
 
 def _unlock(fd: int) -> None:
@@ -474,6 +521,8 @@ def _clone_through_helper(pidfd: int, dev: int, helpers: list) -> int | None:
     mount namespaces, clones the root mount and waits until the launcher took the clone's
     descriptor (pidfd_getfd: the helper is the launcher's child, which Yama allows). The
     helper then exits; its pid goes to `helpers`, reaped later (Claim.release)."""
+    from satchel.runtime import linux
+
     answer_r, answer_w = os.pipe()
     hold_r, hold_w = os.pipe()
     child = os.fork()
