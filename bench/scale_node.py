@@ -3,6 +3,7 @@
 
     sudo /usr/bin/python3 bench/scale_node.py [--n 1,4,16,32] [--runs 3] [--user satchel-test]
                                               [--sif IMG] [--compare LAUNCHER] [--only LABELS]
+                                              [--load K]
 
 N containers start at once (as an MPI job's ranks on one node would), each running a realistic
 start from the image: `python3 -c "import json, email, http.client, decimal, unittest"`. The
@@ -16,8 +17,18 @@ Per N and runner, median of --runs rounds:
          is started inside a fresh cpuacct cgroup, so daemonized servers are counted too; the
          counter is read once the cgroup is empty);
   rss    the peak of the summed resident memory of the FUSE servers (sampled every 5 ms: the
-         processes named squashfuse_ll for satchel, the ch-run processes left serving for ch-run).
+         processes named squashfuse_ll for satchel, the ch-run processes left serving for ch-run);
+  cores  cpu / wall: how much of the machine the runner's processes got (2.0 on an idle
+         2-core machine when nothing waits).
 The issue's goals at N=16: satchel's cpu <= 0.5x ch-run's, wall <= 0.7x.
+
+`host` runs the payload itself, with no container (the host's /usr/bin/python3, of the same
+Debian release as the image): the floor no runtime can go below. Once the containers are
+CPU-bound, wall = (their cpu + what other processes take meanwhile) / cores, and what the
+scheduler grants a group of processes under other load depends on how they run: ch-run's
+containers wait on their FUSE servers thousands of times and get more of a loaded machine
+than the same payloads run on the host do. --load K runs K busy loops, each in a session (an
+autogroup) of its own, during every measurement: a load that is the same for every runner.
 """
 
 from __future__ import annotations
@@ -203,9 +214,12 @@ def main() -> int:
     ap.add_argument("--sif", help="the image (default: the cached Debian with python3)")
     ap.add_argument("--compare", metavar="LAUNCHER", help="another satchel entry script, "
                     "measured as satchel@base")
-    ap.add_argument("--only", help="comma-separated subset of satchel,ch-run,satchel@base")
+    ap.add_argument("--only", help="comma-separated subset of satchel,ch-run,host,"
+                    "satchel@base")
     ap.add_argument("--command", help="what each container runs instead of the python3 import "
                     "(a shell command line; for a quick check with another image)")
+    ap.add_argument("--load", type=int, default=0, metavar="K",
+                    help="K busy loops (each in a session of its own) during the measurements")
     args = ap.parse_args()
     payload = ["/bin/sh", "-c", args.command] if args.command else PAYLOAD
     if os.geteuid() != 0:
@@ -223,6 +237,7 @@ def main() -> int:
     ref = open_image(sif)
     work = tempfile.mkdtemp(prefix="satchel-scale-", dir="/tmp")
     results: dict[tuple[str, int], list[dict]] = {}
+    loaders: list[int] = []  # --load: busy loops, killed at the end
     try:
         os.chmod(work, 0o755)
         sqfs = os.path.join(work, "image.sqfs")
@@ -231,7 +246,9 @@ def main() -> int:
             dst.write(src.read(ref.fs_size))
         os.chmod(sqfs, 0o644)
         runners = {"satchel": [SATCHEL, "exec", sif] + payload,
-                   "ch-run": [shutil.which("ch-run") or "ch-run", sqfs, "--"] + payload}
+                   "ch-run": [shutil.which("ch-run") or "ch-run", sqfs, "--"] + payload,
+                   "host": ["/usr/bin/python3"] + payload[1:] if not args.command else
+                           ["/bin/sh", "-c", args.command]}
         if args.compare:
             runners["satchel@base"] = [args.compare, "exec", sif] + payload
         if args.only:
@@ -239,6 +256,7 @@ def main() -> int:
         os.chdir(work)
         for label, argv in runners.items():  # warm the page cache (and compile caches)
             measure(label, argv, 1, env, ids, work)
+        loaders += [busy_loop() for _ in range(args.load)]
         for n in (int(x) for x in args.n.split(",")):
             for round_ in range(args.runs):
                 order = list(runners.items())
@@ -248,22 +266,40 @@ def main() -> int:
                     row = measure(label, argv, n, env, ids, work)
                     results.setdefault((label, n), []).append(row)
                     log(f"N={n} {label}: wall {row['wall']:.2f} s, cpu {row['cpu']:.2f} s, "
-                        f"server rss {row['rss'] / 2**20:.1f} MiB")
+                        f"server rss {row['rss'] / 2**20:.1f} MiB, load "
+                        f"{os.getloadavg()[0]:.1f}")
     finally:
+        for pid in loaders:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
         shutil.rmtree(work, ignore_errors=True)
     report(results, args, sif, payload)
     return 0
 
 
+def busy_loop() -> int:
+    """A process that spins until killed, in a session (so an autogroup) of its own."""
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        while True:
+            pass
+    return pid
+
+
 def report(results, args, sif: str, payload) -> None:
     print(f"{os.path.basename(sif)}: N concurrent `{' '.join(payload)[:40]}` as {args.user}, "
-          f"median of {args.runs} ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f})")
-    print(f"  {'runner':14s} {'N':>3s} {'wall s':>8s} {'cpu s':>8s} {'server rss MiB':>15s}")
+          f"median of {args.runs} ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}"
+          f"{f', {args.load} busy loops' if args.load else ''})")
+    print(f"  {'runner':14s} {'N':>3s} {'wall s':>8s} {'cpu s':>8s} {'server rss MiB':>15s} "
+          f"{'cores':>6s}")
     med = {}
     for (label, n), rows in sorted(results.items(), key=lambda item: (item[0][1], item[0][0])):
         med[label, n] = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
         m = med[label, n]
-        print(f"  {label:14s} {n:3d} {m['wall']:8.2f} {m['cpu']:8.2f} {m['rss'] / 2**20:15.1f}")
+        cores = statistics.median(r["cpu"] / r["wall"] for r in rows)
+        print(f"  {label:14s} {n:3d} {m['wall']:8.2f} {m['cpu']:8.2f} {m['rss'] / 2**20:15.1f} "
+              f"{cores:6.2f}")
     for n in sorted({n for _, n in med}):
         s, c = med.get(("satchel", n)), med.get(("ch-run", n))
         if s and c:

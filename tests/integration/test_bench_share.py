@@ -24,6 +24,8 @@ def test_fuse_vs_kernel_bench(test_user):
 def test_scale_node_bench(busybox_sif, test_user):
     out = bench(["/usr/bin/python3", os.path.join(BENCH, "scale_node.py"), "--n", "1,2",
                  "--runs", "1", "--sif", busybox_sif, "--command", "true",
-                 "--user", test_user.name])
+                 "--user", test_user.name, "--load", "1"])
+    assert "1 busy loops)" in out, out
     for n in (1, 2):
         assert f"N={n}: satchel/ch-run cpu " in out, out
+        assert f"  host             {n} " in out, out  # the payload with no container: the floor
