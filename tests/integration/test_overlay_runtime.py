@@ -460,13 +460,23 @@ def _layer_tree(directory: str, name: str, files) -> str:
 @pytest.mark.parametrize("who", ["satchel-test", "root"])
 def test_several_overlays_stack_in_apptainers_order(test_user, user_tmp, usr_sif, who):
     """Three overlays holding the same paths, given as --overlay IMG1:ro --overlay W
-    --overlay SQ:ro: the writable one (W, an ext3 image) is the upper layer wherever it was
-    given; the read-only ones stack last given on top (Apptainer's engine prepends each to
-    lowerdir in command-line order), so SQ (SquashFS) hides IMG1 (ext3 image, read-only).
+    --overlay SQ:ro, over a SIF with an overlay partition of its own: the writable one (W, an
+    ext3 image) is the upper layer wherever it was given; the read-only ones stack last given
+    on top (Apptainer's engine prepends each to lowerdir in command-line order), so SQ
+    (SquashFS) hides IMG1 (ext3 image, read-only), and the SIF's partition is the lowest.
     Rootless: fuse2fs + fuse-overlayfs; root: loop devices + kernel overlayfs."""
     user = test_user if who == "satchel-test" else None
     run = (lambda *a: _exec(user, *a)) if user else \
         (lambda *a: run_satchel(["exec", "-B", "/usr", *a]))
+    image = os.path.join(user_tmp, "image.sif")
+    shutil.copy(usr_sif, image)
+    if user:
+        os.chown(image, user.uid, user.gid)
+    run_satchel(["overlay", "create", "--create-dir", "/opt/o", image], user=user, check=True)
+    r = run("--writable", image, "sh", "-c",
+            " && ".join(f"printf sif > /opt/o/{f}" for f in ("all", "two", "one", "three")))
+    assert r.returncode == 0, r.stderr
+    usr_sif = image
     images = {}
     for name, files in (("img1", ("all", "two", "one")), ("w", ("all",))):
         images[name] = os.path.join(user_tmp, name + ".img")
@@ -481,9 +491,9 @@ def test_several_overlays_stack_in_apptainers_order(test_user, user_tmp, usr_sif
     os.chmod(squash, 0o644)
     r = run("--overlay", images["img1"] + ":ro", "--overlay", images["w"], "--overlay",
             squash + ":ro", usr_sif, "sh", "-c",
-            "cat /opt/o/all /opt/o/two /opt/o/one && printf new > /opt/o/new")
+            "cat /opt/o/all /opt/o/two /opt/o/one /opt/o/three && printf new > /opt/o/new")
     assert r.returncode == 0, r.stderr
-    assert r.stdout == "wsqimg1", r.stdout
+    assert r.stdout == "wsqimg1sif", r.stdout
     r = run("--overlay", images["w"] + ":ro", usr_sif, "cat", "/opt/o/new")
     assert r.stdout == "new", r.stderr  # the write went into the upper layer, W
     for image in images.values():
