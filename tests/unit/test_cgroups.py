@@ -46,6 +46,25 @@ def test_v1_nested_in_callers_cgroup():
     assert req.procs == tuple(d + "/cgroup.procs" for d in req.dirs)
 
 
+def test_oci_cgroups_path():
+    """OCI linux.cgroupsPath: absolute from each hierarchy's root, relative below the
+    caller's cgroup (v2: every level made hands the controllers on); `..` refused."""
+    res = {"memory": {"limit": 1 << 26}, "pids": {"limit": 9}}
+    absolute = cgroups.request(res, 0, 42, V1_MOUNTINFO, V1_SELF, path="/default/c1")
+    assert absolute.dirs == ("/sys/fs/cgroup/memory/default/c1", "/sys/fs/cgroup/pids/default/c1")
+    relative = cgroups.request(res, 0, 42, V1_MOUNTINFO, V1_SELF, path="a/b")
+    assert relative.dirs == ("/sys/fs/cgroup/memory/slurm/uid_0/job_7/step_0/a/b",
+                             "/sys/fs/cgroup/pids/a/b")
+    v2 = cgroups.request(res, 0, 7, V2_MOUNTINFO, V2_SELF, path="a/b")
+    base = "/sys/fs/cgroup/user.slice/user-1001.slice/job"
+    assert v2.dirs == (base + "/a/b",)
+    assert [w[0] for w in v2.writes[:2]] == [base + "/cgroup.subtree_control",
+                                              base + "/a/cgroup.subtree_control"]
+    for bad in ("/a/../../etc", "..", "/"):
+        with pytest.raises(ContainerError, match="cgroupsPath"):
+            cgroups.request(res, 0, 42, V1_MOUNTINFO, V1_SELF, path=bad)
+
+
 def test_v1_rootless_refused():
     res = cgroups.resources_from_options(Flags(memory="64M"))
     with pytest.raises(ContainerError, match="need root or cgroup v2"):

@@ -128,7 +128,8 @@ def _cgroup(spec, cid: str):
     if os.getuid() != 0:
         raise ContainerError("linux.resources: resource limits need root on this host")
     with open("/proc/self/mountinfo") as a, open("/proc/self/cgroup") as b:
-        return cgroups.request(res, 0, os.getpid(), a.read(), b.read())
+        return cgroups.request(res, 0, os.getpid(), a.read(), b.read(),
+                               path=spec.cgroups_path)
 
 
 def _connect(path: str):

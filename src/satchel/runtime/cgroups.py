@@ -224,23 +224,37 @@ V1_CONTROLLERS = ("memory", "cpu", "cpuset", "pids", "blkio")
 
 
 def request(resources: dict, uid: int, pid: int, mountinfo: str, proc_cgroup: str,
-            exists=os.path.exists, writable=None) -> CgroupRequest:
-    """Decide the cgroup (pure but for the `exists`/`writable` probes, injectable for tests)."""
+            exists=os.path.exists, writable=None, path: str = "") -> CgroupRequest:
+    """Decide the cgroup (pure but for the `exists`/`writable` probes, injectable for tests).
+
+    path: OCI linux.cgroupsPath, absolute (below each hierarchy's root) or relative (below
+    the caller's own cgroup), as runc reads it; missing parents are made by enter() and left
+    by remove(), as runc leaves them. Without it: satchel-PID below the caller's cgroup."""
     mounts = hierarchies(mountinfo)
     own = own_cgroups(proc_cgroup)
     needed = _controllers(resources)
     v1 = [c for c in needed if c in mounts]
-    name = f"satchel-{pid}"
+    name = _cgroup_name(path) if path else f"satchel-{pid}"
+    if path.startswith("/"):
+        own = {}  # absolute: from the hierarchy's root
     if v1 and len(v1) == len(needed):
         if uid != 0:
             raise ContainerError("resource limits need root or cgroup v2: this host has "
                                  "cgroup v1, where only root may create cgroups")
         return _request_v1(resources, mounts, own, name, exists)
-    if "" not in mounts or "" not in own:
+    if "" not in mounts or ("" not in own and not path.startswith("/")):
         missing = [c for c in needed if c not in mounts]
         raise ContainerError(f"resource limits: no cgroup hierarchy with the "
                              f"{', '.join(missing)} controller on this host")
-    return _request_v2(resources, mounts[""], own[""], name, uid, writable)
+    return _request_v2(resources, mounts[""], own.get("", "/"), name, uid, writable)
+
+
+def _cgroup_name(path: str) -> str:
+    """cgroupsPath below its base, checked: no `..` may climb out of the hierarchy."""
+    parts = [p for p in path.split("/") if p and p != "."]
+    if not parts or ".." in parts:
+        raise ContainerError(f"linux.cgroupsPath {path!r} is not a cgroup path")
+    return "/".join(parts)
 
 
 def _controllers(res: dict) -> list:
@@ -328,7 +342,11 @@ def _request_v2(res, mount, own_path, name, uid, writable) -> CgroupRequest:
                              "--scope -p Delegate=yes)")
     path = f"{parent}/{name}"
     enable = " ".join("+" + c for c in _v2_controllers(res))
-    writes = [(f"{parent}/cgroup.subtree_control", enable)]
+    writes = []
+    node = parent
+    for part in name.split("/"):  # each level down to the new one hands the controllers on
+        writes.append((f"{node}/cgroup.subtree_control", enable))
+        node = f"{node}/{part}"
     mem = res.get("memory") or {}
     if "limit" in mem:
         writes.append((f"{path}/memory.max", str(mem["limit"])))
@@ -374,12 +392,7 @@ def enter(data) -> None:
     """Create the cgroup(s), write the limits, move this process in (CGROUP operation)."""
     version, dirs, writes, procs = data
     for path in dirs:
-        try:
-            os.mkdir(path, 0o755)
-        except FileExistsError:
-            pass
-        except OSError as err:
-            raise ContainerError(f"creating cgroup {path}: {err.strerror}") from None
+        _make(path)
     for path, value in writes:
         if value == "inherit":  # v1 cpuset: the parent's cpus/mems
             value = _read(os.path.join(os.path.dirname(os.path.dirname(path)),
@@ -388,6 +401,26 @@ def enter(data) -> None:
     for path in procs:
         fsutil.write_kernel_file(path, str(os.getpid()), "entering the container's cgroup",
                                  ContainerError)
+
+
+def _make(path: str) -> None:
+    """mkdir, with the missing parents an OCI cgroupsPath names. A new v1 cpuset takes no
+    task and no child with cpus until its cpus and mems are set: a parent made here gets its
+    own parent's (as runc does)."""
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        _make(parent)
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            if os.path.exists(f"{parent}/{name}"):
+                value = _read(f"{os.path.dirname(parent)}/{name}").strip()
+                fsutil.write_kernel_file(f"{parent}/{name}", value, "setting up a cgroup",
+                                         ContainerError)
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        pass
+    except OSError as err:
+        raise ContainerError(f"creating cgroup {path}: {err.strerror}") from None
 
 
 def _read(path: str) -> str:
