@@ -395,7 +395,7 @@ def _bad_inputs(user, user_tmp, usr_sif, sandbox):
         (["--overlay", text, usr_sif], "not an ext3 file system"),
         ([corrupt], "overlay partition of"),
         (["--overlay", corrupt + ":ro", usr_sif], "is corrupt"),
-        (["--overlay", damaged, usr_sif], "overlay"),
+        (["--overlay", damaged, usr_sif], f"overlay image {damaged}"),  # named, not a mount
     ]
     if user is not None:
         theirs = os.path.join(user_tmp, "root.img")

@@ -148,7 +148,8 @@ def _open_layer(path: str, readonly: bool) -> int:
 
 
 def op_mount_ext3(ex, op) -> None:
-    tree = ex.fuse[op.source].mount_tree()
+    server = ex.fuse[op.source]
+    tree = server.mount_tree()
     try:
         target = os.open(op.destination, _PATH_DIR)
         try:
@@ -157,6 +158,20 @@ def op_mount_ext3(ex, op) -> None:
             os.close(target)
     finally:
         os.close(tree)
+    _check_top(op.destination, server.shown)
+
+
+def _check_top(mountpoint: str, shown: str) -> None:
+    """fuse2fs mounts an image whose superblock is sound even when the rest is not, and
+    fails only at the first lookup: say so naming the image, not the session's mount point."""
+    try:
+        os.stat(os.path.join(mountpoint, "upper"))
+    except FileNotFoundError:
+        pass  # made by layer_dir()
+    except OSError as err:
+        raise ContainerError(f"overlay image {shown}: {err.strerror} reading its top "
+                             "directory", hint=f"its file system may be damaged: check it with "
+                                               f"e2fsck -f {shown}") from None
 
 
 def op_mount_ext3_loop(ex, op) -> None:
