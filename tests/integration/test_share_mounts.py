@@ -14,7 +14,7 @@ import time
 
 from support.fixtures_share import TIMEOUT, Container, finish_all, servers, start_all, \
     wait_no_servers
-from support.fixtures_users import ensure_user
+from support.fixtures_users import SATCHEL, ensure_user
 
 
 def test_sixteen_concurrent_launches_share_one_server_and_leave_none(test_user, share_sif):
@@ -156,4 +156,38 @@ def test_a_launch_that_shares_nothing_lets_the_others_go(test_user, share_sif):
         finish_all([plain])
     finally:
         finish_all([holder])
+    wait_no_servers(share_sif)
+
+
+def _switches(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return sum(int(line.split()[1]) for line in fh if "ctxt_switches" in line)
+
+
+def test_opening_files_of_the_image_costs_the_server_no_request(test_user, share_sif):
+    """Every container sharing the mount opens and closes hundreds of files (a Python start:
+    ~115 files, ~16 directories); each open was a request to the one single-threaded server
+    and each close another. The server answers the first OPEN and OPENDIR with ENOSYS, so the
+    kernel opens by itself from then on (sqfs_server.Handlers): 200 rounds of opening a file
+    and a directory of the image, and reading them, leave the server idle (before: ~800
+    requests, each a wake-up of the server)."""
+    loop = ("i=0; while [ $i -lt 200 ]; do read x < /etc/satchel-release; "
+            "ls /bin > /dev/null; i=$((i+1)); done")
+    proc = subprocess.Popen(
+        test_user.argv([SATCHEL, "exec", share_sif, "sh", "-c",
+                        f"{loop}; echo ready; read line; {loop}; echo ok"]),
+        env=test_user.env(), cwd="/tmp", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"ready\n", proc.stderr.read1(4000)
+        [server] = servers(share_sif)
+        before = _switches(server)
+        proc.stdin.write(b"go\n")
+        proc.stdin.close()
+        assert proc.stdout.readline() == b"ok\n", proc.stderr.read1(4000)
+        requests = _switches(server) - before
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert requests < 40, f"the server woke {requests} times for 400 opens"
     wait_no_servers(share_sif)

@@ -7,8 +7,10 @@ process forked from the launcher (before the container's mount namespace exists,
 the host's) loads libsquashfuse_ll and libfuse3 (through runtime/cfunc.py rather than ctypes,
 whose import alone costs ~7 ms) and opens the image *while* the launcher builds its
 namespaces; once the mount exists it only has to start the FUSE loop.
-The C code does all the serving: no Python runs while requests are answered. Meanwhile a second
-thread reads the container's first files ahead (sqfs_prefetch.py).
+The C code does the serving: Python runs only a few lines around READ and READDIR, to give
+libsquashfuse the inode a zero-message open leaves out (Handlers). Meanwhile a second
+thread reads the container's first files ahead (sqfs_prefetch.py); it holds the GIL only
+between its C calls.
 
 The handler table is libfuse 3's `struct fuse_lowlevel_ops`, filled the way squashfuse_ll's
 own main() fills it (ll_main.c); libfuse copies min(sizeof, op_size) of it, so the layout is
@@ -49,17 +51,105 @@ _INIT_SLOT = 0
 # max_readahead, capable, want, ...
 _CONN_CAPABLE, _CONN_WANT = 20, 24
 FUSE_CAP_CACHE_SYMLINKS = 1 << 23
+FUSE_CAP_NO_OPEN_SUPPORT = 1 << 17     # Linux 4.19
+FUSE_CAP_NO_OPENDIR_SUPPORT = 1 << 24  # Linux 5.1
+_OPEN_SLOT, _READ_SLOT, _OPENDIR_SLOT, _READDIR_SLOT = 14, 15, 20, 21
+# struct fuse_file_info (libfuse 3): int flags; two 32-bit words of bit fields; uint64_t fh
+_FI_FH = 16
+_ENOSYS, _EIO = 38, 5
+# one sqfs_ll_i { sqfs_ll *ll; sqfs_inode inode; } (the inode: < 200 bytes), its inode at 8
+_HANDLE_SIZE, _HANDLE_INODE = 1024, 8
 
 
-def _init(_userdata, conn) -> None:
-    """FUSE INIT handler: let the kernel cache symbolic links.
+class Handlers:
+    """The handlers this module adds to libsquashfuse's: INIT, and zero-message opens.
 
-    The image is read-only, so a link's target never changes; without the flag every path
-    through a link (Debian's /bin -> usr/bin, /lib64/ld-linux...) costs a READLINK request.
+    INIT lets the kernel cache symbolic links: the image is read-only, so a link's target
+    never changes; without the flag every path through a link (Debian's /bin -> usr/bin,
+    /lib64/ld-linux...) costs a READLINK request.
+
+    Zero-message opens: every open() and opendir() in the image is a round trip to this
+    single-threaded server, and its close() another (RELEASE); a Python start importing
+    json, email, http.client, decimal and unittest makes ~260 of the ~380 requests a warm
+    container sends, from every container sharing the mount. libsquashfuse's OPEN and
+    OPENDIR answer with the inode in the file handle; answered ENOSYS instead (when the
+    kernel offers it), the kernel opens files and directories itself from then on, with
+    FOPEN_KEEP_CACHE (as libsquashfuse's OPEN) and FOPEN_CACHE_DIR (directory listings are
+    cached too), and sends no RELEASE. Its READ and READDIR then carry handle 0: the inode
+    is looked up by number (sqfs_ll_iget, as every other handler of the library does) into
+    one buffer, which is enough because the loop answers one request at a time, and given
+    to libsquashfuse's own READ and READDIR. A kernel without these capabilities gets
+    libsquashfuse's OPEN and OPENDIR, as before.
     """
-    if c_uint.from_address(conn + _CONN_CAPABLE).value & FUSE_CAP_CACHE_SYMLINKS:
+
+    def __init__(self, lib: Library, fuse: Library):
+        ino_fi = (c_void_p, c_ulong, c_void_p)
+        sized = (c_void_p, c_ulong, c_size_t, c_long, c_void_p)
+        self._open = lib.function("sqfs_ll_op_open", ino_fi, None)
+        self._opendir = lib.function("sqfs_ll_op_opendir", ino_fi, None)
+        self._read = lib.function("sqfs_ll_op_read", sized, None)
+        self._readdir = lib.function("sqfs_ll_op_readdir", sized, None)
+        self._iget = lib.function("sqfs_ll_iget", (c_void_p, c_void_p, c_ulong))
+        self._reply_err = fuse.function("fuse_reply_err", (c_void_p, c_int))
+        self._handle = char_buffer(_HANDLE_SIZE)
+        self._handle_at = address_of(self._handle)
+        self.want = 0  # the capabilities taken at INIT
+        # (keep, address) of each C entry point: kept referenced as long as the session
+        self.entries = {
+            _INIT_SLOT: callback(self.init, (c_void_p, c_void_p)),
+            _OPEN_SLOT: callback(self._answering(self.open), ino_fi),
+            _OPENDIR_SLOT: callback(self._answering(self.opendir), ino_fi),
+            _READ_SLOT: callback(self._answering(self.read), sized),
+            _READDIR_SLOT: callback(self._answering(self.readdir), sized),
+        }
+
+    def _answering(self, handler):
+        """handler, answering EIO if it raises (a request left unanswered hangs its caller;
+        only this Python part can raise, before libsquashfuse answers)."""
+        def entry(req, *args) -> None:
+            try:
+                handler(req, *args)
+            except BaseException:
+                self._reply_err(req, _EIO)
+        return entry
+
+    def init(self, _userdata, conn) -> None:
+        capable = c_uint.from_address(conn + _CONN_CAPABLE).value
         want = c_uint.from_address(conn + _CONN_WANT)
-        want.value |= FUSE_CAP_CACHE_SYMLINKS
+        want.value |= capable & (FUSE_CAP_CACHE_SYMLINKS | FUSE_CAP_NO_OPEN_SUPPORT |
+                                 FUSE_CAP_NO_OPENDIR_SUPPORT)
+        self.want = want.value
+
+    def open(self, req, ino, fi) -> None:
+        if self.want & FUSE_CAP_NO_OPEN_SUPPORT:
+            self._reply_err(req, _ENOSYS)  # the mount is read-only: no write open gets here
+        else:
+            self._open(req, ino, fi)
+
+    def opendir(self, req, ino, fi) -> None:
+        if self.want & FUSE_CAP_NO_OPENDIR_SUPPORT:
+            self._reply_err(req, _ENOSYS)
+        else:
+            self._opendir(req, ino, fi)
+
+    def read(self, req, ino, size, off, fi) -> None:
+        if self._by_number(req, ino, fi, _HANDLE_INODE):  # READ's handle: a sqfs_inode *
+            self._read(req, ino, size, off, fi)
+
+    def readdir(self, req, ino, size, off, fi) -> None:
+        if self._by_number(req, ino, fi, 0):  # READDIR's handle: a sqfs_ll_i *
+            self._readdir(req, ino, size, off, fi)
+
+    def _by_number(self, req, ino, fi, at: int) -> bool:
+        """Give a zero-message open's request (handle 0) the inode by its number; False if
+        there is none (sqfs_ll_iget answered ENOENT)."""
+        fh = c_ulong.from_address(fi + _FI_FH)
+        if fh.value:
+            return True  # opened by libsquashfuse's OPEN or OPENDIR
+        if self._iget(req, self._handle_at, ino) != 0:
+            return False
+        fh.value = self._handle_at + at
+        return True
 
 
 class LibraryMissing(Exception):
@@ -75,9 +165,11 @@ class Libraries:
             self.lib = lib = Library(LIBSQUASHFUSE)
             self.fuse = fuse = Library(LIBFUSE)
             self.handlers = {slot: lib.address(name) for slot, name in _HANDLERS.items()}
+            self.added = Handlers(lib, fuse)
         except OSError as err:
             raise LibraryMissing(str(err)) from None
-        self.init_handler, self.handlers[_INIT_SLOT] = callback(_init, (c_void_p, c_void_p))
+        for slot, (_, address) in self.added.entries.items():
+            self.handlers[slot] = address
         self.open_image = lib.function("sqfs_ll_open", (c_char_p, c_size_t), c_void_p)
         self.session_new = fuse.function("fuse_session_new", (c_void_p, c_void_p, c_size_t,
                                                               c_void_p), c_void_p)
