@@ -81,9 +81,12 @@ class Parsed:
         return f"Parsed({vars(self)!r})"
 
 
-def env_value(names) -> str | None:
+def env_value(names, environ=None) -> str | None:
+    """The first non-empty value among the variables `names` (environ: a plain dict copy of
+    os.environ, for many lookups: os.environ encodes every key it is asked for)."""
+    environ = os.environ if environ is None else environ
     for name in names:
-        value = os.environ.get(name)
+        value = environ.get(name)
         if value is not None and value != "":
             return value
     return None
@@ -175,10 +178,11 @@ def parse(spec: Spec, argv: list[str], environ_defaults: bool = True) -> Parsed:
         i += 1
 
     if environ_defaults:
+        environ = dict(os.environ)  # ~60 options look 2-4 names up each
         for opt in spec.options:
             if opt.dest in out.explicit or not opt.env:
                 continue
-            value = env_value(opt.env)
+            value = env_value(opt.env, environ)
             if value is None:
                 continue
             if opt.kind == FLAG:
