@@ -18,14 +18,23 @@ def _want(conn) -> int:
     return struct.unpack_from("=I", conn.raw, 24)[0]
 
 
-def test_init_asks_for_cached_symlinks_only_when_the_kernel_offers_them():
-    flag = sqfs_server.FUSE_CAP_CACHE_SYMLINKS
+def _handlers():
+    return sqfs_server.Handlers(cfunc.Library(sqfs_server.LIBSQUASHFUSE),
+                                cfunc.Library(sqfs_server.LIBFUSE))
+
+
+def test_init_asks_only_for_what_the_kernel_offers():
+    handlers = _handlers()
+    ours = (sqfs_server.FUSE_CAP_CACHE_SYMLINKS | sqfs_server.FUSE_CAP_NO_OPEN_SUPPORT |
+            sqfs_server.FUSE_CAP_NO_OPENDIR_SUPPORT)
     offered = _conn(capable=0xFFFFFFFF, want=0x5)
-    sqfs_server._init(None, cfunc.address_of(offered))
-    assert _want(offered) == 0x5 | flag
-    refused = _conn(capable=0xFFFFFFFF & ~flag, want=0x5)
-    sqfs_server._init(None, cfunc.address_of(refused))
+    handlers.init(None, cfunc.address_of(offered))
+    assert _want(offered) == 0x5 | ours
+    assert handlers.want == 0x5 | ours  # open/opendir answer ENOSYS from now on
+    refused = _conn(capable=0xFFFFFFFF & ~ours, want=0x5)
+    handlers.init(None, cfunc.address_of(refused))
     assert _want(refused) == 0x5  # asking for more than capable aborts the mount in libfuse
+    assert not handlers.want & sqfs_server.FUSE_CAP_NO_OPEN_SUPPORT  # libsquashfuse's OPEN
 
 
 def test_callback_is_callable_from_c_through_its_address():
