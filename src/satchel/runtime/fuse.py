@@ -296,7 +296,7 @@ class BuiltinServer:
     """
 
     __slots__ = ("name", "image", "offset", "pid", "go_fd", "ack_fd", "fd", "mountpoint",
-                 "server_pid", "reads_ahead", "_received", "life_fd", "share")
+                 "server_pid", "reads_ahead", "_received", "life_fd", "share", "told")
 
     def __init__(self, name: str, pid: int, go_fd: int, ack_fd: int, life_fd: int = -1):
         self.name = name
@@ -312,6 +312,7 @@ class BuiltinServer:
         self._received = b""    # messages read from ack_fd and not consumed yet
         self.life_fd = life_fd  # the server's life pipe (see the module docstring)
         self.share = None       # share.Claim: this mount is shared once the container runs
+        self.told = None        # serve_image()'s arguments, once sent
 
     def died_error(self, wait_ms: int = 0):
         """A ContainerError naming the server's death if it died (within wait_ms), else None."""
@@ -324,6 +325,7 @@ class BuiltinServer:
         read_ahead: container paths the server reads ahead (the first files the container
         runs)."""
         self.image, self.offset = image, offset
+        self.told = (image, offset, tuple(fallback_argv), tuple(read_ahead))
         message = proto.encode_image(image, offset, fallback_argv, read_ahead)
         try:
             while message:

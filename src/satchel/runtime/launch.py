@@ -44,15 +44,21 @@ JOIN_PREFIX = "instance://"
 ECL_FILE = "ecl.toml"  # beside satchel.conf (trust/ecl.py: ecl_path)
 
 
-def plan_launch(command: str, parsed):
+def plan_launch(command: str, parsed, early=None):
     """exec|run|shell|test: the parsed command line -> the ContainerPlan to apply.
+
+    early: the server action.py forked (fuse.fork_builtin). Once the image and the options
+    are known, it is told the image the plan will name (plan.server_start), before the host
+    is gathered and the plan built: opening the image and reading ahead is the server's
+    part of the critical path, which this starts ~1 ms sooner. start_server() checks it
+    against the plan.
 
     Temporary images (a URI without cache, --unsquash) are removed here if planning fails;
     after that they are the plan's (REAPER; discard() if the launch fails before it runs).
     """
     from satchel.runtime.config import load_config
     from satchel.runtime.host import HostInfo
-    from satchel.runtime.plan import build_plan
+    from satchel.runtime.plan import build_plan, server_start
 
     config = load_config()
     target = parsed.args[0]
@@ -66,6 +72,10 @@ def plan_launch(command: str, parsed):
                 join = sharens_target(image)
         opts = run_options(command, parsed, config, cleanup=temporary, join=join)
         opts.sharens = bool(getattr(parsed, "sharens", False)) and join is None
+        if early is not None and image is not None:
+            wanted = server_start(config, image, os.getuid(), opts)
+            if wanted is not None:
+                _tell(early, wanted)
         return build_plan(opts, config, image, HostInfo.gather())
     except BaseException:
         _remove(temporary)  # the reaper did not start
@@ -187,11 +197,26 @@ def start_server(plan, early=None):
             if early is not None:
                 early.cancel()
             return share.SharedMount("image", claim, wanted.image)
-    server = early or fuse.fork_builtin("image")
+    server = early
+    if server is not None and server.told not in (None, _request(wanted)):
+        server.cancel()  # told otherwise than the plan says (plan_launch): never, but if so
+        server = None
+    if server is None:
+        server = fuse.fork_builtin("image")
     server.share = claim
+    if server.told is None:
+        _tell(server, wanted)
+    return server
+
+
+def _request(wanted) -> tuple:
+    """What a server told `wanted` (plan.ServerStart) was told (fuse.BuiltinServer.told)."""
+    return (wanted.image, wanted.offset, wanted.fallback_argv, wanted.reads)
+
+
+def _tell(server, wanted) -> None:
     # the fallback program (squashfuse_ll) is looked up on PATH by the server, if it runs it
     server.serve_image(wanted.image, wanted.offset, wanted.fallback_argv, wanted.reads)
-    return server
 
 
 def discard(plan) -> None:

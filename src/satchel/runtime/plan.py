@@ -354,7 +354,7 @@ class _Plan:
         # the ids FUSE mounts admit: uid 0 of a --fakeroot namespace is the caller
         self.fuse_ids = (0, 0) if self.fakeroot else (host.uid, host.gid)
         self.fuse_flags = ("allow_other",) if self.fakeroot else ()
-        self.server = _server_start(config, image, host.uid, opts) if self.rootless else None
+        self.server = server_start(config, image, host.uid, opts) if self.rootless else None
         self.user_binds = _user_bind_specs(opts, config, host)
         self.home_src, self.home_dst, self.home_explicit = _home_dirs(opts, host)
         self.workdir = _workdir(opts, host)
@@ -769,9 +769,12 @@ def first_reads(command: str, args) -> tuple[str, ...]:
     return tuple(dict.fromkeys(paths))
 
 
-def _server_start(config, image, uid: int, opts: RunOptions):
+def server_start(config, image, uid: int, opts: RunOptions):
     """The built-in SquashFS server this launch uses (ServerStart), or None: root (a loop
-    device), a sandbox (nothing to serve), or `squashfuse mode = program`."""
+    device), a sandbox (nothing to serve), or `squashfuse mode = program`.
+
+    A function of its arguments alone: launch.plan_launch asks it before build_plan (which
+    asks it again, for ContainerPlan.server) to tell the early server its image sooner."""
     if uid == 0 or image.kind == "sandbox":
         return None
     mode = (config.get("squashfuse mode", "builtin") or "builtin").lower()

@@ -225,8 +225,8 @@ def run(name: str, parsed) -> int:
     if (os.getuid() != 0 and not target.startswith(launch.JOIN_PREFIX) and not parsed.unsquash
             and not launch.is_uri(target) and _regular_file(target)):
         # an image file, run without privilege: a FUSE server will likely serve it. Forked
-        # now, it loads its libraries while we import and plan (launch.start_server then
-        # tells it the image, or cancels it). Not when this user's container of the image
+        # now, it loads its libraries while we import and plan (launch.plan_launch then
+        # tells it the image, launch.start_server checks that or cancels it). Not when this user's container of the image
         # runs: its mount is joined (runtime/share.py) and the server would be cancelled.
         from satchel.runtime import fuse, share
         if parsed.no_share or not share.likely_joined(target, os.getuid(), os.environ):
@@ -234,7 +234,7 @@ def run(name: str, parsed) -> int:
     from satchel import log
 
     try:
-        plan = launch.plan_launch(name, parsed)
+        plan = launch.plan_launch(name, parsed, early)
     except BaseException:
         if early is not None:
             early.cancel()
