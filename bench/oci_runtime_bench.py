@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """`ctr run --rm IMAGE ID /bin/true` through containerd 1.6 with satchel-runc, runc and crun.
 
-    sudo .venv/bin/python3 bench/oci_runtime_bench.py [--runs 20]
+    sudo .venv/bin/python3 bench/oci_runtime_bench.py [--runs 20] [--also NAME=PATH]
 
 Starts its own containerd (--root/--state/--address in a temporary directory, CRI plugin off),
 imports a one-layer busybox image (umoci + skopeo oci-archive), installs satchel-runc with
@@ -46,6 +46,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--also", action="append", default=[], metavar="NAME=PATH",
+                        help="another runc-compatible binary in the same interleaved rounds "
+                        "(e.g. a satchel-runc of an older tree, for before/after figures)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (containerd)")
@@ -59,6 +62,9 @@ def main() -> int:
         subprocess.run([SATCHEL, "dropin", "--name", "satchel-runc", bindir], check=True,
                        capture_output=True)
         runtimes = {"satchel-runc": os.path.join(bindir, "satchel-runc")}
+        for item in args.also:
+            name, _, path = item.partition("=")
+            runtimes[name] = path
         from support.fixtures_ocirt import write_crun_wrapper
         for name, path in (("runc", shutil.which("runc")), ("crun", write_crun_wrapper(bindir))):
             if path:
@@ -86,7 +92,7 @@ def main() -> int:
         print(f"ctr run --rm /bin/true, medians of {args.runs} runs (containerd 1.6):")
         medians = {name: statistics.median(v) for name, v in samples.items() if v}
         for name, value in medians.items():
-            print(f"  {name:14s} {value:8.1f} ms")
+            print(f"  {name:20s} {value:8.1f} ms")
         if "runc" in medians and "satchel-runc" in medians:
             print(f"  satchel-runc / runc = {medians['satchel-runc'] / medians['runc']:.2f}x "
                   "(goal <= 1.0x)")

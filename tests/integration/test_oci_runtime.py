@@ -370,3 +370,20 @@ def test_rootfs_propagation_matches_crun(value, expected, oci_rootfs, satchel_ru
     ours = run_bundle(satchel_runc, bundle, str(tmp_path / "satchel-root"))
     assert reference[:2] == (0, expected), reference
     assert ours[:2] == reference[:2], f"crun: {reference}\nsatchel-runc: {ours}"
+
+
+def test_refused_config_with_cgroup_fails_create_cleanly(oci_rootfs, satchel_runc, tmp_path):
+    """create makes the cgroup while the setup process builds its plan: a config the plan
+    refuses is still reported in one line (not as a cgroup error), and no record, process or
+    cgroup is left."""
+    config = default_config()
+    path = "/satchel-refused-" + uuid.uuid4().hex[:6]
+    config["linux"].update(cgroupsPath=path, resources={"pids": {"limit": 20}})
+    config["mounts"].append({"destination": "/x", "type": "nfs", "source": "h:/x"})
+    bundle = make_bundle(str(tmp_path), oci_rootfs, config)
+    root = str(tmp_path / "root")
+    created = _detached(satchel_runc, root, "create", "--bundle", bundle, "c1")
+    assert created.returncode != 0
+    assert "mount type 'nfs'" in created.stderr and "Traceback" not in created.stderr
+    assert os.listdir(root) == [] and _leftovers(root) == []
+    assert not os.path.exists(f"/sys/fs/cgroup/pids{path}")

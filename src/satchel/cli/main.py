@@ -19,7 +19,6 @@ import sys
 gc.set_threshold(50_000, 10, 10)
 
 from satchel import log
-from satchel.cli import options as o
 from satchel.errors import SatchelError, UsageError
 
 # command name -> module implementing it (module has SPECS: dict[str, Spec] and run(name, parsed))
@@ -58,22 +57,29 @@ COMMANDS: dict[str, str] = {
 
 OCI_NAMES = ("satchel-runc",)  # drop-in names that are `satchel oci`
 
-GLOBAL = o.Spec(
-    "",
-    "[global options...] <command>",
-    "satchel: run HPC containers from single-file SIF images, unprivileged.",
-    options=(
-        o.Opt("-d --debug", "debug", help="print debugging information (highest verbosity)"),
-        o.Opt("-v --verbose", "verbose", help="print additional information"),
-        o.Opt("-q --quiet", "quiet", help="suppress normal output"),
-        o.Opt("-s --silent", "silent", help="only print errors"),
-        o.Opt("--version", "version", help="print the version and exit"),
-        o.Opt("-h --help", "help", help="help for satchel"),
-        o.Opt("-c --config", "config", o.VALUE, help="specify a configuration file", hidden=True),
-        o.Opt("--nocolor", "nocolor", help="print without color output", hidden=True),
-    ),
-    interspersed=False,
-)
+
+def global_spec():
+    """satchel's global options (cli/options.py is loaded here, not by the satchel-runc
+    drop-in, which never parses them)."""
+    from satchel.cli import options as o
+    return o.Spec(
+        "",
+        "[global options...] <command>",
+        "satchel: run HPC containers from single-file SIF images, unprivileged.",
+        options=(
+            o.Opt("-d --debug", "debug",
+                  help="print debugging information (highest verbosity)"),
+            o.Opt("-v --verbose", "verbose", help="print additional information"),
+            o.Opt("-q --quiet", "quiet", help="suppress normal output"),
+            o.Opt("-s --silent", "silent", help="only print errors"),
+            o.Opt("--version", "version", help="print the version and exit"),
+            o.Opt("-h --help", "help", help="help for satchel"),
+            o.Opt("-c --config", "config", o.VALUE, help="specify a configuration file",
+                  hidden=True),
+            o.Opt("--nocolor", "nocolor", help="print without color output", hidden=True),
+        ),
+        interspersed=False,
+    )
 
 
 def program_name(argv0: str) -> str:
@@ -100,7 +106,8 @@ def load_command(name: str):
 
 
 def general_help(prog: str) -> str:
-    lines = [o.format_help(GLOBAL, prog).rstrip(), "", "Available Commands:"]
+    from satchel.cli import options as o
+    lines = [o.format_help(global_spec(), prog).rstrip(), "", "Available Commands:"]
     for name in sorted(COMMANDS):
         if "." in name:  # legacy spellings work but are not advertised
             continue
@@ -115,12 +122,14 @@ def general_help(prog: str) -> str:
 
 
 def command_help(prog: str, name: str) -> str:
+    from satchel.cli import options as o
     module = load_command(name)
     return o.format_help(module.SPECS[name], prog)
 
 
 def dispatch(prog: str, argv: list[str]) -> int:
-    glob = o.parse(GLOBAL, argv, environ_defaults=False)
+    from satchel.cli import options as o
+    glob = o.parse(global_spec(), argv, environ_defaults=False)
     if glob.debug:
         log.set_level(log.DEBUG)
     elif glob.verbose:
@@ -168,9 +177,16 @@ def main(argv: list[str] | None = None) -> int:
         # means `singularity run ./image.sif ARGS`
         args = ["run"] + args
     elif argv and os.path.basename(argv[0]) in OCI_NAMES:
-        args = ["oci"] + args  # the satchel-runc drop-in: runc's command line
+        # the satchel-runc drop-in: runc's command line, straight to `satchel oci` (no global
+        # options of ours: containerd's shim starts it four times per container)
+        return guarded(lambda: load_command("oci").run_argv(args))
+    return guarded(lambda: dispatch(prog, args))
+
+
+def guarded(call) -> int:
+    """call()'s exit status; errors become one FATAL line (the only place they do)."""
     try:
-        return dispatch(prog, args)
+        return call()
     except SatchelError as err:
         if log.debug_enabled():
             import traceback

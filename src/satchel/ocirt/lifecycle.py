@@ -1,8 +1,11 @@
 """create / start / kill / delete / exec / run: the container's life, runc's way.
 
-create forks the setup process, which applies the plan (ocirt/plan.py) with the executor: it
-makes the namespaces, forks the container's init, mounts, pivots and sets the credentials,
-then blocks opening exec.fifo for writing. create answers the setup's requests on a socket
+create forks the setup process, which builds the plan (ocirt/plan.py) and applies it with the
+executor: it makes the namespaces, forks the container's init, mounts, pivots and sets the
+credentials, then blocks opening exec.fifo for writing. Meanwhile create makes the cgroup and
+moves the setup into it (the first write to a v1 cgroup.procs in a while waits ~10 ms for an
+RCU grace period: the setup's imports and plan fill that wait; it forks the init only once
+create has answered `cgroup`). create answers the setup's requests on a socket
 pair (id maps need a writer outside the new user namespace; prestart/createRuntime hooks run
 in the runtime's namespaces with the init's pid), records the init, writes --pid-file and
 exits: the init stays, stopped before the user's program, until `start` opens the fifo.
@@ -151,12 +154,9 @@ def _socketpair():
     return _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
 
 
-def _setup_child(plan, keep, close) -> None:
-    """The forked setup process: apply the plan; report a failure on the socket. Never
-    returns."""
-    from satchel.ocirt import ops
-    from satchel.runtime import executor
-
+def _setup_child(build, spec, process, keep, close) -> None:
+    """The forked setup process: build the plan (build()), load what the operations after
+    pivot_root need, apply it; report a failure on the socket. Never returns."""
     code = 1
     try:
         close.close()
@@ -165,28 +165,34 @@ def _setup_child(plan, keep, close) -> None:
             # container waiting at exec.fifo must still die of `kill ID TERM`
             _signal.signal(SIGNALS[name], lambda n, _f: os._exit(128 + n))
         _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
+        plan = build()
+        if log.debug_enabled():
+            import json
+            log.debug("plan: " + json.dumps([op.to_dict() for op in plan.ops], default=str))
+        from satchel.ocirt import ops
+        from satchel.runtime import executor
+        # before pivot_root: the host's Python library and libseccomp are out of reach after
+        ops.preload(seccomp=spec.seccomp is not None, terminal=bool(process.terminal),
+                    rlimits=bool(process.rlimits))
         executor.apply(plan)
     except SatchelError as err:
         message = err.message
     except BaseException as err:  # noqa: BLE001 - a bug: say so on the socket
         message = f"unexpected error in the container setup: {type(err).__name__}: {err}"
     try:
-        ops.send(keep.fileno(), "error " + message.replace("\n", " "))
+        os.write(keep.fileno(), ("error " + message.replace("\n", " ") + "\n").encode())
     except OSError:
         os.write(2, f"satchel-runc: {message}\n".encode(errors="replace"))
     os._exit(code)
 
 
-def _fork_setup(plan, spec, process, mine, theirs):
-    from satchel.ocirt import ops
-    from satchel.runtime import executor  # noqa: F401 - before the fork and pivot_root
-
-    ops.preload(seccomp=spec.seccomp is not None, terminal=bool(process.terminal),
-                rlimits=bool(process.rlimits))
+def _fork_setup(build, spec, process, mine, theirs):
+    """Fork the setup process, which builds its plan itself (build()): the plan and executor
+    modules load there, while this process does its part (create: the cgroup)."""
     log.flush_outputs()
     pid = os.fork()
     if pid == 0:
-        _setup_child(plan, theirs, mine)
+        _setup_child(build, spec, process, theirs, mine)
     theirs.close()
     return pid
 
@@ -208,6 +214,8 @@ def _drive(channel: _Channel, setup_pid: int, spec, record: dict, store) -> int:
                     channel.answer("error " + err.message)
             elif line.startswith("pid "):
                 init_pid = int(line[4:])
+            elif line == "cgroup":  # moved by create() before it listens
+                channel.answer("ok")
             elif line == "hooks":
                 state = dict(st.public_state(record, store), pid=init_pid, status="created")
                 try:
@@ -239,7 +247,6 @@ def _reap(pid: int) -> None:
 def create(store, cid: str, bundle: str, pid_file: str | None, console_socket: str | None,
            subreaper: bool = False) -> dict:
     """Create container `cid` from `bundle`; returns its record (the init is waiting)."""
-    from satchel.ocirt import plan as oplan
     from satchel.ocirt import spec as specmod
 
     spec = specmod.load(bundle)
@@ -267,22 +274,25 @@ def create(store, cid: str, bundle: str, pid_file: str | None, console_socket: s
         store.save(cid, record)
         mine, theirs = _socketpair()
         console = _connect(console_socket) if console_socket else None
-        ctx = oplan.Context(sync_fd=theirs.fileno(), fifo_fd=fifo_fd,
-                            console_fd=console.fileno() if console else None,
-                            cgroup=cgroup.to_data() if cgroup else None,
-                            self_map=_self_map(spec))
-        plan = oplan.build(spec, ctx)
-        if log.debug_enabled():
-            import json
-            log.debug("plan: " + json.dumps([op.to_dict() for op in plan.ops], default=str))
+        fds = (theirs.fileno(), fifo_fd, console.fileno() if console else None)
+
+        def build():
+            from satchel.ocirt import plan as oplan
+            return oplan.build(spec, oplan.Context(
+                sync_fd=fds[0], fifo_fd=fds[1], console_fd=fds[2],
+                cgroup_sync=cgroup is not None, self_map=_self_map(spec)))
+
         if subreaper:  # run/exec wait for the init, which the setup process forks
             _prctl_subreaper()
-        setup = _fork_setup(plan, spec, spec.process, mine, theirs)
+        setup = _fork_setup(build, spec, spec.process, mine, theirs)
         os.close(fifo_fd)
         if console:
             console.close()
             console = None
-        init_pid = _drive(_Channel(mine), setup, spec, record, store)
+        channel = _Channel(mine)
+        if cgroup is not None:
+            _enter_cgroup(cgroup, setup, channel)
+        init_pid = _drive(channel, setup, spec, record, store)
         mine.close()
         record.update(pid=init_pid, start_time=st.start_time(init_pid), status="created")
         if record["start_time"] is None:
@@ -298,6 +308,22 @@ def create(store, cid: str, bundle: str, pid_file: str | None, console_socket: s
         _remove(store, cid, record)
         raise
     return record
+
+
+def _enter_cgroup(cgroup, setup: int, channel: _Channel) -> None:
+    """Make the container's cgroup and move the setup process into it, before that forks
+    the init (it waits for our `cgroup` answer). On failure the setup is stopped; if it had
+    failed first (a config its plan refused: then it is gone), its error is the one raised."""
+    from satchel.runtime import cgroups
+    try:
+        cgroups.enter(cgroup.to_data(), pid=setup)
+    except BaseException:
+        _kill_quietly(setup, SIGKILL)
+        _reap(setup)  # its end of the socket is closed now: reading cannot block
+        while (line := channel.line()) is not None:
+            if line.startswith("error "):
+                raise ContainerError(line[6:]) from None
+        raise
 
 
 def _prctl_subreaper() -> None:
@@ -482,10 +508,10 @@ def exec_process(store, cid: str, process, pid_file: str | None, console_socket:
     console = _connect(console_socket) if console_socket else None
     ctx = oplan.Context(sync_fd=theirs.fileno(), console_fd=console.fileno() if console else None,
                         cgroup=cgroup, join_pid=record["pid"], join_names=tuple(names))
-    plan = oplan.build_exec(spec, process, ctx)
     if not detach:
         _prctl_subreaper()
-    setup = _fork_setup(plan, spec, process, mine, theirs)
+    setup = _fork_setup(lambda: oplan.build_exec(spec, process, ctx), spec, process, mine,
+                        theirs)
     if console:
         console.close()
     pid = _drive(_Channel(mine), setup, spec, record, store)

@@ -5,7 +5,8 @@ performs a few checked calls, and raises ContainerError naming what failed. Like
 the executor they decide nothing: ocirt/plan.py put every value in the Op.
 
 Sync messages to the create process (one line each on the socket in op.data): `idmap` (write
-my id maps, then answer), `pid N` (the container's init), `hooks` (run prestart and
+my id maps, then answer), `cgroup` (answered once the create process has moved this one
+into the container's cgroup), `pid N` (the container's init), `hooks` (run prestart and
 createRuntime now, then answer), `ready` (about to block on exec.fifo), `error TEXT`.
 """
 

@@ -46,14 +46,15 @@ class _Ops:
 class Context:
     """What the create (or exec) process opened or found for the plan."""
 
-    __slots__ = ("uid", "gid", "sync_fd", "fifo_fd", "console_fd", "cgroup", "path_kind",
-                 "self_map", "join_pid", "join_names")
+    __slots__ = ("uid", "gid", "sync_fd", "fifo_fd", "console_fd", "cgroup", "cgroup_sync",
+                 "path_kind", "self_map", "join_pid", "join_names")
 
     def __init__(self, **values):
         self.uid = os.getuid()
         self.gid = os.getgid()
         self.sync_fd = self.fifo_fd = self.console_fd = None
         self.cgroup = None      # cgroups.CgroupRequest.to_data(), or None
+        self.cgroup_sync = False  # the create process moves the setup into its cgroup: wait
         self.path_kind = _path_kind
         self.self_map = False   # the init writes its own id maps (rootless, one line each)
         self.join_pid = None    # exec: the container's init
@@ -122,6 +123,8 @@ def build(spec, ctx: Context):
     p = _Ops(spec.root_path)
     if ctx.cgroup is not None:
         p.add(rp.CGROUP, data=ctx.cgroup)
+    elif ctx.cgroup_sync:  # before anything is forked: the init starts inside
+        p.add(rp.OCI_SYNC, data=("cgroup", ctx.sync_fd))
     new = [NS_NAMES[k] for k, path in spec.namespaces if not path and k in NS_NAMES]
     joined = [(NS_NAMES.get(k, k), path) for k, path in spec.namespaces if path]
     for kind, path in spec.namespaces:

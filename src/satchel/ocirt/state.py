@@ -100,6 +100,14 @@ class Store:
         finally:
             os.close(root)
 
+    def exists(self, cid: str) -> bool:
+        """Whether ROOT/ID is there (a record, or one being made or removed)."""
+        dfd = self.container_dir(cid)
+        if dfd is None:
+            return False
+        os.close(dfd)
+        return True
+
     def path(self, cid: str, name: str = "") -> str:
         return os.path.join(self.root, cid, name) if name else os.path.join(self.root, cid)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 
-from satchel import fsutil
 from satchel.errors import ContainerError, UsageError
 
 CPU_PERIOD = 100000  # microseconds: --cpus N means a quota of N periods per period
@@ -388,8 +387,12 @@ def _v2_controllers(res: dict) -> list:
 
 
 # -- applying (executor) and removing (reaper) -----------------------------------------------------
-def enter(data) -> None:
-    """Create the cgroup(s), write the limits, move this process in (CGROUP operation)."""
+def enter(data, pid: int | None = None) -> None:
+    """Create the cgroup(s), write the limits, move this process in (CGROUP operation), or
+    process `pid` (satchel oci's create moves its setup process while that builds its plan:
+    the first write to a v1 cgroup.procs in a while waits ~10 ms for an RCU grace period)."""
+    from satchel import fsutil  # here: `satchel oci delete` loads this module for remove()
+
     version, dirs, writes, procs = data
     for path in dirs:
         _make(path)
@@ -399,7 +402,7 @@ def enter(data) -> None:
                                        os.path.basename(path))).strip()
         fsutil.write_kernel_file(path, value, "setting a resource limit", ContainerError)
     for path in procs:
-        fsutil.write_kernel_file(path, str(os.getpid()), "entering the container's cgroup",
+        fsutil.write_kernel_file(path, str(pid or os.getpid()), "entering the container's cgroup",
                                  ContainerError)
 
 
@@ -407,6 +410,8 @@ def _make(path: str) -> None:
     """mkdir, with the missing parents an OCI cgroupsPath names. A new v1 cpuset takes no
     task and no child with cpus until its cpus and mems are set: a parent made here gets its
     own parent's (as runc does)."""
+    from satchel import fsutil
+
     parent = os.path.dirname(path)
     if not os.path.isdir(parent):
         _make(parent)

@@ -108,7 +108,7 @@ CGROUP = "cgroup"                  # -             -                cgroups.Cgro
 # OCI containers (satchel oci, ocirt/plan.py builds them; performed by ocirt/ops.py, which the
 # op_oci_* methods import when the first one runs):
 OCI_SYNC = "oci_sync"              # -             -                (message, sync fd): tell the
-                                   # create process, wait for its answer (idmap, hooks, ready)
+                                   # create process, wait for its answer (idmap, hooks, cgroup)
 OCI_SETNS = "oci_setns"            # -             -                (namespace, path) to join
 OCI_FORK = "oci_fork"              # -             -                sync fd: fork the init, the
                                    # parent reports its pid and exits

@@ -13,21 +13,27 @@ import os
 import sys
 
 from satchel import log
-from satchel.cli import options as o
 from satchel.errors import SatchelError, UsageError
 
-SPECS = {
-    "oci": o.Spec(
-        "oci", "oci [runc global options] <create|start|state|kill|delete|run|exec|ps|list|"
-        "features> [options] <id>",
-        "Run OCI bundles with runc's command line (containerd, Podman, Kubernetes)",
-        description=(
-            "A runc-compatible low-level runtime. Global options: --root DIR, --log FILE,\n"
-            "--log-format text|json, --debug, --systemd-cgroup (accepted). `satchel dropin\n"
-            "--name satchel-runc DIR` installs it as DIR/satchel-runc for\n"
-            "`ctr run --runc-binary` and `podman --runtime`."),
-        interspersed=False),
-}
+
+def __getattr__(name: str):
+    """SPECS, built when `satchel help` asks: cli/options.py is not loaded by the runtime
+    calls (containerd's shim starts satchel-runc four times per container)."""
+    if name != "SPECS":
+        raise AttributeError(name)
+    from satchel.cli import options as o
+    return {
+        "oci": o.Spec(
+            "oci", "oci [runc global options] <create|start|state|kill|delete|run|exec|ps|list|"
+            "features> [options] <id>",
+            "Run OCI bundles with runc's command line (containerd, Podman, Kubernetes)",
+            description=(
+                "A runc-compatible low-level runtime. Global options: --root DIR, --log FILE,\n"
+                "--log-format text|json, --debug, --systemd-cgroup (accepted). `satchel dropin\n"
+                "--name satchel-runc DIR` installs it as DIR/satchel-runc for\n"
+                "`ctr run --runc-binary` and `podman --runtime`."),
+            interspersed=False),
+    }
 
 GLOBAL_VALUES = ("root", "log", "log-format", "rootless", "criu")
 GLOBAL_FLAGS = ("debug", "systemd-cgroup", "help", "version")
@@ -131,7 +137,9 @@ def run_argv(argv: list[str]) -> int:
         print(f"satchel-runc version {__version__}\nspec: 1.2.0")
         return 0
     if not rest or glob.get("help"):
-        sys.stdout.write(o.format_help(SPECS["oci"], "satchel") + "\nCommands: " +
+        from satchel.cli import options as o
+        spec = __getattr__("SPECS")["oci"]
+        sys.stdout.write(o.format_help(spec, "satchel") + "\nCommands: " +
                          ", ".join(COMMAND_OPTIONS) + "\n")
         return 0 if glob.get("help") else 1
     command, args = rest[0], rest[1:]
@@ -166,11 +174,15 @@ def _dumps(value, indent=None) -> str:
 
 
 def _run(command: str, argv: list[str], glob) -> int:
-    from satchel.ocirt import lifecycle, state
+    from satchel.ocirt import state
 
     values, flags, short = COMMAND_OPTIONS[command]
     opts, args = parse_flags(argv, values, flags, short, command == "exec")
     store = _store(glob)
+    if command == "delete" and opts.get("force") and len(args) == 1 and \
+            not store.exists(args[0]):
+        return 0  # runc: delete --force of a missing container succeeds (the shim's last call)
+    from satchel.ocirt import lifecycle
     if command == "features":
         print(_dumps(features(), indent=2))
         return 0
