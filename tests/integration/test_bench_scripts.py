@@ -34,6 +34,22 @@ def test_exec_startup_bench_compares_another_launcher(busybox_sif, test_user):
     assert "satchel-dir" not in out
 
 
+def test_startup_phases_bench(busybox_sif, test_user):
+    src = os.path.join(os.path.dirname(BENCH), "src")
+    out = bench(["/usr/bin/python3", os.path.join(BENCH, "startup_phases.py"), "--runs", "2",
+                 "--warmup", "0", "--sif", busybox_sif, "--image", "sif", "--user",
+                 test_user.name, "--base", src])
+    assert "this tree" in out and "base" in out, out
+    for phase in ("interpreter", "import cli.main", "to build_plan", "build_plan", "apply",
+                  "after the interpreter"):
+        assert f"  {phase} " in out, out
+    ops = out.split("operations of apply:", 1)[1]
+    for kind in ("mount_squashfs_fuse", "ensure_mountpoint", "pivot_root", "exec"):
+        assert f"    {kind} " in ops, out
+    apply = [line for line in out.splitlines() if line.startswith("  apply ")][0]
+    assert float(apply.split()[1]) > 0, out  # marks were written for the launches
+
+
 def test_build_sif_bench(busybox_sandbox):
     out = bench([sys.executable, os.path.join(BENCH, "build_sif.py"), "--runs", "1",
                  "--rootfs", busybox_sandbox])
