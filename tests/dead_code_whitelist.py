@@ -20,6 +20,12 @@ _.__getattr__  # image/sif.py: a module's __getattr__ (PEP 562) forwards the wri
 _.readable  # oci/stream.py: io.RawIOBase's protocol (tarfile and gzip ask the stream)
 _.seekable
 _.tell
+# satchel/__init__.py: the launch bundle's finder and loader, called by the import system
+_.find_spec
+_.create_module
+_.exec_module
+_.has_location  # ModuleSpec attributes the import system reads
+_.submodule_search_locations
 # ocirt/jsonlite.py: the attributes json's C scanner reads from the context it is given
 _.strict
 _.object_hook
