@@ -41,6 +41,8 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
+import exec_startup  # noqa: E402 - the image it measures with, built the same way
+
 # (label, from mark, to mark); "start" is the process's CPU when the entry script begins
 PHASES = (("interpreter", None, "start"), ("import cli.main", "start", "main"),
           ("to action.run", "main", "action"), ("to build_plan", "action", "plan"),
@@ -101,8 +103,9 @@ class _Hook:
             _loaded(module)
         spec.loader.exec_module = exec_module
         return spec
-sys.meta_path.insert(0, _Hook())
 sys.path.insert(0, __SRC__)
+import satchel  # first: a launch bundle's finder goes in front, and the hook in front of it
+sys.meta_path.insert(0, _Hook())
 from satchel.cli.main import main
 _mark("main")
 sys.exit(main())
@@ -150,8 +153,6 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=3, help="unmeasured rounds first")
     args = ap.parse_args()
 
-    import exec_startup  # the image it measures with, built the same way
-
     user = pwd.getpwnam(args.user)
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": user.pw_dir, "USER": user.pw_name,
            "LANG": "C.UTF-8"}
@@ -161,6 +162,7 @@ def main() -> int:
     for src in trees.values():  # the user cannot write __pycache__: compile as root first
         subprocess.run([sys.executable, "-m", "compileall", "-q", src], check=True,
                        stdout=subprocess.DEVNULL)
+    exec_startup.write_bundle()  # this tree's launch bundle, as an installation has it
     work = tempfile.mkdtemp(prefix="satchel-phases-", dir="/tmp")
     os.chmod(work, 0o755)
     try:
