@@ -97,12 +97,17 @@ class _Hook:
                 break
         else:
             return None
-        execute = spec.loader.exec_module
-        def exec_module(module):
-            execute(module)
-            _loaded(module)
-        spec.loader.exec_module = exec_module
+        spec.loader = _Marking(spec.loader)  # one per module: finders share their loader
         return spec
+
+class _Marking:
+    def __init__(self, loader):
+        self.loader = loader
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        _loaded(module)
 sys.path.insert(0, __SRC__)
 import satchel  # first: a launch bundle's finder goes in front, and the hook in front of it
 sys.meta_path.insert(0, _Hook())
