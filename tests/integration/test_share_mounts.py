@@ -191,3 +191,19 @@ def test_opening_files_of_the_image_costs_the_server_no_request(test_user, share
         proc.wait(timeout=30)
     assert requests < 40, f"the server woke {requests} times for 400 opens"
     wait_no_servers(share_sif)
+
+
+def test_a_container_whose_root_is_an_underlay_copy_is_not_joined(test_user, share_sif):
+    """A bind onto a path the image lacks at its top makes an underlay copy over the root:
+    that container's root is no longer the image mount, so it is not recorded for sharing (a
+    later launch would otherwise clone the copy as its image): the next launch mounts the
+    image itself, with a server of its own."""
+    started = start_all(test_user, share_sif, 1, ("-B", "/tmp:/satchel-not-in-the-image"))
+    try:
+        started += start_all(test_user, share_sif, 2)
+        covered, first, second = started
+        assert first.dev != covered.dev and second.dev == first.dev
+        assert len(servers(share_sif)) == 2
+    finally:
+        finish_all(started)
+    wait_no_servers(share_sif)

@@ -47,7 +47,3 @@ def test_records_are_read_back_and_junk_is_skipped(tmp_path):
 def test_start_time_names_a_live_process_only():
     assert share.start_time(os.getpid())
     assert share.start_time(2 ** 22 + 12345) is None
-
-
-def test_the_host_root_is_no_shared_image_mount():
-    assert share.root_mount_dev() is None

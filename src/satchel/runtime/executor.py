@@ -543,7 +543,17 @@ class Executor:
         for server in self.fuse.values():
             claim = getattr(server, "share", None)
             if claim is not None:  # the image mount is the root now: others may join it
-                claim.register()
+                claim.register(self._root_dev())
+
+    def _root_dev(self) -> int | None:
+        """st_dev of the new root if it is the image's own mount (what a shared mount's
+        record names), None if an underlay copy was bound over it (underlay.py)."""
+        if self.underlays.root_copied:
+            return None
+        try:
+            return os.stat("/").st_dev
+        except OSError:
+            return None
 
     @staticmethod
     def op_record_namespaces(op) -> None:

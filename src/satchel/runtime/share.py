@@ -52,8 +52,6 @@ _FILE_OPEN = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLO
 _MEMBERS_MAX = 64 * 1024
 MAX_TRIED = 8                # recorded containers tried before starting a new mount
 WAIT_S = 30.0                # the longest a launch waits for the first one's mount
-FSTYPE = "fuse.squashfuse"   # the shared mount's type in /proc/self/mountinfo
-_FSTYPE_BYTES = FSTYPE.encode()
 
 
 def runtime_dir(uid: int, environ) -> int | None:
@@ -166,11 +164,13 @@ class Claim:
             os.close(self.mount_fd)
             self.mount_fd = -1
 
-    def register(self) -> None:
+    def register(self, dev: int | None) -> None:
         """After pivot_root: record this container if its root is the shared mount (other
-        launches then join through it), and let the waiting launches go."""
+        launches then join through it), and let the waiting launches go.
+
+        dev: the st_dev of the container's root if it is the image mount itself, None if an
+        underlay copy covers it (the executor knows: executor.op_pivot_root)."""
         try:
-            dev = root_mount_dev()
             if dev is None or (self.dev is not None and dev != self.dev):
                 return  # the root is not the image mount itself (an underlay copy of it)
             record = (str(self.pid), self.start, str(dev), str(self.offset))
@@ -395,38 +395,6 @@ def _try_lock(fd: int) -> bool:
         return True
     except BlockingIOError:
         return False
-
-
-def root_mount_dev() -> int | None:
-    """The device of this process's root mount if it is the image's FUSE mount, else None.
-
-    Read os-level and scanned from the end (the last mount on / is the one on top), with
-    only the fields needed split off: it runs on every rootless SIF launch, after its
-    pivot_root."""
-    fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        chunks = []
-        while True:
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    for line in reversed(b"".join(chunks).split(b"\n")):
-        # ID PARENT MAJOR:MINOR ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
-        fields = line.split(b" ", 5)
-        if len(fields) < 6 or fields[4] != b"/":
-            continue
-        _, sep, tail = fields[5].partition(b" - ")
-        if not sep or tail.split(b" ", 1)[0] != _FSTYPE_BYTES or fields[3] != b"/":
-            return None
-        major, _, minor = fields[2].partition(b":")
-        try:
-            return os.makedev(int(major), int(minor))
-        except ValueError:
-            return None
-    return None
 
 
 def _open_lock(dir_fd: int, key: str) -> int:

@@ -58,7 +58,7 @@ def _check_kind(fd: int, path: str, kind: str) -> None:
 class Underlays:
     """State of the underlay copies made for one container (executor-owned)."""
 
-    __slots__ = ("session_dir", "own_devices", "copies", "root_covered")
+    __slots__ = ("session_dir", "own_devices", "copies", "root_covered", "root_copied")
 
     def __init__(self, session_dir: str):
         self.session_dir = session_dir
@@ -67,6 +67,7 @@ class Underlays:
         # a copy was bound over the container root itself: a descriptor of the root taken
         # before names the covered directory now, so the caller must open the root again
         self.root_covered = False
+        self.root_copied = False  # ...and for good: the root is no longer the image's mount
 
     def _writable_own(self, fd: int) -> bool:
         """Ours to write: a file system the executor mounted, still writable (not a copy)."""
@@ -102,6 +103,7 @@ class Underlays:
                                      f"and cannot be created below {container_dir}")
             copy = self._copy_over(found.fd, container_dir)
             self.root_covered = self.root_covered or not found.parts
+            self.root_copied = self.root_copied or not found.parts
         finally:
             os.close(found.fd)
         try:  # the copy's mount is over the directory now: create the chain through it
