@@ -221,7 +221,18 @@ class Executor:
         self.fuse[op.source].read_ahead(op.data, self._existing)
 
     def op_prefetch_store(self, op) -> None:
-        self.fuse[op.source].store_read_ahead(self._existing)
+        self.fuse[op.source].store_read_ahead(self._look_up)
+
+    def _look_up(self, path: str) -> None:
+        """Have the kernel look up an image path the built-in server listed (FUSE_NOTIFY_STORE
+        takes pages only for inodes the kernel knows): one stat below the root descriptor.
+        The server lists paths with no symbolic link in them, of a read-only image; a stat
+        reads nothing and, rootless (the only case with a built-in server), can reach no file
+        the caller could not stat anyway."""
+        try:
+            os.stat(path.lstrip("/") or ".", dir_fd=self._root_fd(), follow_symlinks=False)
+        except OSError:
+            pass
 
     def _existing(self, path: str) -> str | None:
         """Host path of an existing container path (looked up: the kernel knows it), or None."""
