@@ -76,6 +76,24 @@ CASES = {
              "uid": 0, "gid": 0}]),
         script("stat -c '%n %F %t:%T %a %u' /dev/fuse /dev/null /dev/zero /dev/tty; "
                "readlink /dev/fd /dev/ptmx")),
+    # the device cgroup (v1): the rules the container gets (the spec's, then the runtime's
+    # defaults; a node linux.devices creates is not allowed by that alone), and what they mean:
+    # mknod is allowed, using the host's disk or /dev/fuse is not. runc mounts the container's own cgroup at /sys/fs/cgroup/devices,
+    # satchel-runc binds the host's hierarchy: the list is read where each has it.
+    "device_rules": chain(
+        lambda c: [c["process"]["capabilities"][k].append("CAP_MKNOD")
+                   for k in ("bounding", "effective", "permitted")],
+        lambda c: c["linux"]["resources"].update(devices=[{"allow": False, "access": "rwm"}]),
+        lambda c: c["linux"].update(devices=[
+            {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 0o640,
+             "uid": 0, "gid": 0}]),
+        script("p=$(sed -n 's/^[0-9]*:devices://p' /proc/self/cgroup); "
+               "sort /sys/fs/cgroup/devices$p/devices.list 2>/dev/null || "
+               "sort /sys/fs/cgroup/devices/devices.list; "
+               f"mknod /dev/disk b {os.major(os.stat('/').st_dev)} "
+               f"{os.minor(os.stat('/').st_dev)}; echo mknod $?; "
+               "head -c 1 /dev/disk >/dev/null 2>&1; echo read $?; "
+               "head -c 1 /dev/zero | wc -c; echo x > /dev/fuse 2>/dev/null; echo fuse $?")),
     "namespace_by_path": chain(
         lambda c: c["linux"]["namespaces"].__setitem__(
             slice(None), [n if n["type"] != "network" else
@@ -111,7 +129,10 @@ def test_matches_runc(name, oci_rootfs, satchel_runc, tmp_path):
 
 
 # cases where crun itself gives another answer than runc (satchel-runc follows runc): why
-CRUN_DIFFERS = {}
+CRUN_DIFFERS = {
+    "device_rules": "crun 1.8's default device rules are not runc's: c 5:1 (console) instead "
+                    "of c 10:200 (tun)",
+}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

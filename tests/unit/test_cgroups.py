@@ -96,3 +96,40 @@ def test_bad_values_and_toml(tmp_path):
     toml.write_text("[cpu]\nshares = 512\nquota = 20000\nperiod = 100000\n")
     res = cgroups.resources_from_options(Flags(apply_cgroups=str(toml)))
     assert res == {"cpu": {"shares": 512, "quota": 20000, "period": 100000}}
+
+
+DEVICES_MOUNTINFO = V1_MOUNTINFO + \
+    "34 25 0:30 / /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices\n"
+
+
+def test_v1_device_rules_in_order():
+    """OCI device rules become devices.deny/devices.allow lines, written in the spec's order
+    (deny all first, as containerd's and `runc spec`'s rules begin)."""
+    res = {"devices": [{"allow": False, "access": "rwm"},
+                       {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
+                       {"allow": True, "type": "b", "major": -1, "access": "m"},
+                       {"allow": True, "type": "c", "major": 136, "minor": None,
+                        "access": "rw"}]}
+    req = cgroups.request(res, 0, 42, DEVICES_MOUNTINFO, "5:devices:/\n", exists=lambda p: True)
+    assert req.dirs == ("/sys/fs/cgroup/devices/satchel-42",)
+    assert [(path.rsplit("/", 1)[1], line) for path, line in req.writes] == [
+        ("devices.deny", "a"), ("devices.allow", "c 1:3 rwm"), ("devices.allow", "b *:* m"),
+        ("devices.allow", "c 136:* rw")]
+
+
+@pytest.mark.parametrize("rule", [{"allow": True, "type": "x", "access": "r"},
+                                  {"allow": True, "type": "c", "access": "rx"},
+                                  {"allow": True, "type": "c", "major": "1", "access": "r"}])
+def test_bad_device_rules_are_refused(rule):
+    with pytest.raises(ContainerError, match="device rule"):
+        cgroups.request({"devices": [rule]}, 0, 42, DEVICES_MOUNTINFO, "5:devices:/\n")
+
+
+def test_device_rules_without_a_v1_devices_hierarchy_are_said_not_enforced(capsys):
+    """cgroup v2 filters devices with a BPF program satchel does not load: the other limits
+    apply, and a warning says the device rules do not."""
+    res = {"devices": [{"allow": False, "access": "rwm"}], "pids": {"limit": 5}}
+    req = cgroups.request(res, 0, 7, V2_MOUNTINFO, "0::/\n", writable=lambda p: True)
+    assert req.version == 2 and not any("devices" in path for path, _ in req.writes)
+    assert "device rules (linux.resources.devices) are not enforced" in capsys.readouterr().err
+    assert cgroups.request({"devices": res["devices"]}, 0, 7, V2_MOUNTINFO, "0::/\n") is None

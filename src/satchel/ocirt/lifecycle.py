@@ -123,9 +123,26 @@ def _self_map(spec) -> bool:
             and spec.gid_mappings[0][1:] == (os.getgid(), 1))
 
 
+# the devices a container may use whatever its rules say, as runc allows them (libcontainer's
+# AllowedDevices): mknod of any node, the standard character devices, ptys and tun
+DEFAULT_DEVICE_RULES = tuple(
+    {"allow": True, "type": kind, "major": major, "minor": minor, "access": access}
+    for kind, major, minor, access in (
+        ("c", None, None, "m"), ("b", None, None, "m"), ("c", 1, 3, "rwm"), ("c", 1, 8, "rwm"),
+        ("c", 1, 7, "rwm"), ("c", 5, 0, "rwm"), ("c", 1, 5, "rwm"), ("c", 1, 9, "rwm"),
+        ("c", 136, None, "rwm"), ("c", 5, 2, "rwm"), ("c", 10, 200, "rwm")))
+
+
 def _cgroup(spec, cid: str):
     res = {k: v for k, v in (spec.resources or {}).items() if k in ("memory", "cpu", "pids")}
     from satchel.runtime import cgroups
+    rules = (spec.resources or {}).get("devices")
+    if rules and os.getuid() == 0:
+        # runc's order: the spec's rules (containerd's and runc spec's begin by denying
+        # everything), then its defaults. A node linux.devices creates gets no rule of its own
+        # (runc 1.1 neither: the spec allows it, as containerd's does for what it adds).
+        # Without privilege a user namespace cannot use device nodes: nothing to filter.
+        res["devices"] = list(rules) + list(DEFAULT_DEVICE_RULES)
     if not cgroups._controllers(res):
         return None
     if os.getuid() != 0:

@@ -219,11 +219,11 @@ def own_cgroups(proc_cgroup: str) -> dict:
     return paths
 
 
-V1_CONTROLLERS = ("memory", "cpu", "cpuset", "pids", "blkio")
+V1_CONTROLLERS = ("memory", "cpu", "cpuset", "pids", "blkio", "devices")
 
 
 def request(resources: dict, uid: int, pid: int, mountinfo: str, proc_cgroup: str,
-            exists=os.path.exists, writable=None, path: str = "") -> CgroupRequest:
+            exists=os.path.exists, writable=None, path: str = "") -> CgroupRequest | None:
     """Decide the cgroup (pure but for the `exists`/`writable` probes, injectable for tests).
 
     path: OCI linux.cgroupsPath, absolute (below each hierarchy's root) or relative (below
@@ -231,7 +231,15 @@ def request(resources: dict, uid: int, pid: int, mountinfo: str, proc_cgroup: st
     by remove(), as runc leaves them. Without it: satchel-PID below the caller's cgroup."""
     mounts = hierarchies(mountinfo)
     own = own_cgroups(proc_cgroup)
+    if resources.get("devices") and "devices" not in mounts:
+        # cgroup v2 filters devices with a BPF program, which satchel does not load: say so
+        from satchel import log
+        log.warning("device rules (linux.resources.devices) are not enforced: this host has "
+                    "no v1 devices hierarchy, and satchel loads no cgroup v2 device program")
+        resources = {k: v for k, v in resources.items() if k != "devices"}
     needed = _controllers(resources)
+    if not needed:
+        return None  # device rules alone, not enforceable here (warned above)
     v1 = [c for c in needed if c in mounts]
     name = _cgroup_name(path) if path else f"satchel-{pid}"
     if path.startswith("/"):
@@ -269,6 +277,8 @@ def _controllers(res: dict) -> list:
         out.append("pids")
     if res.get("blockIO"):
         out.append("blkio")
+    if res.get("devices"):
+        out.append("devices")
     return out
 
 
@@ -318,6 +328,8 @@ def _v1_files(controller: str, res: dict, parent: str, exists) -> list:
     elif controller == "pids":
         limit = res["pids"].get("limit", -1)
         out.append(("pids.max", "max" if limit is None or limit <= 0 else str(limit)))
+    elif controller == "devices":
+        out += [device_rule(rule) for rule in res["devices"]]
     elif controller == "blkio":
         blkio = res["blockIO"]
         file = "blkio.weight" if exists(f"{parent}/blkio.weight") else "blkio.bfq.weight"
@@ -330,6 +342,26 @@ def _v1_files(controller: str, res: dict, parent: str, exists) -> list:
             out.append((file.replace("weight", "weight_device") if file == "blkio.weight"
                         else file, f"{dev['major']}:{dev['minor']} {dev['weight']}"))
     return out
+
+
+def device_rule(rule: dict) -> tuple[str, str]:
+    """(file, line) of one OCI device rule for the v1 devices controller, written in order:
+    {"allow": false, "access": "rwm"} is `a` to devices.deny (nothing allowed), then each
+    allowed `TYPE MAJOR:MINOR ACCESS` (a missing or negative number is `*`)."""
+    kind = rule.get("type") or "a"
+    if kind not in ("a", "b", "c"):
+        raise ContainerError(f"device rule {rule}: type must be a, b or c")
+    access = rule.get("access") or "rwm"
+    if not access or set(access) - set("rwm"):
+        raise ContainerError(f"device rule {rule}: access must be made of r, w and m")
+    numbers = []
+    for key in ("major", "minor"):
+        value = rule.get(key)
+        if value is not None and not isinstance(value, int):
+            raise ContainerError(f"device rule {rule}: {key} must be a number")
+        numbers.append("*" if value is None or value < 0 else str(value))
+    line = "a" if kind == "a" else f"{kind} {numbers[0]}:{numbers[1]} {access}"
+    return ("devices.allow" if rule.get("allow") else "devices.deny", line)
 
 
 def _request_v2(res, mount, own_path, name, uid, writable) -> CgroupRequest:
