@@ -207,3 +207,36 @@ def test_a_container_whose_root_is_an_underlay_copy_is_not_joined(test_user, sha
     finally:
         finish_all(started)
     wait_no_servers(share_sif)
+
+
+def test_records_of_images_no_container_runs_go_with_the_last_server(test_user, share_sif):
+    """When a shared server's mount is gone it removes the user's records that no live
+    container holds (two files per image and scope would otherwise pile up, one scope per
+    batch job), and keeps those a live container holds."""
+    from satchel.runtime import share
+
+    first = start_all(test_user, share_sif, 1)  # makes the user's directory if need be
+    directory = f"/tmp/satchel-{test_user.uid}"
+    me = share.start_time(os.getpid())
+    files = {"stale-probe.members": "999999999 1 2 0\n", "stale-probe.lock": "",
+             "live-probe.members": f"{os.getpid()} {me} 2 0\n", "live-probe.lock": ""}
+    for name, text in files.items():
+        path = os.path.join(directory, name)
+        with open(path, "w") as fh:
+            fh.write(text)
+        os.chown(path, test_user.uid, test_user.gid)
+        os.chmod(path, 0o600)
+    try:
+        finish_all(first)
+        wait_no_servers(share_sif)
+        left = set(os.listdir(directory))
+        assert not {"stale-probe.members", "stale-probe.lock"} & left, sorted(left)
+        assert {"live-probe.members", "live-probe.lock"} <= left
+        assert not any(name.endswith(".members") and not name.startswith("live-probe")
+                       for name in left), sorted(left)  # this image's own record too
+    finally:
+        for name in files:
+            try:
+                os.unlink(os.path.join(directory, name))
+            except FileNotFoundError:
+                pass

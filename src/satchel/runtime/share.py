@@ -51,17 +51,22 @@ _DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_OPEN = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _MEMBERS_MAX = 64 * 1024
 MAX_TRIED = 8                # recorded containers tried before starting a new mount
+SETTLE_S = 0.5  # prune_records: how long an exiting container may take to be gone
 WAIT_S = 30.0                # the longest a launch waits for the first one's mount
 
 
-def runtime_dir(uid: int, environ) -> int | None:
-    """A descriptor of the caller's private sharing directory, or None (no sharing)."""
+def _runtime_paths(uid: int, environ) -> list[str]:
     paths = []
     xdg = environ.get("XDG_RUNTIME_DIR", "")
     if xdg.startswith("/"):
         paths.append(xdg.rstrip("/") + "/satchel")
     paths.append(f"/tmp/satchel-{uid}")
-    for path in paths:
+    return paths
+
+
+def runtime_dir(uid: int, environ) -> int | None:
+    """A descriptor of the caller's private sharing directory, or None (no sharing)."""
+    for path in _runtime_paths(uid, environ):
         try:
             os.mkdir(path, 0o700)
         except FileExistsError:
@@ -395,6 +400,90 @@ def _try_lock(fd: int) -> bool:
         return True
     except BlockingIOError:
         return False
+
+
+def prune_records(uid: int, environ, own_image: str | None = None) -> None:
+    """Remove the records of images no container of this user runs any more.
+
+    The built-in server calls this when its mount is gone (sqfs_server.run_daemon): without
+    it, two files per image and scope (and the scope changes with every batch job) would pile
+    up in the user's directory. A record is removed only if none of its containers runs and
+    no launch holds its lock (one setting a mount up, or about to); a launch that opened the
+    lock just before it went makes its own mount, never a wrong one. own_image: the server's
+    image, whose last container is exiting right now (its mount namespace went first): its
+    record gets a moment (SETTLE_S) for those processes to finish."""
+    own_key = None
+    if own_image is not None:
+        try:
+            own_key = image_key(own_image, environ)
+        except OSError:
+            pass
+    dir_fd = None
+    for path in _runtime_paths(uid, environ):
+        try:
+            dir_fd = os.open(path, _DIR_OPEN)
+        except OSError:
+            continue
+        st = os.fstat(dir_fd)
+        if st.st_uid == uid and not st.st_mode & 0o077:
+            break
+        os.close(dir_fd)
+        dir_fd = None
+    if dir_fd is None:
+        return
+    try:
+        for name in os.listdir(dir_fd):
+            if name.endswith(".members"):
+                key = name[:-len(".members")]
+                _prune(dir_fd, key, SETTLE_S if key == own_key else 0.0)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def _prune(dir_fd: int, key: str, settle_s: float) -> None:
+    """Remove key's record if none of its containers runs. settle_s: first wait that long at
+    most for them to finish exiting, without the lock (a launch of the image meanwhile must
+    not wait for this)."""
+    try:
+        if settle_s:
+            import time
+            deadline = time.monotonic() + settle_s
+            while any(_running(int(m[0]), m[1]) for m in _read_members(dir_fd, key)) and \
+                    time.monotonic() < deadline:
+                time.sleep(0.005)
+        lock = os.open(key + ".lock", os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                       dir_fd=dir_fd)
+    except FileNotFoundError:
+        lock = -1
+    except (OSError, ValueError):
+        return
+    try:
+        if lock >= 0 and not _try_lock(lock):
+            return  # a launch is setting this image's mount up
+        if any(_running(int(m[0]), m[1]) for m in _read_members(dir_fd, key)):
+            return  # read again under the lock: a launch may have joined meanwhile
+        os.unlink(key + ".members", dir_fd=dir_fd)
+        if lock >= 0:
+            os.unlink(key + ".lock", dir_fd=dir_fd)
+    except (OSError, ValueError):
+        pass
+    finally:
+        if lock >= 0:
+            _drop_lock(lock)
+
+
+def _running(pid: int, start: str) -> bool:
+    """Whether the process recorded (pid, start time) runs: alive and no zombie (a container
+    that has exited but whose parent has not reaped it yet has no mount any more)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return False
+    fields = data[data.rfind(b")") + 2:].split()
+    return len(fields) > 19 and fields[0] != b"Z" and fields[19].decode() == start
 
 
 def _open_lock(dir_fd: int, key: str) -> int:

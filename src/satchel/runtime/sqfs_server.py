@@ -211,6 +211,17 @@ class Session:
                                    go_fd, ack_fd)
 
 
+def _prune_share_records(image: str) -> None:
+    """The records of images no container of this user runs any more go (share.py's
+    prune_records): the last one of this mount has just gone. Off every critical path: the
+    containers' processes have exited."""
+    try:
+        from satchel.runtime import share
+        share.prune_records(os.getuid(), os.environ, image)
+    except Exception:  # noqa: BLE001 - tidying only: the server exits regardless
+        pass
+
+
 def _close_other_fds(keep) -> None:
     low = 3
     for fd in sorted(keep):
@@ -332,6 +343,8 @@ def run_daemon(go_fd: int, ack_fd: int, life_fd: int = -1) -> None:
             from satchel.runtime.fuse import find_program
             argv[0] = find_program(argv[0], os.environ, required=False)
             os.execv(argv[0], argv)
-        os._exit(0 if session.serve(fd) == 0 else 1)
+        status = session.serve(fd)  # until the mount is gone: no container uses it now
+        _prune_share_records(image)
+        os._exit(0 if status == 0 else 1)
     except BaseException:
         os._exit(127)
