@@ -64,11 +64,13 @@ def _runtime_paths(uid: int, environ) -> list[str]:
     return paths
 
 
-def runtime_dir(uid: int, environ) -> int | None:
-    """A descriptor of the caller's private sharing directory, or None (no sharing)."""
+def runtime_dir(uid: int, environ, create: bool = True) -> int | None:
+    """A descriptor of the caller's private sharing directory, or None (no sharing).
+    create=False: only one that exists (prune_records has nothing to do without one)."""
     for path in _runtime_paths(uid, environ):
         try:
-            os.mkdir(path, 0o700)
+            if create:
+                os.mkdir(path, 0o700)
         except FileExistsError:
             pass
         except OSError:
@@ -121,15 +123,19 @@ def scope_key(environ) -> str:
     return f"{int.from_bytes(data, 'little') % ((1 << 61) - 1):016x}"
 
 
-def start_time(pid: int) -> str | None:
-    """The start time of a process (field 22 of /proc/PID/stat), None if it is gone."""
+def start_time(pid: int, running: bool = False) -> str | None:
+    """The start time of a process (field 22 of /proc/PID/stat), None if it is gone.
+    running: None for a zombie too (it has exited, its parent has not reaped it yet: its
+    mount namespace is gone)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             data = fh.read()
     except OSError:
         return None
     fields = data[data.rfind(b")") + 2:].split()
-    return fields[19].decode() if len(fields) > 19 else None
+    if len(fields) <= 19 or (running and fields[0] in (b"Z", b"X")):
+        return None
+    return fields[19].decode()
 
 
 class Claim:
@@ -418,17 +424,7 @@ def prune_records(uid: int, environ, own_image: str | None = None) -> None:
             own_key = image_key(own_image, environ)
         except OSError:
             pass
-    dir_fd = None
-    for path in _runtime_paths(uid, environ):
-        try:
-            dir_fd = os.open(path, _DIR_OPEN)
-        except OSError:
-            continue
-        st = os.fstat(dir_fd)
-        if st.st_uid == uid and not st.st_mode & 0o077:
-            break
-        os.close(dir_fd)
-        dir_fd = None
+    dir_fd = runtime_dir(uid, environ, create=False)
     if dir_fd is None:
         return
     try:
@@ -450,8 +446,7 @@ def _prune(dir_fd: int, key: str, settle_s: float) -> None:
         if settle_s:
             import time
             deadline = time.monotonic() + settle_s
-            while any(_running(int(m[0]), m[1]) for m in _read_members(dir_fd, key)) and \
-                    time.monotonic() < deadline:
+            while _any_running(dir_fd, key) and time.monotonic() < deadline:
                 time.sleep(0.005)
         lock = os.open(key + ".lock", os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
                        dir_fd=dir_fd)
@@ -462,7 +457,7 @@ def _prune(dir_fd: int, key: str, settle_s: float) -> None:
     try:
         if lock >= 0 and not _try_lock(lock):
             return  # a launch is setting this image's mount up
-        if any(_running(int(m[0]), m[1]) for m in _read_members(dir_fd, key)):
+        if _any_running(dir_fd, key):
             return  # read again under the lock: a launch may have joined meanwhile
         os.unlink(key + ".members", dir_fd=dir_fd)
         if lock >= 0:
@@ -474,16 +469,8 @@ def _prune(dir_fd: int, key: str, settle_s: float) -> None:
             _drop_lock(lock)
 
 
-def _running(pid: int, start: str) -> bool:
-    """Whether the process recorded (pid, start time) runs: alive and no zombie (a container
-    that has exited but whose parent has not reaped it yet has no mount any more)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return False
-    fields = data[data.rfind(b")") + 2:].split()
-    return len(fields) > 19 and fields[0] != b"Z" and fields[19].decode() == start
+def _any_running(dir_fd: int, key: str) -> bool:
+    return any(start_time(int(m[0]), running=True) == m[1] for m in _read_members(dir_fd, key))
 
 
 def _open_lock(dir_fd: int, key: str) -> int:
